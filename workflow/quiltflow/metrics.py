@@ -1,0 +1,295 @@
+"""Test-set metrics from a saved predictions table, and the versioned metrics JSON document.
+
+Everything here is recomputable from ``results/predictions/{model}.parquet`` alone, so this module
+never imports TensorFlow (the comparison stage relies on that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+from quiltflow.errors import UserError
+
+METRICS_SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "metrics.schema.json"
+
+PREDICTION_COLUMNS = ("image_id", "group", "true_label", "pred_label", "probabilities")
+PREDICTIONS_ARROW_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("group", pa.string()),
+        ("true_label", pa.int32()),
+        ("pred_label", pa.int32()),
+        ("probabilities", pa.list_(pa.float32())),
+    ]
+)
+# Softmax outputs stored as float32 sum to 1 within ~1e-6; anything further off is not a distribution.
+_PROB_SUM_TOLERANCE = 1e-3
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (the dataset fingerprint of a test manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
+    """Write a predictions table with the exact column types of docs/interfaces.md."""
+    probs = probability_matrix(predictions, source=str(path))
+    table = pa.table(
+        {
+            "image_id": pa.array(predictions["image_id"].astype(str).tolist(), pa.string()),
+            "group": pa.array(predictions["group"].astype(str).tolist(), pa.string()),
+            "true_label": pa.array(predictions["true_label"].to_numpy(np.int32), pa.int32()),
+            "pred_label": pa.array(predictions["pred_label"].to_numpy(np.int32), pa.int32()),
+            "probabilities": pa.FixedSizeListArray.from_arrays(
+                pa.array(probs.astype(np.float32).ravel(), pa.float32()), probs.shape[1]
+            ).cast(pa.list_(pa.float32())),
+        },
+        schema=PREDICTIONS_ARROW_SCHEMA,
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read a predictions Parquet file, checking its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"predictions file not found: {path}")
+    frame = pd.read_parquet(path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"predictions file {path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def probability_matrix(predictions: pd.DataFrame, *, source: str = "predictions") -> np.ndarray:
+    """The ``probabilities`` column as a float64 [n, classes] matrix (rows must have equal length)."""
+    rows = predictions["probabilities"].to_list()
+    if not rows:
+        return np.zeros((0, 0))
+    lengths = {len(r) for r in rows}
+    if len(lengths) != 1:
+        raise UserError(f"{source}: probabilities rows have different lengths {sorted(lengths)}")
+    return np.asarray(np.stack([np.asarray(r, dtype=np.float64) for r in rows]), dtype=np.float64)
+
+
+def _check_predictions(
+    predictions: pd.DataFrame, num_classes: int, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate labels/probabilities; return (y_true, y_pred, probabilities renormalised in float64)."""
+    if len(predictions) == 0:
+        raise UserError(f"{source}: no predictions (empty test set?)")
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise UserError(f"{source}: missing column(s) {', '.join(missing)}")
+    y_true = predictions["true_label"].to_numpy(np.int64)
+    y_pred = predictions["pred_label"].to_numpy(np.int64)
+    for name, values in (("true_label", y_true), ("pred_label", y_pred)):
+        bad = np.flatnonzero((values < 0) | (values >= num_classes))
+        if bad.size:
+            row = int(bad[0])
+            raise UserError(
+                f"{source}: row {row} (image_id {predictions['image_id'].iloc[row]}) has "
+                f"{name}={values[row]}, outside 0..{num_classes - 1}"
+            )
+    probs = probability_matrix(predictions, source=source)
+    if probs.shape[1] != num_classes:
+        raise UserError(f"{source}: probabilities have {probs.shape[1]} entries, label map has {num_classes} classes")
+    sums = probs.sum(axis=1)
+    bad = np.flatnonzero(~np.isfinite(sums) | (np.abs(sums - 1.0) > _PROB_SUM_TOLERANCE) | (probs.min(axis=1) < 0))
+    if bad.size:
+        row = int(bad[0])
+        raise UserError(
+            f"{source}: row {row} (image_id {predictions['image_id'].iloc[row]}) probabilities "
+            f"are not a distribution (sum {sums[row]:.4g})"
+        )
+    # float32 rounding leaves sums ~1e-7 off; sklearn's log_loss warns unless they are exact in float64.
+    return y_true, y_pred, probs / sums[:, None]
+
+
+def compute_metrics(predictions: pd.DataFrame, class_names: Sequence[str], *, top_k: int) -> dict[str, Any]:
+    """All test metrics of one model, from its predictions table (scikit-learn throughout).
+
+    Per-class values and the confusion matrix use every class of the label map, in its order
+    (rows = true, columns = predicted). Macro averages follow scikit-learn's default: the mean over
+    classes present in the true or predicted labels (a class absent from both says nothing).
+    ``top_k_accuracy`` is ``None`` unless ``top_k < number of classes``.
+    """
+    class_names = [str(c) for c in class_names]
+    k_classes = len(class_names)
+    if k_classes < 2:
+        raise UserError(f"label map: need at least 2 classes, got {k_classes}")
+    if int(top_k) < 1:
+        raise UserError(f"params top_k: must be >= 1, got {top_k}")
+    y_true, y_pred, probs = _check_predictions(predictions, k_classes, "predictions")
+    labels = list(range(k_classes))
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    averages: dict[str, float] = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        averages.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
+
+    top_k_accuracy = None
+    if top_k < k_classes:
+        # Binary scores are the positive-class probability in scikit-learn's convention.
+        scores = probs[:, 1] if k_classes == 2 else probs
+        top_k_accuracy = float(top_k_accuracy_score(y_true, scores, k=top_k, labels=labels))
+
+    return {
+        "n_test": int(len(y_true)),
+        "n_classes": k_classes,
+        "class_names": class_names,
+        "loss": float(log_loss(y_true, probs, labels=labels)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        # Mean recall over classes present in y_true (scikit-learn's definition).
+        "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
+        "top_k": int(top_k),
+        "top_k_accuracy": top_k_accuracy,
+        **{key: float(value) for key, value in averages.items()},
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).astype(int).tolist(),
+    }
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    import warnings
+
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true" is expected when a model predicts a rare class.
+        warnings.simplefilter("ignore", UserWarning)
+        return balanced_accuracy_score(y_true, y_pred)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 exactly as in :func:`compute_metrics` (used by the comparison as a cross-check)."""
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def build_metrics_document(
+    *,
+    model: str,
+    architecture: str,
+    weights: str,
+    dataset_sha256: str,
+    train_seconds: float | None,
+    eval_seconds: float,
+    metrics: dict[str, Any],
+    test_manifest: str | None = None,
+    n_manifest: int | None = None,
+    skipped_by_reason: dict[str, int] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The versioned metrics JSON of one model (schema: workflow/schemas/metrics.schema.json).
+
+    ``n_manifest`` and ``skipped_by_reason`` say how the test manifest's rows reconcile with
+    ``metrics.n_test`` (images that could not be sharded are counted, not silently dropped).
+    """
+    document = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "model": model,
+        "architecture": architecture,
+        "weights": weights,
+        "dataset": {
+            "test_manifest": test_manifest,
+            "sha256": dataset_sha256,
+            "n_manifest": int(n_manifest) if n_manifest is not None else int(metrics["n_test"]),
+            "skipped_by_reason": {str(k): int(v) for k, v in (skipped_by_reason or {}).items()},
+        },
+        "timing": {
+            "train_seconds": None if train_seconds is None else float(train_seconds),
+            "eval_seconds": float(eval_seconds),
+            "device": device,
+        },
+        "metrics": metrics,
+    }
+    validate_metrics_document(document)
+    return document
+
+
+def load_metrics_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def validate_metrics_document(document: dict[str, Any], *, source: str = "metrics document") -> None:
+    """Check a metrics document against the JSON Schema and its internal counts."""
+    import jsonschema  # only here: keeps `import quiltflow.metrics` light for the pure metric functions
+
+    validator = jsonschema.Draft202012Validator(load_metrics_schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: len(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+        raise UserError(f"{source}: key {where}: {err.message}")
+    metrics = document["metrics"]
+    k = metrics["n_classes"]
+    matrix = metrics["confusion_matrix"]
+    if len(metrics["class_names"]) != k or len(matrix) != k or any(len(row) != k for row in matrix):
+        raise UserError(f"{source}: class_names/confusion_matrix do not match n_classes={k}")
+    if sum(map(sum, matrix)) != metrics["n_test"]:
+        raise UserError(f"{source}: confusion matrix total != n_test={metrics['n_test']}")
+    dataset = document["dataset"]
+    skipped = sum(dataset["skipped_by_reason"].values())
+    if dataset["n_manifest"] != metrics["n_test"] + skipped:
+        raise UserError(
+            f"{source}: n_manifest={dataset['n_manifest']} != n_test={metrics['n_test']} + skipped={skipped}"
+        )
+
+
+def load_metrics_document(path: str | Path) -> dict[str, Any]:
+    """Read and validate a metrics JSON (refuses other schema versions with a clear message)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"metrics file not found: {path}")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"metrics file {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if version != METRICS_SCHEMA_VERSION:
+        raise UserError(
+            f"metrics file {path}: schema_version {version!r}, expected {METRICS_SCHEMA_VERSION} "
+            "(re-run evaluate_model)"
+        )
+    validate_metrics_document(document, source=f"metrics file {path}")
+    return document
+
+
+def write_json(document: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")

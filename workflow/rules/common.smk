@@ -1,0 +1,77 @@
+import math
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The stage logic is the quiltflow package beside this folder; the Snakefile imports it at
+# DAG-build time (config validation, shard counts), the scripts import it in each job.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from quiltflow.config import code_version, frozen_models, validate_config  # noqa: E402
+from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.shards import shard_count  # noqa: E402
+
+SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+
+try:
+    # One-line error naming the key or path, before any job runs.
+    _validated = validate_config(config)
+except UserError as err:
+    raise WorkflowError(str(err)) from None
+config.clear()
+config.update(_validated)
+validate(config, SCHEMA)  # Snakemake's own check, for tools that expect it (passes here).
+
+SPLITS = ["train", "val", "test"]
+MODELS = sorted(config["models"])
+FROZEN = frozen_models(config)
+DATASET = config["dataset"]
+DEMO = DATASET["demo"]["enabled"]
+
+
+wildcard_constraints:
+    split="train|val|test",
+    model="|".join(MODELS),
+    index=r"\d{5}",
+    total=r"\d{5}",
+
+
+def metadata_inputs(wildcards):
+    """filter_metadata's inputs: the lookup (not for folder) and the image root."""
+    inputs = {"image_root": DATASET["image_root"]}
+    if DATASET["format"] != "folder":
+        inputs["metadata"] = DATASET["metadata"]
+    return inputs
+
+
+def shard_paths(split, suffix=".tfrecord"):
+    """Shard files of one split: the count is read from the split manifest (checkpoint)."""
+    manifest = checkpoints.split_manifests.get().output[split]
+    rows = pq.read_metadata(manifest).num_rows
+    total = shard_count(rows, config["tfrecords"]["images_per_shard"])
+    return [
+        f"results/tfrecords/{split}/{split}-{i:05d}-of-{total:05d}{suffix}"
+        for i in range(total)
+    ]
+
+
+def model_settings(wildcards):
+    return config["models"][wildcards.model]
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "train": "results/tfrecords/train.index.json",
+        "val": "results/tfrecords/val.index.json",
+        "label_map": "results/splits/label_map.json",
+        "split_report": "results/splits/split_report.json",
+    }
+    if wildcards.model in FROZEN:
+        inputs["features_train"] = f"results/features/{wildcards.model}/train.npz"
+        inputs["features_val"] = f"results/features/{wildcards.model}/val.npz"
+    return inputs

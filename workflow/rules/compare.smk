@@ -1,0 +1,43 @@
+rule compare_models:
+    """Every model vs baselines: bootstrap intervals, paired McNemar tests, plots (no TensorFlow)."""
+    input:
+        metrics=expand("results/metrics/{model}.json", model=MODELS),
+        predictions=expand("results/predictions/{model}.parquet", model=MODELS),
+        histories=expand("results/models/{model}/history.csv", model=MODELS),
+        split_report="results/splits/split_report.json",
+        label_map="results/splits/label_map.json",
+    output:
+        json="results/comparison.json",
+        csv="results/comparison.csv",
+        md=report(
+            "results/comparison.md", caption="../report/comparison.rst", category="Comparison"
+        ),
+        metrics_plot=report(
+            "results/plots/metrics.png",
+            caption="../report/metrics_plot.rst",
+            category="Comparison",
+        ),
+        curves_plot=report(
+            "results/plots/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+        confusion=report(
+            expand("results/plots/confusion_{model}.png", model=MODELS),
+            caption="../report/confusion.rst",
+            category="Confusion matrices",
+        ),
+    params:
+        seed=config["seed"],
+        bootstrap_samples=config["comparison"]["bootstrap_samples"],
+        alpha=config["comparison"]["alpha"],
+        code=code_version("compare", "stats", "plots", "metrics"),
+    log:
+        "logs/compare_models.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/compare_models.py"

@@ -1,0 +1,19 @@
+if DEMO:
+
+    rule generate_demo_data:
+        """Synthetic Quilt-format lookup + H&E-like tiles (offline, deterministic from the seed)."""
+        output:
+            lookup=DATASET["metadata"],
+            images=directory(DATASET["image_root"]),
+        params:
+            seed=config["seed"],
+            images_per_class=DATASET["demo"]["images_per_class"],
+            tile_size=DATASET["demo"]["tile_size"],
+            classes=DATASET["demo"]["classes"],
+            code=code_version("demo"),
+        log:
+            "logs/generate_demo_data.log",
+        conda:
+            "../../envs/data.yaml"
+        script:
+            "../scripts/generate_demo_data.py"

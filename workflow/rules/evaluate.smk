@@ -1,0 +1,27 @@
+rule evaluate_model:
+    """Predictions on the test shards, then every metric from scikit-learn on those predictions."""
+    input:
+        model="results/models/{model}/model.keras",
+        info="results/models/{model}/train_info.json",
+        test="results/tfrecords/test.index.json",
+        manifest="results/splits/test.parquet",
+        label_map="results/splits/label_map.json",
+    output:
+        predictions="results/predictions/{model}.parquet",
+        metrics="results/metrics/{model}.json",
+    params:
+        model="{model}",
+        top_k=config["evaluation"]["top_k"],
+        batch_size=config["evaluation"]["batch_size"],
+        code=code_version("evaluate", "metrics", "data"),
+    log:
+        "logs/evaluate_model/{model}.log",
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/evaluate_model.py"

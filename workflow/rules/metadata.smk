@@ -1,0 +1,51 @@
+rule filter_metadata:
+    """Lookup table + image root -> one row per kept image, and a report of every dropped row."""
+    input:
+        unpack(metadata_inputs),
+    output:
+        table="results/metadata/filtered.parquet",
+        report=report(
+            "results/metadata/filter_report.json",
+            caption="../report/filter_report.rst",
+            category="Data",
+        ),
+    params:
+        format=DATASET["format"],
+        filters=config["filters"],
+        columns=DATASET["columns"],
+        code=code_version("metadata"),
+    log:
+        "logs/filter_metadata.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/filter_metadata.py"
+
+
+checkpoint split_manifests:
+    """Stratified, video-grouped train/val/test manifests (a checkpoint: shard counts follow them)."""
+    input:
+        table="results/metadata/filtered.parquet",
+    output:
+        train="results/splits/train.parquet",
+        val="results/splits/val.parquet",
+        test="results/splits/test.parquet",
+        label_map="results/splits/label_map.json",
+        report="results/splits/split_report.json",
+    params:
+        seed=config["seed"],
+        fractions=config["splits"]["fractions"],
+        use_source_val=config["splits"]["use_source_val"],
+        code=code_version("splits"),
+    log:
+        "logs/split_manifests.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/split_manifests.py"

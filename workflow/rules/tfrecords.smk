@@ -1,0 +1,47 @@
+rule shard_tfrecords:
+    """One small CPU job per shard: decode, resize, re-encode, write atomically; skips are reported."""
+    input:
+        manifest="results/splits/{split}.parquet",
+        image_root=DATASET["image_root"],
+    output:
+        shard="results/tfrecords/{split}/{split}-{index}-of-{total}.tfrecord",
+        report="results/tfrecords/{split}/{split}-{index}-of-{total}.report.json",
+    params:
+        shard_index=lambda wc: int(wc.index),
+        num_shards=lambda wc: int(wc.total),
+        image_size=config["image_size"],
+        jpeg_quality=config["tfrecords"]["jpeg_quality"],
+        code=code_version("shards", "tfrecord_io"),
+    log:
+        "logs/shard_tfrecords/{split}-{index}-of-{total}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/shard_tfrecords.py"
+
+
+rule index_tfrecords:
+    """Per-split index: shard names, record counts, bytes, checksums (training reads counts here)."""
+    input:
+        shards=lambda wc: shard_paths(wc.split),
+        reports=lambda wc: shard_paths(wc.split, ".report.json"),
+        label_map="results/splits/label_map.json",
+    output:
+        index="results/tfrecords/{split}.index.json",
+    params:
+        split="{split}",
+        image_size=config["image_size"],
+        code=code_version("shards", "tfrecord_io"),
+    log:
+        "logs/index_tfrecords/{split}.log",
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/index_tfrecords.py"

@@ -1,0 +1,49 @@
+rule extract_features:
+    """Frozen-backbone models: pooled backbone features computed once per split, cached to disk."""
+    input:
+        index="results/tfrecords/{split}.index.json",
+    output:
+        features="results/features/{model}/{split}.npz",
+    params:
+        settings=model_settings,
+        image_size=config["image_size"],
+        seed=config["seed"],
+        code=code_version("features", "models", "data"),
+    log:
+        "logs/extract_features/{model}-{split}.log",
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/extract_features.py"
+
+
+rule train_model:
+    """One GPU job per model; resumable (BackupAndRestore) when a killed job is rerun."""
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/models/{model}/model.keras",
+        history="results/models/{model}/history.csv",
+        info="results/models/{model}/train_info.json",
+    params:
+        model="{model}",
+        settings=model_settings,
+        image_size=config["image_size"],
+        seed=config["seed"],
+        code=code_version("train", "models", "data"),
+    log:
+        "logs/train_model/{model}.log",
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train_model.py"
