@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,6 @@ def compute_metrics(predictions: pd.DataFrame, class_names: Sequence[str], *, to
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    import warnings
-
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true" is expected when a model predicts a rare class.
         warnings.simplefilter("ignore", UserWarning)
