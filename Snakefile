@@ -1,8 +1,10 @@
 # Quilt-1M histopathology classification: filter -> split -> shard -> train -> evaluate -> compare.
 # The default config runs an embedded synthetic demo offline; see README.md for real data.
+import os
 
 
-configfile: "config/config.yaml"
+# Absolute, so `snakemake -s path/to/Snakefile --directory elsewhere` finds the defaults too.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"
@@ -18,6 +20,6 @@ include: "workflow/rules/compare.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/comparison.md",
-    default_target: True

@@ -55,8 +55,7 @@ def shard_paths(split, suffix=".tfrecord"):
     rows = pq.read_metadata(manifest).num_rows
     total = shard_count(rows, config["tfrecords"]["images_per_shard"])
     return [
-        f"results/tfrecords/{split}/{split}-{i:05d}-of-{total:05d}{suffix}"
-        for i in range(total)
+        f"results/tfrecords/{split}/{split}-{i:05d}-of-{total:05d}{suffix}" for i in range(total)
     ]
 
 

@@ -27,17 +27,17 @@ rule compare_models:
             caption="../report/confusion.rst",
             category="Confusion matrices",
         ),
+    log:
+        "logs/compare_models.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],
         code=code_version("compare", "stats", "plots", "metrics"),
-    log:
-        "logs/compare_models.log",
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../scripts/compare_models.py"

@@ -5,15 +5,15 @@ if DEMO:
         output:
             lookup=DATASET["metadata"],
             images=directory(DATASET["image_root"]),
+        log:
+            "logs/generate_demo_data.log",
+        conda:
+            "../../envs/data.yaml"
         params:
             seed=config["seed"],
             images_per_class=DATASET["demo"]["images_per_class"],
             tile_size=DATASET["demo"]["tile_size"],
             classes=DATASET["demo"]["classes"],
             code=code_version("demo"),
-        log:
-            "logs/generate_demo_data.log",
-        conda:
-            "../../envs/data.yaml"
         script:
             "../scripts/generate_demo_data.py"

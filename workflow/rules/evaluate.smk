@@ -9,19 +9,19 @@ rule evaluate_model:
     output:
         predictions="results/predictions/{model}.parquet",
         metrics="results/metrics/{model}.json",
-    params:
-        model="{model}",
-        top_k=config["evaluation"]["top_k"],
-        batch_size=config["evaluation"]["batch_size"],
-        code=code_version("evaluate", "metrics", "data"),
     log:
         "logs/evaluate_model/{model}.log",
+    conda:
+        "../../envs/train.yaml"
     threads: config["resources"]["train_threads"]
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/train.yaml"
+    params:
+        model="{model}",
+        top_k=config["evaluation"]["top_k"],
+        batch_size=config["evaluation"]["batch_size"],
+        code=code_version("evaluate", "metrics", "data"),
     script:
         "../scripts/evaluate_model.py"

@@ -9,18 +9,18 @@ rule filter_metadata:
             caption="../report/filter_report.rst",
             category="Data",
         ),
+    log:
+        "logs/filter_metadata.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         format=DATASET["format"],
         filters=config["filters"],
         columns=DATASET["columns"],
         code=code_version("metadata"),
-    log:
-        "logs/filter_metadata.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/filter_metadata.py"
 
@@ -35,17 +35,17 @@ checkpoint split_manifests:
         test="results/splits/test.parquet",
         label_map="results/splits/label_map.json",
         report="results/splits/split_report.json",
+    log:
+        "logs/split_manifests.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         seed=config["seed"],
         fractions=config["splits"]["fractions"],
         use_source_val=config["splits"]["use_source_val"],
         code=code_version("splits"),
-    log:
-        "logs/split_manifests.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/split_manifests.py"

@@ -6,20 +6,20 @@ rule shard_tfrecords:
     output:
         shard="results/tfrecords/{split}/{split}-{index}-of-{total}.tfrecord",
         report="results/tfrecords/{split}/{split}-{index}-of-{total}.report.json",
+    log:
+        "logs/shard_tfrecords/{split}-{index}-of-{total}.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
     params:
         shard_index=lambda wc: int(wc.index),
         num_shards=lambda wc: int(wc.total),
         image_size=config["image_size"],
         jpeg_quality=config["tfrecords"]["jpeg_quality"],
         code=code_version("shards", "tfrecord_io"),
-    log:
-        "logs/shard_tfrecords/{split}-{index}-of-{total}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=60,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/shard_tfrecords.py"
 
@@ -32,16 +32,16 @@ rule index_tfrecords:
         label_map="results/splits/label_map.json",
     output:
         index="results/tfrecords/{split}.index.json",
+    log:
+        "logs/index_tfrecords/{split}.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=30,
     params:
         split="{split}",
         image_size=config["image_size"],
         code=code_version("shards", "tfrecord_io"),
-    log:
-        "logs/index_tfrecords/{split}.log",
-    resources:
-        mem_mb=1000,
-        runtime=30,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/index_tfrecords.py"

@@ -4,20 +4,20 @@ rule extract_features:
         index="results/tfrecords/{split}.index.json",
     output:
         features="results/features/{model}/{split}.npz",
-    params:
-        settings=model_settings,
-        image_size=config["image_size"],
-        seed=config["seed"],
-        code=code_version("features", "models", "data"),
     log:
         "logs/extract_features/{model}-{split}.log",
+    conda:
+        "../../envs/train.yaml"
     threads: config["resources"]["train_threads"]
     resources:
         gpu=1,
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
-    conda:
-        "../../envs/train.yaml"
+    params:
+        settings=model_settings,
+        image_size=config["image_size"],
+        seed=config["seed"],
+        code=code_version("features", "models", "data"),
     script:
         "../scripts/extract_features.py"
 
@@ -30,20 +30,20 @@ rule train_model:
         model="results/models/{model}/model.keras",
         history="results/models/{model}/history.csv",
         info="results/models/{model}/train_info.json",
+    log:
+        "logs/train_model/{model}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
     params:
         model="{model}",
         settings=model_settings,
         image_size=config["image_size"],
         seed=config["seed"],
         code=code_version("train", "models", "data"),
-    log:
-        "logs/train_model/{model}.log",
-    threads: config["resources"]["train_threads"]
-    resources:
-        gpu=1,
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=config["resources"]["train_runtime"],
-    conda:
-        "../../envs/train.yaml"
     script:
         "../scripts/train_model.py"

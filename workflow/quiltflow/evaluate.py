@@ -1,0 +1,204 @@
+"""Rule evaluate_model: predict the test set with a saved model, then write predictions and metrics.
+
+Only this module (not metrics/stats/compare) touches TensorFlow: the metrics are computed from the
+saved predictions table so that they can be recomputed, and compared, without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quiltflow.errors import UserError
+from quiltflow.metrics import (
+    METRICS_SCHEMA_VERSION,
+    build_metrics_document,
+    compute_metrics,
+    sha256_file,
+    write_json,
+    write_predictions,
+)
+
+__all__ = ["METRICS_SCHEMA_VERSION", "predict", "evaluate_model"]
+
+log = logging.getLogger("quiltflow.evaluate")
+
+
+def _as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
+    """Model outputs as probabilities; logits (rows not summing to 1) get a softmax."""
+    outputs = outputs.astype(np.float64)
+    sums = outputs.sum(axis=1)
+    if outputs.min(initial=0.0) >= 0 and np.all(np.abs(sums - 1.0) < 1e-3):
+        return outputs
+    log.warning("%s: outputs are not probabilities (no softmax layer?); applying softmax", model_name)
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def predict(
+    model: Any,
+    dataset: Any,
+    class_names: Sequence[str],
+    *,
+    groups: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Predict every batch of ``dataset`` (``(uint8 images, int32 labels, string ids)``).
+
+    Returns the predictions table of docs/interfaces.md. ``group`` comes from ``groups``
+    (image_id -> leakage group, read from the test manifest); an id missing there is an error.
+    Without ``groups`` the column is empty strings.
+    """
+    import tensorflow as tf
+
+    num_classes = len(class_names)
+    name = getattr(model, "name", "model")
+    ids: list[str] = []
+    labels: list[np.ndarray] = []
+    outputs: list[np.ndarray] = []
+    for batch in dataset.prefetch(tf.data.AUTOTUNE):
+        if len(batch) != 3:
+            raise UserError("test dataset must yield (images, labels, ids): build it with with_ids=True")
+        images, batch_labels, batch_ids = batch
+        # predict_on_batch reuses one compiled predict function: no per-batch retracing or callbacks.
+        out = np.asarray(model.predict_on_batch(images))
+        if out.ndim != 2 or out.shape[1] != num_classes:
+            raise UserError(
+                f"model {name}: output shape {tuple(out.shape)} does not match {num_classes} classes of the label map"
+            )
+        outputs.append(out)
+        labels.append(np.asarray(batch_labels).reshape(-1))
+        ids.extend(i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in np.asarray(batch_ids).reshape(-1))
+
+    if not ids:
+        raise UserError("test dataset is empty: nothing to evaluate")
+    probs = _as_probabilities(np.concatenate(outputs), name)
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise UserError(f"test dataset: image_id {dup} appears more than once")
+    if groups is not None:
+        missing = [i for i in ids if i not in groups]
+        if missing:
+            raise UserError(f"test manifest has no row for image_id {missing[0]} ({len(missing)} missing)")
+        group_col = [str(groups[i]) for i in ids]
+    else:
+        group_col = [""] * len(ids)
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "group": group_col,
+            "true_label": np.concatenate(labels).astype(np.int32),
+            "pred_label": probs.argmax(axis=1).astype(np.int32),
+            "probabilities": list(probs.astype(np.float32)),
+        }
+    )
+
+
+def _make_test_dataset(index_path: str, batch_size: int) -> Any:
+    """The test TFRecords as ``(images, labels, ids)`` batches, in manifest order."""
+    from quiltflow.data import make_dataset  # TF reader, written by the data stage
+
+    return make_dataset(index_path, batch_size, training=False, with_ids=True)
+
+
+def _read_json(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def _require(mapping: Mapping[str, Any], key: str, source: str) -> Any:
+    if key not in mapping:
+        raise UserError(f"{source}: missing key {key}")
+    return mapping[key]
+
+
+def evaluate_model(
+    *,
+    model_path: str,
+    test_index_path: str,
+    manifest_path: str,
+    label_map_path: str,
+    info_path: str,
+    predictions_path: str,
+    metrics_path: str,
+    model_name: str,
+    top_k: int,
+    batch_size: int,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Predict the test split, write the predictions Parquet and the metrics JSON; return the JSON."""
+    import tensorflow as tf
+
+    # Thread pools must be sized before TensorFlow runs anything; honour Snakemake's threads.
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, int(threads)))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, int(threads))))
+    except RuntimeError:  # already initialised (e.g. in tests): keep the existing pools
+        pass
+    import keras
+
+    label_map = _read_json(label_map_path, "label map")
+    class_names = [str(c) for c in _require(label_map, "classes", f"label map {label_map_path}")]
+    info = _read_json(info_path, "train_info")
+    info_model = info.get("model")
+    if info_model is not None and info_model != model_name:
+        raise UserError(f"train_info {info_path}: key model is {info_model!r}, expected {model_name!r}")
+    index = _read_json(test_index_path, "test index")
+    skipped = {str(k): int(v) for k, v in index.get("skipped_by_reason", {}).items()}
+
+    manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
+    groups = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str)))
+    if len(groups) != len(manifest):
+        raise UserError(f"test manifest {manifest_path}: image_id values are not unique")
+
+    model = keras.models.load_model(model_path, compile=False)
+    dataset = _make_test_dataset(test_index_path, int(batch_size))
+    start = time.perf_counter()
+    predictions = predict(model, dataset, class_names, groups=groups)
+    eval_seconds = time.perf_counter() - start
+
+    # Every manifest row is either predicted or counted as skipped by the sharding stage.
+    n_skipped = sum(skipped.values())
+    if len(manifest) != len(predictions) + n_skipped:
+        raise UserError(
+            f"test manifest {manifest_path} has {len(manifest)} rows but {len(predictions)} were predicted "
+            f"and {n_skipped} skipped in {test_index_path}: re-run shard_tfrecords/index_tfrecords"
+        )
+
+    metrics = compute_metrics(predictions, class_names, top_k=int(top_k))
+    document = build_metrics_document(
+        model=model_name,
+        architecture=str(info.get("architecture", "unknown")),
+        weights=str(info.get("weights", "unknown")),
+        dataset_sha256=sha256_file(manifest_path),
+        train_seconds=info.get("train_seconds"),
+        eval_seconds=eval_seconds,
+        metrics=metrics,
+        test_manifest=str(manifest_path),
+        n_manifest=len(manifest),
+        skipped_by_reason=skipped,
+        device=info.get("device"),
+    )
+    write_predictions(predictions, predictions_path)
+    write_json(document, metrics_path)
+    log.info(
+        "%s: %d test images, accuracy %.4f, macro F1 %.4f, eval %.1f s",
+        model_name,
+        metrics["n_test"],
+        metrics["accuracy"],
+        metrics["f1_macro"],
+        eval_seconds,
+    )
+    return document
