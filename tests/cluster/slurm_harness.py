@@ -41,12 +41,18 @@ class SlurmUnavailable(RuntimeError):
     """This machine cannot host the test cluster; the message says why (used as skip reason)."""
 
 
+class SlurmStartError(RuntimeError):
+    """SLURM is installed but the daemons did not come up: a real failure, not a skip."""
+
+
 def _run(cmd: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def unavailable_reason() -> str | None:
     """Why this machine can't run the cluster (None when it can, maybe after an install)."""
+    if os.environ.get("QUILTFLOW_SKIP_SLURM", "") not in ("", "0"):
+        return "QUILTFLOW_SKIP_SLURM is set"
     if platform.system() != "Linux":
         return "SLURM harness needs Linux"
     if os.geteuid() != 0:
@@ -287,18 +293,18 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._spawn("munged", ["munged", "-F", "--force"], user="munge", group="munge")
         ok = self._wait(lambda: _run(["sh", "-c", "munge -n | unmunge"], 10).returncode == 0, 15)
         if not ok:
-            raise SlurmUnavailable(f"munged did not start: {self.log_tail('munged.stdout')}")
+            raise SlurmStartError(f"munged did not start: {self.log_tail('munged.stdout')}")
 
     def _wait_node_idle(self) -> None:
         def idle() -> bool:
             for name in ("slurmctld", "slurmd"):
                 if self.procs[name].poll() is not None:
-                    raise SlurmUnavailable(f"{name} exited: {self.log_tail(name + '.log')}")
+                    raise SlurmStartError(f"{name} exited: {self.log_tail(name + '.log')}")
             res = _run(["sinfo", "-h", "-N", "-o", "%T"], 10)
             return res.returncode == 0 and res.stdout.strip() == "idle"
 
         if not self._wait(idle, self.start_timeout):
-            raise SlurmUnavailable(
+            raise SlurmStartError(
                 f"node not idle after {self.start_timeout:.0f} s: "
                 f"{_run(['sinfo', '-N', '-l']).stdout.strip()} {self.log_tail('slurmctld.log')}"
             )
@@ -323,20 +329,23 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         res = _run(["squeue", "-h", f"--states={states}", "-o", "%i|%T"], 10)
         return [ln for ln in res.stdout.splitlines() if ln.strip()]
 
-    def jobs(self) -> list[dict[str, str]]:
-        """Every job slurmctld still remembers (MinJobAge), as `scontrol show job -o` fields."""
+    def jobs(self, workdir: Path | None = None) -> list[dict[str, str]]:
+        """Jobs slurmctld still remembers (MinJobAge) as `scontrol show job -o` fields,
+        oldest first; only those submitted from `workdir` when given."""
         res = _run(["scontrol", "show", "job", "-o"], 10)
         if "No jobs in the system" in res.stdout + res.stderr:
             return []
         out = []
         for line in res.stdout.splitlines():
             # values never contain spaces in our jobs, except Command=... (last-ish); fine here
-            out.append(dict(tok.split("=", 1) for tok in line.split() if "=" in tok))
-        return out
+            job = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+            if workdir is None or job.get("WorkDir") == str(workdir):
+                out.append(job)
+        return sorted(out, key=lambda j: int(j["JobId"]))
 
-    def jobs_of_rule(self, rule: str) -> list[dict[str, str]]:
+    def jobs_of_rule(self, rule: str, workdir: Path | None = None) -> list[dict[str, str]]:
         """Jobs the snakemake slurm plugin submitted for `rule` (it sets --comment rule_<name>...)."""
-        return [j for j in self.jobs()
+        return [j for j in self.jobs(workdir)
                 if j.get("Comment") == f"rule_{rule}" or j.get("Comment", "").startswith(f"rule_{rule}_wildcards_")]
 
 

@@ -169,7 +169,7 @@ def compute_metrics(predictions: pd.DataFrame, class_names: Sequence[str], *, to
         "loss": float(log_loss(y_true, probs, labels=labels)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         # Mean recall over classes present in y_true (scikit-learn's definition).
-        "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "top_k": int(top_k),
         "top_k_accuracy": top_k_accuracy,
         **{key: float(value) for key, value in averages.items()},
@@ -186,11 +186,12 @@ def compute_metrics(predictions: pd.DataFrame, class_names: Sequence[str], *, to
     }
 
 
-def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's definition)."""
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true" is expected when a model predicts a rare class.
         warnings.simplefilter("ignore", UserWarning)
-        return balanced_accuracy_score(y_true, y_pred)
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -1,0 +1,162 @@
+"""End to end through `--profile profiles/slurm` on a throwaway one-node SLURM (issue 8).
+
+The toy workflow (tests/cluster/toy/Snakefile) names its rules like the real ones, so it
+proves the profile's resources, the fake-GPU gres, status polling and retries in ~1 min even
+without the real workflow; the real `config/test.yaml` run follows when the workflow is there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_harness import LocalSlurm
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "profiles" / "slurm"
+TOY = Path(__file__).resolve().parent / "toy" / "Snakefile"
+TEST_CONFIG = REPO / "config" / "test.yaml"
+VENV_BIN = Path(sys.executable).parent  # jobs inherit PATH via sbatch --export=ALL
+
+# Test-only settings layered over the user profile on the command line: poll SLURM every
+# second instead of the plugin's 40 s, and keep the job logs so a failure can be read.
+TEST_ARGS = [
+    "--slurm-init-seconds-before-status-checks", "1",
+    "--slurm-keep-successful-logs",
+    "--latency-wait", "5",
+]
+KILLED = (124, 137, -9)  # `timeout -s KILL` ran out: the run hung
+
+
+def main_snakefile() -> Path:
+    for cand in (REPO / "Snakefile", REPO / "workflow" / "Snakefile"):
+        if cand.exists():
+            return cand
+    return REPO / "Snakefile"
+
+
+def run_snakemake(snakefile: Path, workdir: Path, *extra: str,
+                  configfiles: tuple[Path, ...] = (), timeout: int = 120) -> subprocess.CompletedProcess:
+    """`snakemake --profile profiles/slurm` under a hard `timeout -s KILL`, output kept in workdir."""
+    cmd = ["timeout", "-s", "KILL", str(timeout), str(VENV_BIN / "snakemake"),
+           "-s", str(snakefile), "--directory", str(workdir), "--profile", str(PROFILE),
+           *TEST_ARGS, *extra]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    started = time.monotonic()
+    res = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    (workdir / "snakemake.out").write_text(res.stdout + res.stderr)
+    print(f"snakemake rc={res.returncode} in {time.monotonic() - started:.0f} s: {' '.join(cmd)}")
+    return res
+
+
+def tail(res: subprocess.CompletedProcess, n: int = 40) -> str:
+    return "\n".join((res.stdout + res.stderr).splitlines()[-n:])
+
+
+def gpus(job: dict[str, str]) -> str:
+    """What the job asked for in GPUs ('' for none): `--gpus=N` shows as TresPerJob=gres:gpu:N."""
+    return job.get("TresPerJob", "") if "gpu" in job.get("TresPerJob", "") else ""
+
+
+def failure_overlay(tmp: Path) -> Path:
+    path = tmp / "inject_failure.yaml"
+    path.write_text("models:\n  custom_cnn:\n    inject_failure: true\n")
+    return path
+
+
+# --------------------------------------------------------------------------- toy workflow
+def test_slurm_toy_workflow_gpu_only_for_training(slurm_cluster: LocalSlurm, tmp_path: Path):
+    res = run_snakemake(TOY, tmp_path)
+    assert res.returncode == 0, tail(res)
+
+    # Inside the job: SLURM gave the training job the (fake) GPU, and only it.
+    assert (tmp_path / "results/train.txt").read_text().strip() == "CUDA_VISIBLE_DEVICES=0"
+    assert (tmp_path / "results/shard.txt").read_text().strip() == "CUDA_VISIBLE_DEVICES=unset"
+
+    # What was asked of SLURM: the profile's set-resources for each rule.
+    [train] = slurm_cluster.jobs_of_rule("train_model", tmp_path)
+    [shard] = slurm_cluster.jobs_of_rule("shard_tfrecords", tmp_path)
+    assert gpus(train) == "gres:gpu:1" and gpus(shard) == ""
+    assert (train["NumCPUs"], train["MinMemoryNode"], train["TimeLimit"]) == ("8", "32000M", "12:00:00")
+    assert (shard["NumCPUs"], shard["MinMemoryNode"], shard["TimeLimit"]) == ("1", "1000M", "00:15:00")
+    assert {train["JobState"], shard["JobState"]} == {"COMPLETED"}
+
+
+def test_slurm_toy_injected_failure_is_retried_then_fails(slurm_cluster: LocalSlurm, tmp_path: Path):
+    res = run_snakemake(TOY, tmp_path, configfiles=(failure_overlay(tmp_path),))
+    assert res.returncode not in KILLED, "snakemake hung on a failed SLURM job:\n" + tail(res)
+    assert res.returncode != 0, tail(res)
+    assert not (tmp_path / "results/train.txt").exists()
+
+    # The profile's `retries: 1` resubmits once, with mem_mb = 32000 * attempt.
+    tries = slurm_cluster.jobs_of_rule("train_model", tmp_path)
+    assert [j["JobState"] for j in tries] == ["FAILED", "FAILED"], tries
+    assert [j["MinMemoryNode"] for j in tries] == ["32000M", "64000M"]
+    assert tries[0]["ExitCode"].startswith("3:")  # the injected `exit 3`, not a SLURM error
+    assert "Error in rule train_model" in res.stdout + res.stderr
+    # ... and its SLURM log (kept for failed jobs) holds the job's own error message.
+    logs = list((tmp_path / ".snakemake/slurm_logs/rule_train_model").rglob("*.log"))
+    assert len(logs) == 2 and all("injected failure" in p.read_text() for p in logs), logs
+
+
+# --------------------------------------------------------------------------- real workflow
+@pytest.fixture(scope="module")
+def real_workflow() -> Path:
+    """The repo's Snakefile, once `config/test.yaml` exists and dry-runs (skip otherwise)."""
+    snakefile = main_snakefile()
+    if not snakefile.exists() or not TEST_CONFIG.exists():
+        reason = f"real workflow not ready ({snakefile.name} or {TEST_CONFIG.name} missing)"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    return snakefile
+
+
+@pytest.fixture(scope="module")
+def real_run(slurm_cluster: LocalSlurm, real_workflow: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    workdir = tmp_path_factory.mktemp("slurm-e2e")
+    res = run_snakemake(real_workflow, workdir, configfiles=(TEST_CONFIG,), timeout=420)
+    return workdir, res
+
+
+def test_slurm_real_workflow_end_to_end(slurm_cluster: LocalSlurm, real_run):
+    workdir, res = real_run
+    assert res.returncode == 0, tail(res, 80)
+    for name in ("comparison.md", "comparison.json", "comparison.csv"):
+        assert (workdir / "results" / name).is_file(), name
+    jobs = slurm_cluster.jobs(workdir)
+    assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), jobs
+
+    trains = slurm_cluster.jobs_of_rule("train_model", workdir)
+    shards = slurm_cluster.jobs_of_rule("shard_tfrecords", workdir)
+    assert trains and shards
+    assert all(gpus(j) == "gres:gpu:1" for j in trains), trains
+    assert all(gpus(j) == "" for j in shards), shards
+    # each trained model has its metrics
+    for job in trains:
+        model = job["Comment"].split("_wildcards_", 1)[-1].replace("model=", "")
+        assert (workdir / "results/metrics" / f"{model}.json").is_file(), model
+
+
+def test_slurm_real_workflow_injected_failure(slurm_cluster: LocalSlurm, real_run, tmp_path: Path):
+    workdir, first = real_run
+    if first.returncode != 0:
+        pytest.skip("needs the successful end-to-end run first")
+    before = {j["JobId"] for j in slurm_cluster.jobs(workdir)}
+    res = run_snakemake(
+        main_snakefile(), workdir, "results/models/custom_cnn/model.keras", "--forcerun", "train_model",
+        configfiles=(TEST_CONFIG, failure_overlay(tmp_path)), timeout=240,
+    )
+    assert res.returncode not in KILLED, "snakemake hung on a failed SLURM job:\n" + tail(res)
+    assert res.returncode != 0, tail(res)
+    tries = [j for j in slurm_cluster.jobs_of_rule("train_model", workdir) if j["JobId"] not in before]
+    assert [j["JobState"] for j in tries] == ["FAILED", "FAILED"], tries
+    assert [gpus(j) for j in tries] == ["gres:gpu:1"] * 2

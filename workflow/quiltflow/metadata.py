@@ -1,0 +1,629 @@
+"""Filter a dataset's metadata down to one labelled row per usable image.
+
+Three input formats feed the same filtered table (columns in ``docs/interfaces.md``):
+
+* ``quilt``  – the Quilt-1M lookup CSV (or a Parquet copy of it): one row per caption.
+* ``csv``    – any CSV/Parquet with a path, a label and optionally a group column
+  (names from ``columns = {"path": ..., "label": ..., "group": ... or None}``; an optional
+  ``"split"`` entry names a column copied to ``source_split``).
+* ``folder`` – one sub-folder per class under ``image_root`` (no metadata file).
+
+Each dropped row is counted exactly once, under the FIRST reason in this order:
+
+``empty_path``           the path cell is empty.
+``unsafe_path``          absolute path, or a path that resolves outside ``image_root`` (``..``).
+``not_image_file``       (folder format) a file without an image extension, or a hidden file.
+``subset_excluded``      (quilt) ``subset`` not in ``filters.subsets``.
+``not_histology``        (quilt) ``not_histology == 1`` and ``filters.drop_not_histology``.
+``magnification``        (quilt) magnification level not in ``filters.magnifications``.
+``small_image``          (quilt) ``min(height, width) < filters.min_image_side`` (missing sizes kept).
+``malformed_pathology``  (quilt) the ``pathology`` cell is not a list of strings.
+``no_label``             empty pathology list / empty label cell.
+``image_missing``        the file is not under ``image_root`` (one directory listing, no stat per row).
+``class_excluded``       the image's label is in ``filters.exclude_classes``.
+``class_too_small``      the label has fewer than ``filters.min_per_class`` images.
+``class_not_top_k``      the label is not among the ``filters.top_k_classes`` largest classes.
+``duplicate_row``        another caption row of an image already kept (``filters.dedupe``).
+
+Class reasons are decided per image (label of its first surviving row) and count all of that
+image's surviving rows. The report always reconciles:
+``rows_in == rows_kept + sum(dropped.values())``. With ``dedupe`` (default) ``rows_kept`` equals
+``images_kept`` and ``n_captions`` counts every surviving row of the image; with ``dedupe: false``
+every surviving row stays in the table (``image_id`` then repeats) and class filters count rows.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from quiltflow.errors import UserError
+
+log = logging.getLogger("quiltflow.metadata")
+
+SUBSPECIALTIES = (
+    "Bone", "Breast", "Cardiac", "Cytopathology", "Dermatopathology", "Endocrine",
+    "Gastrointestinal", "Genitourinary", "Gynecologic", "Head and Neck", "Hematopathology",
+    "Hepatopathology", "Neuropathology", "Ophthalmic", "Pediatric", "Pulmonary", "Renal",
+    "Soft tissue",
+)
+QUILT_SUBSETS = ("quilt", "openpath", "pubmed", "laion")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+VIDEO_ID_REGEX = r"^(?P<vid>.{11})_image_"  # never split on "_": ids may contain "_" and "-"
+
+DROP_REASONS = (
+    "empty_path", "unsafe_path", "not_image_file", "subset_excluded", "not_histology",
+    "magnification", "small_image", "malformed_pathology", "no_label", "image_missing",
+    "class_excluded", "class_too_small", "class_not_top_k", "duplicate_row",
+)
+_REASON_CODE = {name: i + 1 for i, name in enumerate(DROP_REASONS)}  # 0 = kept
+
+DEFAULT_FILTERS: dict[str, Any] = {
+    "subsets": list(QUILT_SUBSETS),
+    "drop_not_histology": True,
+    "magnifications": None,
+    "min_image_side": 0,
+    "dedupe": True,
+    "label_policy": "primary",
+    "min_per_class": 1,
+    "top_k_classes": None,
+    "exclude_classes": [],
+}
+_QUILT_ONLY_FILTERS = ("subsets", "drop_not_histology", "magnifications", "min_image_side")
+LABEL_POLICIES = ("primary",)
+
+FILTERED_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("label", pa.string()),
+    ("group", pa.string()),
+    ("pathologies", pa.list_(pa.string())),
+    ("subset", pa.string()),
+    ("source_split", pa.string()),
+    ("magnification", pa.float64()),
+    ("n_captions", pa.int32()),
+])
+
+_MAX_PATHOLOGY_CHARS = 4096  # literal_eval on a huge cell is slow; no real list is that long
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _encode(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Dictionary-encode a string column: (int64 codes with -1 for null/empty, distinct values)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    enc = arr.dictionary_encode()
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    empty = np.flatnonzero(pc.equal(enc.dictionary, "").to_numpy(zero_copy_only=False))
+    if len(empty):
+        codes[np.isin(codes, empty)] = -1
+    return codes, enc.dictionary.to_pylist()
+
+
+def _floats(col: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
+    """A numeric column as float64 with NaN for missing (all NaN when the column is absent)."""
+    if col is None:
+        return np.full(n, np.nan)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def parse_pathology(text: str | None) -> list[str] | None:
+    """Parse one ``pathology`` cell: a list of names, ``[]`` when empty, None when malformed."""
+    if text is None:
+        return []
+    text = text.strip()
+    if text in ("", "[]", "nan", "NaN", "None"):
+        return []
+    if len(text) > _MAX_PATHOLOGY_CHARS:
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return None
+    return [v.strip() for v in value if v.strip()]
+
+
+def video_id(file_name: str) -> str | None:
+    """YouTube id of a Quilt image file name (``<11 chars>_image_<uuid>.jpg``), else None."""
+    m = re.match(VIDEO_ID_REGEX, posixpath.basename(file_name))
+    return m.group("vid") if m else None
+
+
+def _normalize_paths(paths: list[str]) -> tuple[list[str | None], np.ndarray, bool]:
+    """Make distinct raw paths safe: (normalised path or None, reason per path (0 = ok), changed)."""
+    arr = pa.array(paths, type=pa.string())
+    reason = np.zeros(len(paths), dtype=np.int8)
+    absolute = pc.match_substring_regex(arr, r"^(/|\\|[A-Za-z]:)").to_numpy(zero_copy_only=False)
+    reason[absolute] = _REASON_CODE["unsafe_path"]
+    # Only paths with ".", ".." or "//" segments need a Python-level normpath: rare in practice.
+    odd = pc.match_substring_regex(arr, r"(^|/)\.{1,2}(/|$)|//|/$").to_numpy(zero_copy_only=False)
+    out: list[str | None] = list(paths)
+    changed = False
+    for i in np.flatnonzero(odd & ~absolute):
+        norm = posixpath.normpath(paths[i])
+        if norm == ".." or norm.startswith("../"):
+            reason[i] = _REASON_CODE["unsafe_path"]
+        elif norm in (".", ""):
+            reason[i] = _REASON_CODE["empty_path"]
+        else:
+            out[i] = norm
+            changed = True
+    for i in np.flatnonzero(reason):
+        out[i] = None
+    return out, reason, changed
+
+
+def _list_files(image_root: Path, rel_paths: list[str | None]) -> set[str]:
+    """Relative POSIX paths of the files that exist, listing only the folders the paths use."""
+    parents = {p.rpartition("/")[0] for p in rel_paths if p is not None and "/" in p}
+    parents.add("")
+    found: set[str] = set()
+    for parent in sorted(parents):
+        folder = image_root / parent if parent else image_root
+        try:
+            with os.scandir(folder) as it:
+                names = [e.name for e in it if e.is_file()]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        found.update(f"{parent}/{n}" for n in names) if parent else found.update(names)
+    return found
+
+
+# --------------------------------------------------------------------------- filter config
+
+
+def _check_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge user filters over the defaults and validate every key (UserError names the key)."""
+    filters = dict(filters or {})
+    unknown = sorted(set(filters) - set(DEFAULT_FILTERS))
+    if unknown:
+        raise UserError(f"filters.{unknown[0]}: unknown key (known: {', '.join(DEFAULT_FILTERS)})")
+    f = {**DEFAULT_FILTERS, **{k: v for k, v in filters.items()}}
+    for key in ("subsets", "exclude_classes"):
+        if f[key] is None:
+            f[key] = list(DEFAULT_FILTERS[key])
+        if isinstance(f[key], str) or not all(isinstance(s, str) for s in f[key]):
+            raise UserError(f"filters.{key}={f[key]!r}: expected a list of names")
+        f[key] = list(f[key])
+    if f["magnifications"] is not None:
+        mags = f["magnifications"]
+        if isinstance(mags, (str, int, float)) or not all(
+            m is None or (isinstance(m, (int, float)) and not isinstance(m, bool) and m in (0, 1, 2))
+            for m in mags
+        ):
+            raise UserError(f"filters.magnifications={mags!r}: expected null or a list of 0, 1, 2 (null keeps unknown)")
+        f["magnifications"] = list(mags)
+    for key, lo in (("min_image_side", 0), ("min_per_class", 1)):
+        v = f[key]
+        if v is None:
+            f[key] = DEFAULT_FILTERS[key]
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo:
+            raise UserError(f"filters.{key}={v!r}: expected a number >= {lo}")
+    k = f["top_k_classes"]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise UserError(f"filters.top_k_classes={k!r}: expected null or an integer >= 1")
+    for key in ("drop_not_histology", "dedupe"):
+        if not isinstance(f[key], bool):
+            raise UserError(f"filters.{key}={f[key]!r}: expected true or false")
+    if f["label_policy"] not in LABEL_POLICIES:
+        raise UserError(f"filters.label_policy={f['label_policy']!r}: expected one of {list(LABEL_POLICIES)}")
+    return f
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+@dataclass
+class _Rows:
+    """Per-row arrays every adapter produces; the common pipeline filters these."""
+
+    n: int
+    path_code: np.ndarray                 # int64 index into ``paths`` (-1 = empty)
+    paths: list[str]
+    label_code: np.ndarray                # int64 index into ``classes``; -1 no label, -2 malformed
+    classes: list[str]
+    subset_code: np.ndarray               # int64 index into ``subsets``
+    subsets: list[str]
+    split_code: np.ndarray | None = None  # int64 index into ``splits`` (-1 = missing)
+    splits: list[str] = field(default_factory=list)
+    pathology_code: np.ndarray | None = None  # int64 index into ``pathology_lists``
+    pathology_lists: pa.Array | None = None
+    group_code: np.ndarray | None = None  # configured group column (csv)
+    groups: list[str] = field(default_factory=list)
+    magnification: np.ndarray | None = None
+    height: np.ndarray | None = None
+    width: np.ndarray | None = None
+    not_histology: np.ndarray | None = None
+    pre_reason: np.ndarray | None = None  # int8 reason decided by the adapter (folder)
+    quilt: bool = False
+
+
+def _read_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        try:
+            return next(csv.reader(fh))
+        except StopIteration:
+            raise UserError(f"{path}: metadata file is empty") from None
+
+
+def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Table:
+    """Read only ``wanted`` columns of a CSV or Parquet file (strings kept as strings)."""
+    if not path.is_file():
+        raise UserError(f"metadata file {path} does not exist")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        available = pq.read_schema(path).names
+    else:
+        available = _read_header(path)
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise UserError(f"{path}: column {missing[0]!r} not found (columns: {', '.join(map(str, available))})")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            table = pq.read_table(path, columns=wanted)
+            return table.cast(pa.schema([
+                (c, pa.string() if c in string_cols else pa.float64()) for c in table.column_names
+            ]))
+        types = {c: (pa.string() if c in string_cols else pa.float64()) for c in wanted}
+        return pacsv.read_csv(
+            path,
+            # Captions may hold quoted newlines; a big block keeps the parser parallel.
+            read_options=pacsv.ReadOptions(block_size=1 << 25),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=wanted, column_types=types, strings_can_be_null=True),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot read metadata: {first}") from None
+
+
+def _quilt_rows(metadata_path: Path) -> _Rows:
+    """Read the Quilt lookup: only the needed columns; each distinct pathology parsed once."""
+    is_parquet = metadata_path.suffix.lower() in (".parquet", ".pq")
+    available = pq.read_schema(metadata_path).names if is_parquet and metadata_path.is_file() else (
+        _read_header(metadata_path) if metadata_path.is_file() else [])
+    optional = [c for c in ("split", "magnification", "height", "width", "not_histology") if c in available]
+    wanted = ["image_path", "subset", "pathology", *optional]
+    table = _read_table(metadata_path, wanted, {"image_path", "subset", "pathology", "split"})
+    n = table.num_rows
+    path_code, paths = _encode(table["image_path"])
+    subset_code, subsets = _encode(table["subset"])
+    split_code, splits = _encode(table["split"]) if "split" in optional else (None, [])
+
+    path_code_p, pathology_strings = _encode(table["pathology"])
+    parsed = [parse_pathology(s) for s in pathology_strings]
+    classes = sorted({p[0] for p in parsed if p})
+    class_index = {c: i for i, c in enumerate(classes)}
+    # One slot per distinct string plus a final slot for null/empty cells (code -1).
+    label_of = np.array([(-2 if p is None else class_index[p[0]] if p else -1) for p in parsed] + [-1],
+                        dtype=np.int64)
+    lists = pa.array([p or [] for p in parsed] + [[]], type=pa.list_(pa.string()))
+    pcode = np.where(path_code_p < 0, len(parsed), path_code_p)
+    col = lambda name: table[name] if name in optional else None  # noqa: E731
+    return _Rows(
+        n=n, path_code=path_code, paths=paths, label_code=label_of[pcode], classes=classes,
+        subset_code=subset_code, subsets=subsets, split_code=split_code, splits=splits,
+        pathology_code=pcode, pathology_lists=lists,
+        magnification=_floats(col("magnification"), n), height=_floats(col("height"), n),
+        width=_floats(col("width"), n), not_histology=_floats(col("not_histology"), n), quilt=True,
+    )
+
+
+def _csv_rows(metadata_path: Path, columns: Mapping[str, Any]) -> _Rows:
+    """Generic table adapter: path + label (+ group, + split) columns of a CSV or Parquet file."""
+    columns = dict(columns or {})
+    for key in ("path", "label"):
+        if not columns.get(key):
+            raise UserError(f"columns.{key}: required for format 'csv' (name of the {key} column)")
+    unknown = sorted(set(columns) - {"path", "label", "group", "split"})
+    if unknown:
+        raise UserError(f"columns.{unknown[0]}: unknown key (known: path, label, group, split)")
+    names = {k: columns[k] for k in ("path", "label", "group", "split") if columns.get(k)}
+    wanted = list(dict.fromkeys(names.values()))
+    table = _read_table(metadata_path, wanted, set(wanted))
+    n = table.num_rows
+    path_code, paths = _encode(table[names["path"]])
+    label_code, labels = _encode(table[names["label"]])
+    labels = [s.strip() for s in labels]
+    classes = sorted(set(labels) - {""})
+    index = {c: i for i, c in enumerate(classes)}
+    remap = np.array([index[s] if s else -1 for s in labels] + [-1], dtype=np.int64)
+    label_code = remap[np.where(label_code < 0, len(labels), label_code)]
+    rows = _Rows(n=n, path_code=path_code, paths=paths, label_code=label_code, classes=classes,
+                 subset_code=np.zeros(n, dtype=np.int64), subsets=["csv"])
+    if "group" in names:
+        rows.group_code, rows.groups = _encode(table[names["group"]])
+    if "split" in names:
+        rows.split_code, rows.splits = _encode(table[names["split"]])
+    return rows
+
+
+def _folder_rows(image_root: Path) -> _Rows:
+    """One sub-folder per class; every file below it is a row (non-images counted, not read)."""
+    if not image_root.is_dir():
+        raise UserError(f"image_root {image_root} does not exist or is not a directory")
+    paths: list[str] = []
+    labels: list[int] = []
+    classes = sorted(e.name for e in os.scandir(image_root) if e.is_dir() and not e.name.startswith("."))
+    for ci, cls in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(image_root / cls):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(image_root).as_posix()
+            for name in sorted(filenames):
+                paths.append(f"{rel}/{name}")
+                labels.append(ci)
+    n = len(paths)
+    ok_ext = np.array([p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".")
+                       for p in paths], dtype=bool)
+    pre = np.where(ok_ext, 0, _REASON_CODE["not_image_file"]).astype(np.int8)
+    return _Rows(n=n, path_code=np.arange(n, dtype=np.int64), paths=paths,
+                 label_code=np.array(labels, dtype=np.int64), classes=classes,
+                 subset_code=np.zeros(n, dtype=np.int64), subsets=["folder"], pre_reason=pre)
+
+
+# --------------------------------------------------------------------------- common pipeline
+
+
+def _empty_error(stage: str, f: Mapping[str, Any], rows_in: int, detail: str = "") -> UserError:
+    """One-line message naming the filter (or check) that left nothing."""
+    if stage in ("subset_excluded", "not_histology", "magnification", "small_image"):
+        key = {"subset_excluded": "subsets", "not_histology": "drop_not_histology",
+               "magnification": "magnifications", "small_image": "min_image_side"}[stage]
+        return UserError(f"filters.{key}={f[key]!r} left no rows ({rows_in} rows in)")
+    if stage == "class_excluded":
+        return UserError(f"filters.exclude_classes={f['exclude_classes']!r} excluded every class")
+    if stage == "class_too_small":
+        return UserError(f"filters.min_per_class={f['min_per_class']} left no class with enough images {detail}")
+    if stage == "image_missing":
+        return UserError(f"no usable row points to an existing file under image_root {detail}")
+    text = {"empty_path": "has an empty path", "unsafe_path": "has an unsafe path",
+            "not_image_file": "is an image file", "malformed_pathology": "has a malformed pathology",
+            "no_label": "has a label"}.get(stage, stage)
+    return UserError(f"no row left after reason {stage!r} (every remaining row {text}; {rows_in} rows in)")
+
+
+def filter_metadata(
+    fmt: str,
+    metadata_path: str | Path | None,
+    image_root: str | Path,
+    filters: Mapping[str, Any] | None,
+    columns: Mapping[str, Any] | None,
+) -> tuple[pd.DataFrame, dict]:
+    """Filter ``metadata_path`` (format ``fmt``) against ``image_root``: (table, report)."""
+    f = _check_filters(filters)
+    image_root = Path(image_root)
+    if not image_root.is_dir():
+        raise UserError(f"image_root {image_root} does not exist or is not a directory")
+    if fmt == "quilt":
+        if metadata_path is None:
+            raise UserError("dataset.metadata: required for format 'quilt'")
+        rows = _quilt_rows(Path(metadata_path))
+    elif fmt == "csv":
+        if metadata_path is None:
+            raise UserError("dataset.metadata: required for format 'csv'")
+        rows = _csv_rows(Path(metadata_path), columns or {})
+    elif fmt == "folder":
+        rows = _folder_rows(image_root)
+    else:
+        raise UserError(f"dataset.format={fmt!r}: expected one of quilt, csv, folder")
+    source = metadata_path if metadata_path is not None else image_root
+    if rows.n == 0:
+        raise UserError(f"{source}: no rows to filter")
+    ignored = [k for k in _QUILT_ONLY_FILTERS if not rows.quilt and f[k] != DEFAULT_FILTERS[k]]
+    if ignored:
+        log.warning("format %s has no %s columns: filters %s ignored", fmt, "Quilt", ignored)
+
+    n = rows.n
+    reason = np.zeros(n, dtype=np.int8) if rows.pre_reason is None else rows.pre_reason.copy()
+
+    def drop(name: str, mask: np.ndarray) -> None:
+        """Give reason ``name`` to rows still alive where ``mask``; fail if nothing survives."""
+        reason[(reason == 0) & mask] = _REASON_CODE[name]
+        if not (reason == 0).any():
+            raise _empty_error(name, f, n, detail)
+
+    detail = ""
+    # Path safety on the distinct paths, mapped back with the codes.
+    norm_paths, path_reason, changed = _normalize_paths(rows.paths)
+    safe_code = np.concatenate([path_reason, [_REASON_CODE["empty_path"]]])
+    pcode = np.where(rows.path_code < 0, len(rows.paths), rows.path_code)
+    if rows.pre_reason is not None and not (reason == 0).any():
+        raise _empty_error("not_image_file", f, n)
+    drop("empty_path", safe_code[pcode] == _REASON_CODE["empty_path"])
+    drop("unsafe_path", safe_code[pcode] == _REASON_CODE["unsafe_path"])
+
+    if rows.quilt:
+        keep_subset = np.array([s in f["subsets"] for s in rows.subsets] + [False])
+        drop("subset_excluded", ~keep_subset[np.where(rows.subset_code < 0, len(rows.subsets), rows.subset_code)])
+        if f["drop_not_histology"]:
+            drop("not_histology", rows.not_histology == 1)
+        if f["magnifications"] is not None:
+            levels = [float(m) for m in f["magnifications"] if m is not None]
+            keep = np.isin(rows.magnification, levels)
+            if None in f["magnifications"]:
+                keep |= np.isnan(rows.magnification)
+            drop("magnification", ~keep)
+        if f["min_image_side"] > 0:
+            with np.errstate(invalid="ignore"):
+                side = np.fmin(rows.height, rows.width)
+            drop("small_image", side < f["min_image_side"])
+        drop("malformed_pathology", rows.label_code == -2)
+    drop("no_label", rows.label_code < 0)
+
+    # Existence: list each folder the surviving paths use once, then set membership.
+    alive_paths = np.unique(rows.path_code[reason == 0])
+    listing = _list_files(image_root, [norm_paths[i] for i in alive_paths])
+    norm_arr = pa.array(norm_paths, type=pa.string())
+    exists = pc.is_in(norm_arr, value_set=pa.array(list(listing), type=pa.string()))
+    exists = np.concatenate([pc.fill_null(exists, False).to_numpy(zero_copy_only=False), [False]])
+    example = next((norm_paths[i] for i in alive_paths[:1]), "")
+    detail = f"{image_root} (e.g. {example!r} is not there; {len(listing)} files listed)"
+    drop("image_missing", ~exists[pcode])
+
+    # Images: normalisation may map several raw paths onto one image id.
+    if changed:
+        img_of_path, img_names = pd.factorize(pd.Series(norm_paths, dtype=object), use_na_sentinel=True)
+        img_code = np.asarray(img_of_path, dtype=np.int64)[np.minimum(pcode, len(rows.paths) - 1)]
+    else:
+        img_code = rows.path_code
+
+    alive = np.flatnonzero(reason == 0)
+    if f["dedupe"]:
+        _, first_pos, inverse, counts = np.unique(img_code[alive], return_index=True,
+                                                  return_inverse=True, return_counts=True)
+        unit_rows = alive[first_pos]              # first surviving row of each image
+        unit_of_alive = inverse.ravel()
+    else:
+        unit_rows = alive
+        unit_of_alive = np.arange(len(alive))
+        _, inv, cnt = np.unique(img_code[alive], return_inverse=True, return_counts=True)
+        counts = cnt[inv.ravel()]
+    unit_label = rows.label_code[unit_rows]
+    unit_reason = np.zeros(len(unit_rows), dtype=np.int8)
+
+    # Class-level filters, on images (or rows without dedupe).
+    if f["exclude_classes"]:
+        excluded = np.array([c in f["exclude_classes"] for c in rows.classes], dtype=bool)
+        unit_reason[excluded[unit_label]] = _REASON_CODE["class_excluded"]
+        if not (unit_reason == 0).any():
+            raise _empty_error("class_excluded", f, n)
+    sizes = np.bincount(unit_label[unit_reason == 0], minlength=len(rows.classes))
+    if f["min_per_class"] > 1:
+        small = sizes < f["min_per_class"]
+        unit_reason[(unit_reason == 0) & small[unit_label]] = _REASON_CODE["class_too_small"]
+        if not (unit_reason == 0).any():
+            raise _empty_error("class_too_small", f, n, f"(largest class has {int(sizes.max())})")
+        sizes = np.where(small, 0, sizes)
+    if f["top_k_classes"] is not None:
+        ranked = sorted((c for c in range(len(rows.classes)) if sizes[c] > 0),
+                        key=lambda c: (-sizes[c], rows.classes[c]))
+        top = np.zeros(len(rows.classes), dtype=bool)
+        top[ranked[: f["top_k_classes"]]] = True
+        unit_reason[(unit_reason == 0) & ~top[unit_label]] = _REASON_CODE["class_not_top_k"]
+
+    # Map unit decisions back onto every surviving row; extra caption rows are duplicates.
+    row_reason = unit_reason[unit_of_alive]
+    is_first = np.zeros(len(alive), dtype=bool)
+    is_first[np.searchsorted(alive, unit_rows)] = True
+    row_reason[(row_reason == 0) & ~is_first] = _REASON_CODE["duplicate_row"]
+    reason[alive] = row_reason
+
+    keep_units = unit_reason == 0
+    kept_rows = unit_rows[keep_units]
+    table = _build_table(rows, kept_rows, norm_paths, counts[keep_units])
+    dropped_counts = np.bincount(reason, minlength=len(DROP_REASONS) + 1)
+    report = {
+        "format": fmt,
+        "rows_in": int(n),
+        "distinct_images_in": int(len(rows.paths)),
+        "rows_kept": int(dropped_counts[0]),
+        "images_kept": int(table["image_id"].nunique()),
+        "dropped": {name: int(dropped_counts[code]) for name, code in _REASON_CODE.items() if dropped_counts[code]},
+        "class_counts": {str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()},
+        "filters": f,
+    }
+    if ignored:
+        report["ignored_filters"] = ignored
+    assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
+    log.info("kept %d images (%d rows) of %d rows; dropped %s", report["images_kept"],
+             report["rows_kept"], n, report["dropped"])
+    return table, report
+
+
+def _build_table(rows: _Rows, kept: np.ndarray, norm_paths: list[str | None], n_captions: np.ndarray) -> pd.DataFrame:
+    """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id."""
+    image_id = pa.array(norm_paths, type=pa.string()).take(pa.array(rows.path_code[kept]))
+    order = pc.sort_indices(image_id).to_numpy()  # stable: ties keep file order (dedupe: false)
+    kept, n_captions = kept[order], n_captions[order]
+    image_id = image_id.take(pa.array(order))
+    label = pa.array(rows.classes, type=pa.string()).take(pa.array(rows.label_code[kept]))
+    subset = pa.array(rows.subsets, type=pa.string()).take(pa.array(rows.subset_code[kept]))
+
+    def lookup(values: list[str], codes: np.ndarray | None) -> pa.Array:
+        if codes is None:
+            return pa.nulls(len(kept), type=pa.string())
+        c = codes[kept]
+        return pa.array(values, type=pa.string()).take(pa.array(c, mask=c < 0))
+
+    # Group: YouTube id for Quilt-subset images, else the configured column, else the file stem.
+    base = pc.replace_substring_regex(image_id, r"^.*/", "")
+    stem = pc.replace_substring_regex(base, r"\.[^.]*$", "")
+    group = stem
+    if rows.quilt:
+        match = pc.extract_regex(base, VIDEO_ID_REGEX)  # null where the name does not match
+        use_vid = pc.and_(pc.fill_null(pc.equal(subset, "quilt"), False), pc.is_valid(match))
+        group = pc.if_else(use_vid, pc.struct_field(match, [0]), stem)
+    elif rows.group_code is not None:
+        group = pc.coalesce(lookup(rows.groups, rows.group_code), stem)
+    if rows.pathology_lists is not None:
+        pathologies = rows.pathology_lists.take(pa.array(rows.pathology_code[kept]))
+    else:
+        pathologies = pa.array([[]] * len(kept), type=pa.list_(pa.string()))
+    mag = rows.magnification[kept] if rows.magnification is not None else np.full(len(kept), np.nan)
+    arrow = pa.Table.from_arrays(
+        [image_id, label, group, pathologies, subset, lookup(rows.splits, rows.split_code),
+         pa.array(mag, type=pa.float64(), from_pandas=True), pa.array(n_captions.astype(np.int32))],
+        schema=FILTERED_SCHEMA,
+    )
+    return arrow_to_pandas(arrow)
+
+
+# --------------------------------------------------------------------------- file I/O
+
+
+def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Arrow -> pandas keeping list columns as Arrow lists (cheap, and round-trips exactly)."""
+    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+
+
+def write_parquet_stable(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None:
+    """Write ``df`` with ``schema``: no index, no pandas metadata, so equal input = equal bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata(None)
+    pq.write_table(table, path, compression="zstd", compression_level=3)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Sorted keys, indent 2, trailing newline: stable bytes for stable content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_filtered(table: pd.DataFrame, report: dict, table_path: str | Path, report_path: str | Path) -> None:
+    """Write the filtered table (Parquet) and its report (JSON)."""
+    write_parquet_stable(table, table_path, FILTERED_SCHEMA)
+    write_json(report, report_path)
+
+
+def read_filtered(path: str | Path) -> pd.DataFrame:
+    """Read a filtered table (or split manifest) written by this package."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: filtered table not found")
+    return arrow_to_pandas(pq.read_table(path))
+
+

@@ -1,0 +1,212 @@
+"""Train/val/test manifests: stratified by label, grouped by ``group`` (no video in two splits).
+
+Algorithm (seeded, equivalent in spirit to scikit-learn's StratifiedGroupKFold but for arbitrary
+fractions and fast on 10^5 groups):
+
+1. Each group gets one stratum: its most frequent label (ties: smallest label name).
+2. Groups with several images are visited largest-first (sizes bucketed by powers of two,
+   seeded random order inside a bucket, so the seed matters) and each goes to the split whose
+   target for that stratum is relatively least filled: ``(target - have) / target``.
+3. Single-image groups (most non-Quilt images) then fill what remains of each target, per
+   stratum, in one vectorised step (largest-remainder rounding).
+
+``use_source_val`` first puts every group with a ``source_split == "val"`` row into val; the
+other groups are shared between train and test in the ratio of their fractions.
+A class with too few groups to reach every split is kept and reported under ``warnings``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from quiltflow.errors import UserError
+from quiltflow.metadata import FILTERED_SCHEMA, write_json, write_parquet_stable
+
+log = logging.getLogger("quiltflow.splits")
+
+SPLITS = ("train", "val", "test")
+MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32()))
+
+
+def _check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
+    """Validate ``fractions`` (train/val/test, each >= 0, summing to 1; train > 0)."""
+    fractions = dict(fractions or {})
+    unknown = sorted(set(fractions) - set(SPLITS))
+    if unknown:
+        raise UserError(f"splits.fractions.{unknown[0]}: unknown split (expected train, val, test)")
+    out: dict[str, float] = {}
+    for name in SPLITS:
+        v = fractions.get(name, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise UserError(f"splits.fractions.{name}={v!r}: expected a number in [0, 1]")
+        out[name] = float(v)
+    if abs(sum(out.values()) - 1.0) > 1e-6:
+        raise UserError(f"splits.fractions={out}: must sum to 1 (sum is {sum(out.values()):.4f})")
+    if out["train"] <= 0:
+        raise UserError("splits.fractions.train must be > 0")
+    return out
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split ``total`` items into integer parts proportional to non-negative ``weights``."""
+    if total <= 0 or weights.sum() <= 0:
+        return np.zeros(len(weights), dtype=np.int64)
+    exact = total * weights / weights.sum()
+    base = np.floor(exact).astype(np.int64)
+    rest = total - base.sum()
+    order = np.argsort(-(exact - base), kind="stable")
+    base[order[:rest]] += 1
+    return base
+
+
+def _assign_groups(
+    strata: np.ndarray, sizes: np.ndarray, fixed: np.ndarray, weights: np.ndarray,
+    n_strata: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """Split index (0..2) per group; ``fixed >= 0`` pins a group, ``weights`` are split shares."""
+    n_groups = len(sizes)
+    split = fixed.copy()
+    have = np.zeros((n_strata, 3), dtype=np.float64)
+    np.add.at(have, (strata[split >= 0], split[split >= 0]), sizes[split >= 0])
+    free = split < 0
+    totals = np.bincount(strata[free], weights=sizes[free], minlength=n_strata)
+    active = weights > 0
+    # Targets count only the groups still to place, on top of what is pinned (source val).
+    target = have + totals[:, None] * np.where(active, weights, 0)[None, :] / weights[active].sum()
+
+    # Multi-image groups: largest first (power-of-two buckets), seeded order inside a bucket.
+    multi = np.flatnonzero(free & (sizes > 1))
+    multi = multi[rng.permutation(len(multi))]
+    multi = multi[np.argsort(-np.floor(np.log2(sizes[multi])), kind="stable")]
+    tgt = target.tolist()
+    hv = have.tolist()
+    act = [i for i in range(3) if active[i]]
+    out = split.tolist()
+    for g, s, n in zip(multi.tolist(), strata[multi].tolist(), sizes[multi].tolist()):
+        t, h = tgt[s], hv[s]
+        best = max(act, key=lambda i: ((t[i] - h[i]) / t[i] if t[i] > 0 else -np.inf, -i))
+        out[g] = best
+        h[best] += n
+    split = np.array(out, dtype=np.int64)
+    have = np.array(hv)
+
+    # Single-image groups: fill each stratum's remaining need in one shuffled slice per split.
+    single = np.flatnonzero(free & (sizes == 1))
+    single = single[rng.permutation(len(single))]
+    single = single[np.argsort(strata[single], kind="stable")]
+    bounds = np.searchsorted(strata[single], np.arange(n_strata + 1))
+    for s in range(n_strata):
+        members = single[bounds[s]: bounds[s + 1]]
+        if len(members) == 0:
+            continue
+        need = np.clip(target[s] - have[s], 0, None) * active
+        if need.sum() <= 0:
+            need = np.where(active, weights, 0).astype(np.float64)
+        counts = _largest_remainder(len(members), need)
+        split[members] = np.repeat(np.arange(3), counts)
+    assert (split >= 0).all() and n_groups == len(split)
+    return split
+
+
+def make_splits(
+    table: pd.DataFrame,
+    *,
+    fractions: Mapping[str, Any],
+    seed: int,
+    use_source_val: bool = False,
+) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    """Split the filtered table: ({split: manifest}, label_map, report)."""
+    fr = _check_fractions(fractions)
+    missing = [c for c in FILTERED_SCHEMA.names if c not in table.columns]
+    if missing:
+        raise UserError(f"filtered table lacks column {missing[0]!r}")
+    if len(table) == 0:
+        raise UserError("filtered table has no rows: nothing to split")
+    # Canonical input order (image_id, then original order) so the result ignores row order.
+    table = table.iloc[np.argsort(table["image_id"].to_numpy(dtype=object), kind="stable")].reset_index(drop=True)
+    classes = sorted(table["label"].unique().tolist())
+    class_to_index = {c: i for i, c in enumerate(classes)}
+    label_idx = table["label"].map(class_to_index).to_numpy(dtype=np.int64)
+
+    group_codes, group_names = pd.factorize(table["group"].astype(str), sort=True)
+    n_groups = len(group_names)
+    # Stratum of a group = its most frequent label (ties -> smallest label index).
+    n_cls = max(len(classes), 1)
+    pair, n_of = np.unique(group_codes.astype(np.int64) * n_cls + label_idx, return_counts=True)
+    g_of, l_of = pair // n_cls, pair % n_cls
+    order = np.lexsort((l_of, -n_of, g_of))
+    first = np.unique(g_of[order], return_index=True)[1]
+    strata = l_of[order][first]
+    sizes = np.bincount(group_codes, minlength=n_groups)
+
+    fixed = np.full(n_groups, -1, dtype=np.int64)
+    weights = np.array([fr[s] for s in SPLITS])
+    if use_source_val:
+        is_val = (table["source_split"].astype(object) == "val").to_numpy(dtype=bool)
+        fixed[np.unique(group_codes[is_val])] = SPLITS.index("val")
+        weights[SPLITS.index("val")] = 0.0  # val is exactly the source's val groups
+    rng = np.random.default_rng(seed)
+    group_split = _assign_groups(strata, sizes, fixed, weights, len(classes), rng)
+    row_split = group_split[group_codes]
+
+    # The one property that must hold: no group (video) and no image in two splits.
+    for key in ("group", "image_id"):
+        codes, names = (group_codes, group_names) if key == "group" else pd.factorize(table[key])
+        seen = np.full(len(names), -1, dtype=np.int64)
+        seen[codes] = row_split
+        bad = np.flatnonzero(seen[codes] != row_split)
+        if len(bad):
+            raise RuntimeError(f"{key} {table[key].iloc[bad[0]]!r} straddles two splits")
+
+    table = table.assign(label_index=label_idx.astype(np.int32))
+    manifests: dict[str, pd.DataFrame] = {}
+    for i, name in enumerate(SPLITS):
+        part = table.iloc[np.flatnonzero(row_split == i)]
+        # Seeded permutation so contiguous shards are class-mixed; one stream per split.
+        perm = np.random.default_rng([seed, i]).permutation(len(part))
+        manifests[name] = part.iloc[perm].reset_index(drop=True)
+
+    label_map = {"classes": classes, "class_to_index": class_to_index}
+    class_counts = {s: {c: int(n) for c, n in m["label"].value_counts().sort_index().items()}
+                    for s, m in manifests.items()}
+    warnings = []
+    for s in SPLITS:
+        if fr[s] > 0 or (s == "val" and use_source_val):
+            lacking = [c for c in classes if c not in class_counts[s]]
+            if lacking:
+                warnings.append(f"split {s} has no images of class(es) {lacking} (too few groups)")
+    for w in warnings:
+        log.warning(w)
+    report = {
+        "seed": int(seed),
+        "fractions": fr,
+        "use_source_val": bool(use_source_val),
+        "counts": {s: len(m) for s, m in manifests.items()},
+        "class_counts": class_counts,
+        "groups": {s: int(m["group"].nunique()) for s, m in manifests.items()},
+        "warnings": warnings,
+    }
+    log.info("split %d rows into %s", len(table), report["counts"])
+    return manifests, label_map, report
+
+
+def write_splits(
+    manifests: Mapping[str, pd.DataFrame],
+    label_map: dict,
+    report: dict,
+    split_paths: Mapping[str, str | Path],
+    label_map_path: str | Path,
+    report_path: str | Path,
+) -> None:
+    """Write one Parquet manifest per split plus ``label_map.json`` and ``split_report.json``."""
+    for name in SPLITS:
+        write_parquet_stable(manifests[name], split_paths[name], MANIFEST_SCHEMA)
+    write_json(label_map, label_map_path)
+    write_json(report, report_path)

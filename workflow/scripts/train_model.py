@@ -1,0 +1,28 @@
+"""Snakemake script: train one model (rule ``train_model``); out_dir = folder of output.model."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821  (workflow/ on sys.path)
+from quiltflow.smk import setup_logging
+
+log = setup_logging(snakemake.log[0])  # noqa: F821
+
+from quiltflow.train import train_from_files  # noqa: E402
+
+inp, params = snakemake.input, snakemake.params  # noqa: F821
+# Only frozen-backbone models have feature inputs.
+features = (inp.features_train, inp.features_val) if hasattr(inp, "features_train") else None
+train_from_files(
+    train_index=inp.train,
+    val_index=inp.val,
+    label_map=inp.label_map,
+    split_report=inp.split_report,
+    features=features,
+    out_dir=Path(snakemake.output.model).parent,  # noqa: F821
+    model_name=params.model,
+    settings=params.settings,
+    image_size=params.image_size,
+    seed=params.seed,
+    threads=snakemake.threads,  # noqa: F821
+)
