@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_harness import LocalSlurm, SlurmUnavailable, unavailable_reason  # noqa: E402
+from slurm_harness import SLURM_DIR, LocalSlurm, SlurmUnavailable, unavailable_reason  # noqa: E402
 
 CLUSTER_DIR = Path(__file__).resolve().parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: needs the throwaway single-node SLURM (root + apt)")
-    config.addinivalue_line("markers", "slow: takes more than ~20 s")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
@@ -44,3 +45,14 @@ def slurm_cluster():
         yield cluster
     finally:
         cluster.stop()
+        assert_no_leftovers()
+
+
+def assert_no_leftovers() -> None:
+    """After stop(): no config left, so snakemake's import-time `scontrol` query fails fast."""
+    left = [p for p in (SLURM_DIR / "slurm.conf", SLURM_DIR / "gres.conf") if p.exists()]
+    assert not left, f"harness left {left}"
+    started = time.monotonic()
+    subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30)
+    took = time.monotonic() - started
+    assert took < 3, f"`scontrol show config` takes {took:.1f} s after the cluster stopped"

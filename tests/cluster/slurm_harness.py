@@ -35,6 +35,8 @@ SLURM_DIR = Path("/etc/slurm")
 MARKER = "# written by quiltflow tests/cluster/slurm_harness.py"
 STATE_FILE = Path("/run/quiltflow-slurm-harness.json")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+STOP_ORDER = ["slurmd", "slurmctld", "munged"]  # munged last: the others talk through it
+FAKE_GPU_DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"]
 
 
 class SlurmUnavailable(RuntimeError):
@@ -85,7 +87,7 @@ def install_packages(timeout: float = 240) -> None:
             raise SlurmUnavailable(f"'{' '.join(cmd)}' failed: {tail[0]}")
 
 
-def _node_line(min_cpus: int, min_mem_mb: int) -> tuple[str, int, int]:
+def _node_line(min_cpus: int, min_mem_mb: int, gpus: int) -> tuple[str, int, int]:
     """Node definition from `slurmd -C`, raised to the floor the profile's requests need."""
     out = _run(["slurmd", "-C"]).stdout.splitlines()[0]
     fields = dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
@@ -95,7 +97,7 @@ def _node_line(min_cpus: int, min_mem_mb: int) -> tuple[str, int, int]:
     line = (
         f"NodeName={socket.gethostname()} NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 "
         f"SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory={mem} "
-        "Gres=gpu:1 State=UNKNOWN"
+        f"Gres=gpu:{gpus} State=UNKNOWN"
     )
     return line, cpus, mem
 
@@ -129,7 +131,9 @@ def cleanup_stale() -> list[str]:
             state = {}
         if shutil.which("scancel") and _alive(state.get("pids", {}).get("slurmctld", -1), "slurmctld"):
             _run(["scancel", "--full", "--user", "root"], timeout=10)
-        for name, pid in state.get("pids", {}).items():
+        pids = state.get("pids", {})
+        for name in sorted(pids, key=lambda n: STOP_ORDER.index(n) if n in STOP_ORDER else -1):
+            pid = pids[name]
             if _alive(pid, name):
                 _stop_pid(pid, name)
                 done.append(f"stopped {name} ({pid})")
@@ -140,6 +144,8 @@ def cleanup_stale() -> list[str]:
                 done.append(f"removed {p}")
         if state.get("tmpdir"):
             shutil.rmtree(state["tmpdir"], ignore_errors=True)
+        if state.get("created_munge_rundir"):
+            shutil.rmtree(MUNGE_SOCKET.parent, ignore_errors=True)
         STATE_FILE.unlink(missing_ok=True)
     for name in ("slurm.conf", "gres.conf"):
         p = SLURM_DIR / name
@@ -151,18 +157,21 @@ def cleanup_stale() -> list[str]:
 
 @dataclass
 class LocalSlurm:
-    """One-node SLURM on 127.0.0.1 with `Gres=gpu:1` (a fake GPU backed by /dev/null).
+    """One-node SLURM on 127.0.0.1 with `gpus` fake GPUs (spare character devices as gres).
 
     The node advertises at least `min_cpus`/`min_mem_mb` (SlurmdParameters=config_overrides)
     so that the profile's GPU-rule requests (8 CPUs, 32 GB, x2 on retry) are schedulable on
-    a small CI runner; nothing enforces them (task/none), so this only checks *requests*.
+    a small CI runner, several at once (GPU jobs mostly wait on the plugin's polling);
+    nothing enforces them (task/none), so this checks what jobs *ask for*.
     """
 
-    min_cpus: int = 8
-    min_mem_mb: int = 131072
+    gpus: int = 4  # at most len(FAKE_GPU_DEVICES)
+    min_cpus: int = 32
+    min_mem_mb: int = 262144
     start_timeout: float = 60
-    tmpdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="slurm-harness-")))
+    tmpdir: Path | None = None  # state, spool and daemon logs; made by start()
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: list = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     created_munge_rundir: bool = False
     cpus: int = 0
@@ -176,6 +185,7 @@ class LocalSlurm:
         cleanup_stale()
         install_packages()
         atexit.register(self.stop)  # also covers a test session that errors out
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="slurm-harness-"))
         try:
             self._write_config()
             self._start_munge()
@@ -189,10 +199,14 @@ class LocalSlurm:
 
     def stop(self) -> None:
         """Cancel all jobs, stop the daemons this object started, remove what it wrote."""
+        atexit.unregister(self.stop)
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            _run(["scancel", "--full", "--user", "root"], timeout=10)
-            self._wait(lambda: not self.squeue_lines(states="RUNNING,PENDING,COMPLETING"), 15)
-        for name in ("slurmd", "slurmctld", "munged"):
+            try:  # every job on this cluster is ours; don't leave job steps running
+                _run(["scancel", "--full", "--user", "root"], timeout=10)
+                self._wait(lambda: not self.squeue_lines(states="RUNNING,PENDING,COMPLETING"), 15)
+            except (OSError, subprocess.SubprocessError):
+                pass  # stopping the daemons below matters more
+        for name in STOP_ORDER:
             proc = self.procs.pop(name, None)
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -208,7 +222,12 @@ class LocalSlurm:
             shutil.rmtree(MUNGE_SOCKET.parent, ignore_errors=True)
             self.created_munge_rundir = False
         STATE_FILE.unlink(missing_ok=True)
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        for handle in self.logs:
+            handle.close()
+        self.logs.clear()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
 
     def __enter__(self) -> "LocalSlurm":
         return self.start()
@@ -222,10 +241,11 @@ class LocalSlurm:
             "pids": {n: p.pid for n, p in self.procs.items()},
             "files": [str(p) for p in self.written],
             "tmpdir": str(self.tmpdir),
+            "created_munge_rundir": self.created_munge_rundir,
         }))
 
     def _write_config(self) -> None:
-        node, self.cpus, self.mem_mb = _node_line(self.min_cpus, self.min_mem_mb)
+        node, self.cpus, self.mem_mb = _node_line(self.min_cpus, self.min_mem_mb, self.gpus)
         t = self.tmpdir
         for sub in ("ctld", "spool"):
             (t / sub).mkdir(parents=True, exist_ok=True)
@@ -259,7 +279,10 @@ SchedulerParameters=sched_interval=2
 {node}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-        gres = f"{MARKER}\nAutoDetect=off\nName=gpu File=/dev/null\n"
+        # SLURM wants one distinct character device per GPU (it sets CUDA_VISIBLE_DEVICES
+        # from their order); jobs never open them.
+        devices = "\n".join(f"Name=gpu File={d}" for d in FAKE_GPU_DEVICES[: self.gpus])
+        gres = f"{MARKER}\nAutoDetect=off\n{devices}\n"
         SLURM_DIR.mkdir(exist_ok=True)
         for name, text in (("slurm.conf", conf), ("gres.conf", gres)):
             path = SLURM_DIR / name
@@ -269,6 +292,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, cmd: list[str], **kw) -> None:
         log = open(self.tmpdir / f"{name}.stdout", "w")
+        self.logs.append(log)
         # own session: a Ctrl-C in the test terminal must not hit the daemons first
         self.procs[name] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -319,7 +343,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return False
 
     def log_tail(self, name: str, lines: int = 15) -> str:
-        path = self.tmpdir / name
+        path = (self.tmpdir or Path("/nonexistent")) / name
         if not path.exists():
             return f"({name} missing)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -361,7 +385,7 @@ def _main(argv: list[str]) -> int:
         cluster = LocalSlurm()
         cluster.start()
         atexit.unregister(cluster.stop)  # keep it running after this process exits
-        print(f"up: {cluster.cpus} CPUs, {cluster.mem_mb} MB, gpu:1; logs in {cluster.tmpdir}; "
+        print(f"up: {cluster.cpus} CPUs, {cluster.mem_mb} MB, gpu:{cluster.gpus}; logs in {cluster.tmpdir}; "
               f"stop with: python {argv[0]} down")
         return 0
     print(__doc__)

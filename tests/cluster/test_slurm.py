@@ -8,6 +8,7 @@ without the real workflow; the real `config/test.yaml` run follows when the work
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm"
 TOY = Path(__file__).resolve().parent / "toy" / "Snakefile"
+FASTPOLL = Path(__file__).resolve().parent / "snakemake_fastpoll.py"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 VENV_BIN = Path(sys.executable).parent  # jobs inherit PATH via sbatch --export=ALL
 
@@ -42,10 +44,14 @@ def main_snakefile() -> Path:
     return REPO / "Snakefile"
 
 
-def run_snakemake(snakefile: Path, workdir: Path, *extra: str,
-                  configfiles: tuple[Path, ...] = (), timeout: int = 120) -> subprocess.CompletedProcess:
-    """`snakemake --profile profiles/slurm` under a hard `timeout -s KILL`, output kept in workdir."""
-    cmd = ["timeout", "-s", "KILL", str(timeout), str(VENV_BIN / "snakemake"),
+def run_snakemake(snakefile: Path, workdir: Path, *extra: str, configfiles: tuple[Path, ...] = (),
+                  timeout: int = 120, fast_poll: bool = True) -> subprocess.CompletedProcess:
+    """`snakemake --profile profiles/slurm` under a hard `timeout -s KILL`, output kept in workdir.
+
+    `fast_poll` caps the plugin's growing poll interval (see snakemake_fastpoll.py); without
+    it the run is exactly what a user gets, only slower."""
+    exe = [sys.executable, str(FASTPOLL)] if fast_poll else [str(VENV_BIN / "snakemake")]
+    cmd = ["timeout", "-s", "KILL", str(timeout), *exe,
            "-s", str(snakefile), "--directory", str(workdir), "--profile", str(PROFILE),
            *TEST_ARGS, *extra]
     if configfiles:
@@ -67,6 +73,19 @@ def gpus(job: dict[str, str]) -> str:
     return job.get("TresPerJob", "") if "gpu" in job.get("TresPerJob", "") else ""
 
 
+def print_jobs(cluster: LocalSlurm, workdir: Path) -> None:
+    """One line per SLURM job of this run (shown by pytest -s or on failure)."""
+    for j in cluster.jobs(workdir):
+        print(f"  job {j['JobId']:>3} {j['JobState']:<9} run {j['RunTime']} "
+              f"gpu={gpus(j) or '-'} cpus={j['NumCPUs']} mem={j['MinMemoryNode']} {j['Comment']}")
+
+
+def mem_mb(job: dict[str, str]) -> int:
+    """MinMemoryNode in MB; scontrol prints 32000M but 62.50G."""
+    value, unit = job["MinMemoryNode"][:-1], job["MinMemoryNode"][-1]
+    return round(float(value) * {"M": 1, "G": 1024, "T": 1024**2}[unit])
+
+
 def failure_overlay(tmp: Path) -> Path:
     path = tmp / "inject_failure.yaml"
     path.write_text("models:\n  custom_cnn:\n    inject_failure: true\n")
@@ -74,38 +93,52 @@ def failure_overlay(tmp: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- toy workflow
-def test_slurm_toy_workflow_gpu_only_for_training(slurm_cluster: LocalSlurm, tmp_path: Path):
-    res = run_snakemake(TOY, tmp_path)
+@pytest.fixture(scope="module")
+def toy_run(slurm_cluster: LocalSlurm, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    workdir = tmp_path_factory.mktemp("slurm-toy")
+    # The plain plugin here, polling as it does for users: one run proves it needs no help.
+    return workdir, run_snakemake(TOY, workdir, fast_poll=False)
+
+
+def test_slurm_toy_workflow_gpu_only_for_training(slurm_cluster: LocalSlurm, toy_run):
+    workdir, res = toy_run
+    print_jobs(slurm_cluster, workdir)
     assert res.returncode == 0, tail(res)
 
     # Inside the job: SLURM gave the training job the (fake) GPU, and only it.
-    assert (tmp_path / "results/train.txt").read_text().strip() == "CUDA_VISIBLE_DEVICES=0"
-    assert (tmp_path / "results/shard.txt").read_text().strip() == "CUDA_VISIBLE_DEVICES=unset"
+    assert re.fullmatch(r"CUDA_VISIBLE_DEVICES=\d", (workdir / "results/train.txt").read_text().strip())
+    assert (workdir / "results/shard.txt").read_text().strip() == "CUDA_VISIBLE_DEVICES=unset"
 
     # What was asked of SLURM: the profile's set-resources for each rule.
-    [train] = slurm_cluster.jobs_of_rule("train_model", tmp_path)
-    [shard] = slurm_cluster.jobs_of_rule("shard_tfrecords", tmp_path)
+    [train] = slurm_cluster.jobs_of_rule("train_model", workdir)
+    [shard] = slurm_cluster.jobs_of_rule("shard_tfrecords", workdir)
     assert gpus(train) == "gres:gpu:1" and gpus(shard) == ""
-    assert (train["NumCPUs"], train["MinMemoryNode"], train["TimeLimit"]) == ("8", "32000M", "12:00:00")
-    assert (shard["NumCPUs"], shard["MinMemoryNode"], shard["TimeLimit"]) == ("1", "1000M", "00:15:00")
+    assert (train["NumCPUs"], mem_mb(train), train["TimeLimit"]) == ("8", 32000, "12:00:00")
+    assert (shard["NumCPUs"], mem_mb(shard), shard["TimeLimit"]) == ("1", 1000, "00:15:00")
     assert {train["JobState"], shard["JobState"]} == {"COMPLETED"}
 
 
-def test_slurm_toy_injected_failure_is_retried_then_fails(slurm_cluster: LocalSlurm, tmp_path: Path):
-    res = run_snakemake(TOY, tmp_path, configfiles=(failure_overlay(tmp_path),))
+def test_slurm_toy_injected_failure_is_retried_then_fails(slurm_cluster: LocalSlurm, toy_run, tmp_path: Path):
+    # Reuses the finished toy run (saves the shard job); the overlay changes train_model's params.
+    workdir, first = toy_run
+    if first.returncode != 0:
+        pytest.skip("needs the successful toy run first")
+    before = {j["JobId"] for j in slurm_cluster.jobs(workdir)}
+    res = run_snakemake(TOY, workdir, configfiles=(failure_overlay(tmp_path),))
     assert res.returncode not in KILLED, "snakemake hung on a failed SLURM job:\n" + tail(res)
     assert res.returncode != 0, tail(res)
-    assert not (tmp_path / "results/train.txt").exists()
+    assert not (workdir / "results/train.txt").exists()
+    assert "Error in rule train_model" in res.stdout + res.stderr
 
     # The profile's `retries: 1` resubmits once, with mem_mb = 32000 * attempt.
-    tries = slurm_cluster.jobs_of_rule("train_model", tmp_path)
+    tries = [j for j in slurm_cluster.jobs(workdir) if j["JobId"] not in before]
+    assert [j["Comment"] for j in tries] == ["rule_train_model"] * 2, tries
     assert [j["JobState"] for j in tries] == ["FAILED", "FAILED"], tries
-    assert [j["MinMemoryNode"] for j in tries] == ["32000M", "64000M"]
-    assert tries[0]["ExitCode"].startswith("3:")  # the injected `exit 3`, not a SLURM error
-    assert "Error in rule train_model" in res.stdout + res.stderr
-    # ... and its SLURM log (kept for failed jobs) holds the job's own error message.
-    logs = list((tmp_path / ".snakemake/slurm_logs/rule_train_model").rglob("*.log"))
-    assert len(logs) == 2 and all("injected failure" in p.read_text() for p in logs), logs
+    assert [mem_mb(j) for j in tries] == [32000, 64000]
+    # ... and each SLURM log (kept for failed jobs) holds the job's own error message.
+    logdir = workdir / ".snakemake/slurm_logs/rule_train_model"
+    for job in tries:
+        assert "injected failure" in (logdir / f"{job['JobId']}.log").read_text()
 
 
 # --------------------------------------------------------------------------- real workflow
@@ -129,6 +162,7 @@ def real_run(slurm_cluster: LocalSlurm, real_workflow: Path, tmp_path_factory) -
 
 def test_slurm_real_workflow_end_to_end(slurm_cluster: LocalSlurm, real_run):
     workdir, res = real_run
+    print_jobs(slurm_cluster, workdir)
     assert res.returncode == 0, tail(res, 80)
     for name in ("comparison.md", "comparison.json", "comparison.csv"):
         assert (workdir / "results" / name).is_file(), name

@@ -4,6 +4,13 @@ Every model is compared on the same test images against two baselines fitted on 
 distribution, with bootstrap confidence intervals and McNemar's exact test, and the verdicts are
 written in plain words. Works from the metrics JSON and predictions Parquet files alone: this
 module must never import TensorFlow (tests check it in a fresh interpreter).
+
+``results/comparison.json`` keys: ``schema_version``, ``n_test``, ``class_names``,
+``test_class_counts``, ``train_class_counts``, ``synthetic``, ``seed``, ``bootstrap_samples``,
+``alpha``, ``ci_level``, ``rows`` (one per model then ``majority_baseline``, ``stratified_baseline``:
+``name, kind, accuracy, accuracy_ci, f1_macro, f1_macro_ci, balanced_accuracy, f1_weighted, weights,
+n_test`` + extras), ``pairwise`` and ``vs_majority`` (McNemar: ``a, b, a_correct_b_wrong,
+a_wrong_b_correct, n_discordant, p_value, p_value_holm, significant, better, verdict``), ``caveats``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     confusion_matrix,
-    f1_score,
     log_loss,
     precision_recall_fscore_support,
     top_k_accuracy_score,
@@ -192,11 +191,6 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         # "y_pred contains classes not in y_true" is expected when a model predicts a rare class.
         warnings.simplefilter("ignore", UserWarning)
         return float(balanced_accuracy_score(y_true, y_pred))
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro F1 exactly as in :func:`compute_metrics` (used by the comparison as a cross-check)."""
-    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
 def build_metrics_document(

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from quiltflow.errors import UserError
 
@@ -118,6 +119,7 @@ def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | Path
                     ax.plot(epochs, history[column].to_numpy(float), style, color=color, marker=".", label=label)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} (solid: train, dashed: validation)")
         ax.grid(alpha=0.3)

@@ -46,7 +46,8 @@ def stratified_predictions(
 ) -> np.ndarray:
     """Guess each test image's class at random with the train class frequencies (seeded)."""
     prior = train_prior(train_counts, class_names)
-    rng = np.random.default_rng(seed)
+    # A stream of its own: the bootstrap resamples use default_rng(seed) and must stay independent of it.
+    rng = np.random.default_rng([int(seed), 1])
     return rng.choice(len(class_names), size=len(y_true), p=prior).astype(np.int64)
 
 

@@ -16,7 +16,6 @@ the ~1.7 ms it takes to decode and resize the image going into it.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -125,7 +124,9 @@ def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
 #                                 Int64List int64_list = 3; } }
 # BytesList { repeated bytes value = 1; }  FloatList/Int64List { repeated ... value = 1 [packed]; }
 
-FeatureValue = bytes | str | int | float | Sequence[bytes] | Sequence[str] | Sequence[int] | Sequence[float]
+FeatureValue = (
+    bytes | str | int | float | Sequence[bytes] | Sequence[str] | Sequence[int] | Sequence[float]
+)
 
 
 def _varint(n: int) -> bytes:
@@ -148,7 +149,9 @@ def _encode_feature(key: str, value: FeatureValue) -> bytes:
         raise ValueError(f"feature {key!r}: empty list has no type; wrap it in a typed value")
     first = values[0]
     if isinstance(first, (bytes, str)):
-        items = b"".join(_field(0x0A, v.encode() if isinstance(v, str) else bytes(v)) for v in values)
+        items = b"".join(
+            _field(0x0A, v.encode() if isinstance(v, str) else bytes(v)) for v in values
+        )
         feature = _field(0x0A, items)  # bytes_list
     elif isinstance(first, (int, np.integer)):
         # int64 varints are two's complement over 64 bits, so negatives take 10 bytes.
@@ -308,7 +311,7 @@ def iter_records(source: str | os.PathLike | BinaryIO, *, verify: bool = True) -
             yield from iter_records(f, verify=verify)
         return
     name = getattr(source, "name", "<stream>")
-    f = source if isinstance(source, io.BufferedIOBase) else io.BufferedReader(source)  # type: ignore[arg-type]
+    f = source
     offset = 0
     while True:
         head = f.read(12)

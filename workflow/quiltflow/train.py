@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -111,7 +112,9 @@ def _positive_float(s: Mapping[str, Any], key: str, where: str) -> float:
 
 
 def _bool(s: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = s.get(key, default)
+    value = s.get(key)
+    if value is None:  # absent or null (the config schema's default): the architecture's default
+        value = default
     if not isinstance(value, bool):
         raise UserError(f"{where}.{key}: must be true or false, got {value!r}")
     return value
@@ -273,8 +276,13 @@ class _Run:
             keras.callbacks.ModelCheckpoint(
                 str(self.best), monitor="val_loss", save_best_only=True, initial_value_threshold=best
             ),
-            keras.callbacks.TensorBoard(str(self.tensorboard), write_graph=False, profile_batch=0),
         ]
+        if importlib.util.find_spec("tensorboard") is not None:
+            callbacks.append(
+                keras.callbacks.TensorBoard(str(self.tensorboard), write_graph=False, profile_batch=0)
+            )
+        else:  # tf.summary needs the tensorboard package; training must not depend on it
+            log.warning("tensorboard package not installed: no logs in %s", self.tensorboard)
         if patience is not None:
             callbacks.append(
                 _ResumableEarlyStopping(
@@ -307,6 +315,7 @@ def _fit(model, run: _Run, train_ds, val_ds, *, phase_dir: Path, initial_epoch: 
         initial_epoch=initial_epoch,
         epochs=epochs,
         class_weight=class_weight,
+        shuffle=False,  # datasets arrive shuffled (seeded) by their reader
         callbacks=run.callbacks(phase_dir, patience),
         verbose=2,  # one progress line per epoch in the log
     )
@@ -548,6 +557,11 @@ def train_from_files(
         from quiltflow.features import load_features
 
         train_f, val_f = (load_features(path, image_size=image_size) for path in features)
+        for path, data in zip(features, (train_f, val_f)):
+            # The saved model re-attaches a base with settings' weights: it must be the same base.
+            if "weights" in data and str(data["weights"]) != weights_description(s["weights"]):
+                raise UserError(f"{path}: extracted with weights {data['weights']}, "
+                                f"models.{model_name}.weights is {weights_description(s['weights'])}")
         return train_frozen_head(train_f, val_f, **common)
 
     from quiltflow.data import make_dataset, num_examples

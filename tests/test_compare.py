@@ -1,0 +1,256 @@
+"""quiltflow.compare / quiltflow.plots: the model comparison from metrics JSON + predictions Parquet only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
+sys.path.insert(0, str(WORKFLOW))
+
+from quiltflow.compare import compare_models  # noqa: E402
+from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.metrics import (  # noqa: E402
+    build_metrics_document,
+    compute_metrics,
+    sha256_file,
+    write_json,
+    write_predictions,
+)
+
+CLASSES = ["adeno", "benign", "squamous"]
+TRAIN_COUNTS = {"adeno": 500, "benign": 300, "squamous": 200}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _y_true() -> np.ndarray:
+    return np.repeat([0, 1, 2], [150, 90, 60])  # 300 test images, majority class first
+
+
+def _predictions(y_pred: np.ndarray, ids: list[str] | None = None) -> pd.DataFrame:
+    y_true = _y_true()
+    probs = np.full((len(y_true), 3), 0.1, np.float32)
+    probs[np.arange(len(y_true)), y_pred] = 0.8
+    return pd.DataFrame(
+        {
+            "image_id": ids or [f"img{i:04d}.jpg" for i in range(len(y_true))],
+            "group": [f"video{i // 10}" for i in range(len(y_true))],
+            "true_label": y_true.astype(np.int32),
+            "pred_label": y_pred.astype(np.int32),
+            "probabilities": list(probs),
+        }
+    )
+
+
+def _accurate(fraction: float, seed: int) -> np.ndarray:
+    """Predictions right on a given fraction of images (wrong ones shifted to the next class)."""
+    y_true = _y_true()
+    wrong = np.random.default_rng(seed).random(len(y_true)) >= fraction
+    return np.where(wrong, (y_true + 1) % 3, y_true)
+
+
+def make_run(tmp_path: Path, models: dict[str, np.ndarray], ids: dict[str, list[str]] | None = None) -> dict:
+    """Write label map, split report, and per-model metrics JSON, predictions Parquet, history CSV."""
+    manifest = tmp_path / "splits" / "test.parquet"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_bytes(b"test manifest stand-in")
+    (tmp_path / "splits" / "label_map.json").write_text(
+        json.dumps({"classes": CLASSES, "class_to_index": {c: i for i, c in enumerate(CLASSES)}})
+    )
+    (tmp_path / "splits" / "split_report.json").write_text(
+        json.dumps({"seed": 1, "counts": {"train": 1000}, "class_counts": {"train": TRAIN_COUNTS}})
+    )
+    paths: dict[str, list[str]] = {"metrics": [], "predictions": [], "histories": []}
+    for name, y_pred in models.items():
+        table = _predictions(y_pred, (ids or {}).get(name))
+        pred_path = tmp_path / "predictions" / f"{name}.parquet"
+        write_predictions(table, pred_path)
+        metrics = compute_metrics(table, CLASSES, top_k=2)
+        doc = build_metrics_document(
+            model=name, architecture="custom_cnn", weights="none", dataset_sha256=sha256_file(manifest),
+            train_seconds=3.0, eval_seconds=0.5, metrics=metrics, test_manifest=str(manifest),
+        )
+        metrics_path = tmp_path / "metrics" / f"{name}.json"
+        write_json(doc, metrics_path)
+        history = tmp_path / "models" / name / "history.csv"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(
+            {"epoch": [0, 1, 2], "accuracy": [0.5, 0.6, 0.7], "loss": [1.0, 0.8, 0.6],
+             "val_accuracy": [0.45, 0.55, 0.6], "val_loss": [1.1, 0.9, 0.85]}
+        ).to_csv(history, index=False)
+        paths["metrics"].append(str(metrics_path))
+        paths["predictions"].append(str(pred_path))
+        paths["histories"].append(str(history))
+    paths["split_report"] = str(tmp_path / "splits" / "split_report.json")
+    paths["label_map"] = str(tmp_path / "splits" / "label_map.json")
+    return paths
+
+
+def outputs(tmp_path: Path, names: list[str]) -> dict:
+    out = tmp_path / "results"
+    return {
+        "json_path": str(out / "comparison.json"),
+        "csv_path": str(out / "comparison.csv"),
+        "md_path": str(out / "comparison.md"),
+        "metrics_plot": str(out / "plots" / "metrics.png"),
+        "curves_plot": str(out / "plots" / "training_curves.png"),
+        "confusion_plots": [str(out / "plots" / f"confusion_{n}.png") for n in names],
+    }
+
+
+def run_compare(paths: dict, **kwargs) -> dict:
+    return compare_models(
+        paths["metrics"], paths["predictions"], paths["histories"], paths["split_report"], paths["label_map"],
+        seed=0, bootstrap_samples=300, alpha=0.05, **kwargs,
+    )
+
+
+MODELS = {"good": _accurate(0.85, 1), "weak": _accurate(0.55, 2), "lazy": np.zeros(300, int)}
+
+
+def test_compare_verdicts_baselines_and_files(tmp_path):
+    paths = make_run(tmp_path, MODELS)
+    out = outputs(tmp_path, list(MODELS))
+    doc = run_compare(paths, **out)
+
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == {"good", "weak", "lazy", "majority_baseline", "stratified_baseline"}
+    assert rows["majority_baseline"]["accuracy"] == pytest.approx(0.5)  # 150 of 300 are the train majority
+    assert rows["majority_baseline"]["predicts"] == "adeno"
+    assert rows["stratified_baseline"]["expected_accuracy"] == pytest.approx(0.5 * 0.5 + 0.3 * 0.3 + 0.2 * 0.2)
+    for r in doc["rows"]:
+        assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+        assert r["f1_macro_ci"][0] <= r["f1_macro"] <= r["f1_macro_ci"][1]
+        assert r["n_test"] == 300
+
+    pairs = {(t["a"], t["b"]): t for t in doc["pairwise"]}
+    assert len(pairs) == 3
+    assert pairs[("good", "weak")]["better"] == "good"
+    assert pairs[("good", "weak")]["verdict"].startswith("good is significantly better than weak (p=")
+    assert pairs[("good", "weak")]["accuracy_difference_ci"][0] > 0
+
+    vs = {t["a"]: t for t in doc["vs_majority"]}
+    # A model identical to the majority baseline is not better than it.
+    assert vs["lazy"]["better_than_majority"] is False
+    assert vs["lazy"]["n_discordant"] == 0 and vs["lazy"]["p_value"] == 1.0
+    assert vs["lazy"]["verdict"] == "no significant difference between lazy and majority_baseline (p=1)"
+    assert vs["good"]["better_than_majority"] is True
+    assert any("lazy is not significantly better than always predicting the majority class" in c for c in doc["caveats"])
+    assert not any("synthetic" in c for c in doc["caveats"])
+
+    saved = json.loads(Path(out["json_path"]).read_text())
+    assert saved == json.loads(json.dumps(doc))
+    with open(out["csv_path"]) as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["model"] for r in table] == ["good", "weak", "lazy", "majority_baseline", "stratified_baseline"]
+    assert {"accuracy_ci_low", "f1_macro_ci_high", "weights", "n_test"} <= set(table[0])
+    md = Path(out["md_path"]).read_text()
+    assert "| good | model |" in md and "good is significantly better than weak" in md
+    assert "**Caveat:** lazy is not significantly better" in md
+
+    for png in [out["metrics_plot"], out["curves_plot"], *out["confusion_plots"]]:
+        data = Path(png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
+
+
+def test_compare_is_seeded(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"], "weak": MODELS["weak"]})
+    assert run_compare(paths) == run_compare(paths)
+
+
+def test_synthetic_demo_caveat(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"]})
+    doc = run_compare(paths, synthetic=True)
+    assert doc["pairwise"] == [] and doc["synthetic"] is True
+    assert any("synthetic demo" in c for c in doc["caveats"])
+
+
+def test_misaligned_image_ids_are_an_error(tmp_path):
+    shifted = [f"other{i:04d}.jpg" for i in range(300)]
+    paths = make_run(tmp_path, {"good": MODELS["good"], "weak": MODELS["weak"]}, ids={"weak": shifted})
+    with pytest.raises(UserError, match="test images differ"):
+        run_compare(paths)
+
+
+def test_stale_metrics_file_is_an_error(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"], "weak": MODELS["weak"]})
+    # Swap one model's predictions for another's: metrics JSON no longer matches its Parquet.
+    paths["predictions"][0] = paths["predictions"][1]
+    with pytest.raises(UserError, match="does not match"):
+        run_compare(paths)
+
+
+def test_missing_train_counts_is_an_error(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"]})
+    Path(paths["split_report"]).write_text(json.dumps({"counts": {}}))
+    with pytest.raises(UserError, match="class_counts.train"):
+        run_compare(paths)
+
+
+def test_compare_never_imports_tensorflow(tmp_path):
+    """Run a full comparison in a fresh interpreter and check TensorFlow/Keras were never imported."""
+    paths = make_run(tmp_path, {"good": MODELS["good"], "lazy": MODELS["lazy"]})
+    out = outputs(tmp_path, ["good", "lazy"])
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(WORKFLOW)!r})
+        from quiltflow.compare import compare_models
+        from quiltflow import plots, stats, metrics
+        paths, out = json.loads({json.dumps(json.dumps([paths, out]))})
+        compare_models(paths["metrics"], paths["predictions"], paths["histories"], paths["split_report"],
+                       paths["label_map"], seed=0, bootstrap_samples=50, alpha=0.05, **out)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        assert not leaked, leaked
+        print("OK")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "OK"
+    assert Path(out["md_path"]).is_file()
+
+
+class _Named(dict):
+    """Stand-in for Snakemake's named lists: attribute access and .get."""
+
+    __getattr__ = dict.__getitem__
+
+
+def test_compare_script_wiring(tmp_path, monkeypatch):
+    """workflow/scripts/compare_models.py unpacks the rule's names and prints the table to its log."""
+    import logging
+    import runpy
+    import types
+
+    paths = make_run(tmp_path, {"good": MODELS["good"], "lazy": MODELS["lazy"]})
+    out = outputs(tmp_path, ["good", "lazy"])
+    smk = types.SimpleNamespace(
+        scriptdir=str(WORKFLOW / "scripts"), log=[str(tmp_path / "compare.log")], threads=1,
+        input=_Named(metrics=paths["metrics"], predictions=paths["predictions"], histories=paths["histories"],
+                     split_report=paths["split_report"], label_map=paths["label_map"]),
+        output=_Named(json=out["json_path"], csv=out["csv_path"], md=out["md_path"], metrics_plot=out["metrics_plot"],
+                      curves_plot=out["curves_plot"], confusion=out["confusion_plots"]),
+        params=_Named(seed=0, bootstrap_samples=50, alpha=0.05),
+    )
+    # setup_logging redirects stdout/stderr to the job log: restore them (and the logger) afterwards.
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    try:
+        runpy.run_path(str(WORKFLOW / "scripts" / "compare_models.py"), init_globals={"snakemake": smk})
+    finally:
+        sys.stdout.flush()
+        logging.getLogger("quiltflow").handlers.clear()
+    log_text = (tmp_path / "compare.log").read_text()
+    assert "| good | model |" in log_text and "Caveat: lazy is not significantly better" in log_text
+    for path in [out["json_path"], out["csv_path"], out["md_path"], out["metrics_plot"], out["curves_plot"],
+                 *out["confusion_plots"]]:
+        assert Path(path).stat().st_size > 0, path

@@ -1,0 +1,506 @@
+"""Split manifests -> TFRecord shards of resized JPEGs, and the per-split shard index.
+
+Sharding workers use PIL only (no TensorFlow: ~50 MB per worker instead of ~630 MB). The
+Snakefile imports :func:`shard_count` and :func:`shard_bounds` while building the DAG, so this
+module imports only the standard library, numpy and PIL at the top; pyarrow is imported where
+the manifest is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+from .tfrecord_io import TFRecordWriter, encode_example, iter_records, decode_example
+
+log = logging.getLogger(__name__)
+
+# 8K UHD frames are 33 MP; nothing in Quilt-1M comes near 50 MP, and a PNG that claims more is
+# far likelier a decompression bomb (PIL would need >150 MB to decode it). PIL warns above this
+# and refuses above twice this; prepare_image turns both into a counted skip.
+MAX_PIXELS = 50_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+DEFAULT_JPEG_QUALITY = 90
+MANIFEST_COLUMNS = ("image_id", "label_index", "group")
+
+# Skip reasons (keys of ``skipped_by_reason``).
+MISSING = "missing"
+NOT_A_FILE = "not_a_file"
+UNREADABLE = "unreadable"
+ZERO_BYTE = "zero_byte"
+NOT_AN_IMAGE = "not_an_image"
+TRUNCATED = "truncated"
+CORRUPT = "corrupt"
+DECOMPRESSION_BOMB = "decompression_bomb"
+UNSUPPORTED_MODE = "unsupported_mode"
+
+# File signatures of formats PIL reads: a file that starts like an image but cannot be
+# identified is a broken image ("corrupt"), anything else is "not_an_image".
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+class BadImage(Exception):
+    """An input image that cannot be used; ``reason`` is one of the skip-reason constants."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# ------------------------------------------------------------------------------ shard geometry
+
+
+def shard_count(rows: int, images_per_shard: int) -> int:
+    """Number of shards for a split: ``max(1, ceil(rows / images_per_shard))``."""
+    if int(images_per_shard) < 1:
+        raise UserError(f"tfrecords.images_per_shard must be >= 1, got {images_per_shard!r}")
+    if rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    return max(1, math.ceil(rows / int(images_per_shard)))
+
+
+def shard_bounds(rows: int, num_shards: int, index: int) -> tuple[int, int]:
+    """Manifest rows ``[start, stop)`` of shard ``index``; ``ips = ceil(rows / num_shards)``.
+
+    With ``num_shards`` from :func:`shard_count` no shard is empty (unless ``rows == 0``).
+    """
+    if num_shards < 1 or not 0 <= index < num_shards:
+        raise ValueError(f"shard index {index} out of range for {num_shards} shards")
+    per_shard = math.ceil(rows / num_shards)
+    return min(index * per_shard, rows), min((index + 1) * per_shard, rows)
+
+
+# ------------------------------------------------------------------------------ one image
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))  # EXIF Orientation tag
+    except Exception:  # a broken EXIF block should not cost us the image itself
+        return 1
+
+
+# Same table as PIL.ImageOps.exif_transpose.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparency is composited on white; 16-bit is scaled, not clipped."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16"):
+        # Nominal 16-bit range: 65535 -> 255 (PIL's own convert("L") would clip at 255).
+        a = np.asarray(im).astype(np.uint32)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "F"):
+        # 32-bit int/float have no nominal range: stretch this image's min..max to 0..255.
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.rint(scaled).astype(np.uint8), "L").convert("RGB")
+    try:
+        return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+    except ValueError as e:
+        raise BadImage(UNSUPPORTED_MODE, f"mode {mode}: {e}") from None
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadImage(MISSING, str(path)) from None
+    except IsADirectoryError:
+        raise BadImage(NOT_A_FILE, str(path)) from None
+    except OSError as e:
+        raise BadImage(UNREADABLE, f"{path}: {e.strerror or e}") from None
+    if not data:
+        raise BadImage(ZERO_BYTE, str(path))
+    return data
+
+
+def prepare_image(
+    path: str | os.PathLike,
+    image_size: int,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    *,
+    max_pixels: int = MAX_PIXELS,
+) -> bytes:
+    """Decode ``path`` and return the JPEG bytes of its ``image_size`` x ``image_size`` RGB view.
+
+    Policy: take the centred square whose side is the image's short side, resize it to
+    ``image_size`` (bilinear) and encode JPEG at ``jpeg_quality`` -- the same pixels as "resize
+    the short side to image_size, then centre-crop". JPEGs are decoded with DCT scaling
+    (``draft``) to the smallest size still >= image_size, which does most of the shrinking for
+    free. EXIF orientation is applied to the small result (the centred square is the same
+    pixels in any orientation, and transposing 224^2 is cheaper than the full image). Every mode
+    becomes RGB (see ``_to_rgb``). Same input and PIL version -> same bytes.
+
+    Raises :class:`BadImage` (with a skip reason) for missing, empty, unreadable, non-image,
+    truncated, corrupt or oversized (> ``max_pixels``) files.
+    """
+    path = Path(path)
+    data = _read_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise BadImage(DECOMPRESSION_BOMB, f"{width}x{height} pixels > {max_pixels}")
+            if width < 1 or height < 1:
+                raise BadImage(CORRUPT, f"size {width}x{height}")
+            im.draft("RGB", (image_size, image_size))  # no-op for non-JPEG formats
+            im.load()  # decode now, so broken data raises here and not in a later accessor
+            orientation = _orientation(im)
+            rgb = _to_rgb(im)
+            w, h = rgb.size
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            out = rgb.resize(
+                (image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0
+            )
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(DECOMPRESSION_BOMB, str(e)) from None
+    except UnidentifiedImageError:
+        reason = CORRUPT if data.startswith(_IMAGE_MAGIC) else NOT_AN_IMAGE
+        raise BadImage(reason, "cannot identify image file") from None
+    except MemoryError:
+        raise BadImage(DECOMPRESSION_BOMB, "out of memory while decoding") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on junk
+        reason = TRUNCATED if "truncated" in str(e).lower() else CORRUPT
+        raise BadImage(reason, f"{type(e).__name__}: {e}") from None
+    if orientation in _TRANSPOSE:
+        out = out.transpose(_TRANSPOSE[orientation])
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=int(jpeg_quality), subsampling="4:2:0")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ one shard
+
+
+def _read_manifest_rows(
+    manifest_path: Path, num_shards: int, shard_index: int
+) -> tuple[int, int, int, dict[str, list]]:
+    """(total rows, start, stop, columns) of one shard, reading only the row groups it needs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(manifest_path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise UserError(f"{manifest_path}: cannot read Parquet manifest ({e})") from None
+    names = set(pf.schema_arrow.names)
+    for col in MANIFEST_COLUMNS:
+        if col not in names:
+            raise UserError(f"{manifest_path}: manifest has no column {col!r}")
+    total = pf.metadata.num_rows
+    start, stop = shard_bounds(total, num_shards, shard_index)
+    groups, first_row, offset = [], 0, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            if not groups:
+                first_row = offset
+            groups.append(g)
+        offset += n
+    if not groups:
+        return total, start, stop, {c: [] for c in MANIFEST_COLUMNS}
+    table = pf.read_row_groups(groups, columns=list(MANIFEST_COLUMNS))
+    table = table.slice(start - first_row, stop - start)
+    return total, start, stop, {c: table.column(c).to_pylist() for c in MANIFEST_COLUMNS}
+
+
+def _atomic_write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_shard(
+    manifest_path: str | os.PathLike,
+    image_root: str | os.PathLike,
+    shard_index: int,
+    num_shards: int,
+    image_size: int,
+    jpeg_quality: int,
+    out_path: str | os.PathLike,
+    report_path: str | os.PathLike,
+) -> dict:
+    """Write shard ``shard_index`` of ``num_shards`` of a split manifest; return its report.
+
+    Records go to a temporary file beside ``out_path`` that is renamed only once complete, so
+    an interrupted job never leaves a file under the final name. Unusable images are skipped
+    and listed with their reason; ``kept + len(skipped) == rows`` always. A shard whose every
+    image is broken still completes (an empty, valid TFRecord file) and says so.
+    """
+    manifest_path, image_root = Path(manifest_path), Path(image_root)
+    out_path, report_path = Path(out_path), Path(report_path)
+    if int(image_size) < 1:
+        raise UserError(f"tfrecords.image_size must be >= 1, got {image_size!r}")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise UserError(f"tfrecords.jpeg_quality must be in 1..100, got {jpeg_quality!r}")
+    total, start, stop, rows = _read_manifest_rows(manifest_path, int(num_shards), int(shard_index))
+    log.info(
+        "shard %d/%d: manifest rows [%d, %d) of %d from %s",
+        shard_index,
+        num_shards,
+        start,
+        stop,
+        total,
+        manifest_path,
+    )
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    skipped: list[dict[str, str]] = []
+    t0 = time.perf_counter()
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            writer = TFRecordWriter(f)
+            for offset, (image_id, label, group) in enumerate(
+                zip(rows["image_id"], rows["label_index"], rows["group"])
+            ):
+                row = start + offset
+                if image_id is None or label is None or int(label) < 0:
+                    raise UserError(
+                        f"{manifest_path}: row {row} has a missing image_id or invalid label_index"
+                    )
+                try:
+                    jpeg = prepare_image(image_root / image_id, image_size, jpeg_quality)
+                except BadImage as e:
+                    skipped.append({"image_id": image_id, "reason": e.reason, "detail": e.detail})
+                    continue
+                writer.write(
+                    encode_example(
+                        {
+                            "image/encoded": jpeg,
+                            "image/label": int(label),
+                            "image/id": image_id,
+                            "image/group": group if group is not None else "",
+                        }
+                    )
+                )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - t0
+
+    n_rows = stop - start
+    report = {
+        "shard": int(shard_index),
+        "num_shards": int(num_shards),
+        "file": out_path.name,
+        "row_range": [start, stop],
+        "rows": n_rows,
+        "kept": writer.records,
+        "skipped": skipped,
+        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "bytes": writer.bytes_written,
+        "sha256": writer.sha256,
+        "empty": writer.records == 0,  # true when every row was skipped (or there were none)
+        "image_size": int(image_size),
+        "jpeg_quality": int(jpeg_quality),
+    }
+    assert report["kept"] + len(skipped) == n_rows, "shard counts do not reconcile"
+    _atomic_write_json(report, report_path)
+    rate = n_rows / seconds if seconds > 0 else float("nan")
+    log.info(
+        "shard %d/%d: kept %d of %d rows, skipped %s; %d bytes in %.1f s (%.0f images/s)",
+        shard_index,
+        num_shards,
+        writer.records,
+        n_rows,
+        report["skipped_by_reason"] or "none",
+        writer.bytes_written,
+        seconds,
+        rate,
+    )
+    if n_rows and not writer.records:
+        log.warning(
+            "shard %d/%d: every one of its %d images was skipped; wrote an empty shard %s",
+            shard_index,
+            num_shards,
+            n_rows,
+            out_path,
+        )
+    return report
+
+
+# ------------------------------------------------------------------------------ split index
+
+INDEX_KEYS = ("split", "image_size", "num_records", "num_classes", "shards", "skipped_by_reason")
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def write_index(
+    split: str,
+    image_size: int,
+    num_classes: int,
+    shard_paths: Sequence[str | os.PathLike],
+    report_paths: Sequence[str | os.PathLike],
+    index_path: str | os.PathLike,
+    *,
+    verify: bool = True,
+) -> dict:
+    """Write the split index JSON from the shards and their reports; return it.
+
+    Each shard is read back (pure Python, no TensorFlow): its size and SHA-256 must match its
+    report, and with ``verify`` every record's CRCs are checked and its label counted, so the
+    index's record and class counts are exact. A mismatch (stale or damaged shard) is a
+    UserError naming the file.
+    """
+    index_path = Path(index_path)
+    if len(shard_paths) != len(report_paths):
+        raise UserError(
+            f"{index_path}: {len(shard_paths)} shard files but {len(report_paths)} shard reports"
+        )
+    shards, skipped_by_reason = [], Counter()
+    class_counts = [0] * int(num_classes)
+    total_rows = 0
+    for shard, report_file in zip(map(Path, shard_paths), map(Path, report_paths)):
+        try:
+            report = json.loads(report_file.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{report_file}: cannot read shard report ({e})") from None
+        for key in ("rows", "kept", "skipped_by_reason", "bytes", "sha256"):
+            if key not in report:
+                raise UserError(f"{report_file}: shard report has no key {key!r}")
+        if report.get("file", shard.name) != shard.name:
+            raise UserError(f"{report_file}: report is for {report['file']}, not {shard.name}")
+        if not shard.is_file():
+            raise UserError(f"{shard}: shard file is missing")
+        size, sha = _sha256_file(shard)
+        if size != report["bytes"] or sha != report["sha256"]:
+            raise UserError(f"{shard}: size/sha256 differ from {report_file.name} (stale shard?)")
+        records = report["kept"]
+        if verify:
+            records = 0
+            for record in iter_records(shard):
+                label = decode_example(record).get("image/label", [-1])[0]
+                if not 0 <= label < num_classes:
+                    raise UserError(
+                        f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}"
+                    )
+                class_counts[label] += 1
+                records += 1
+            if records != report["kept"]:
+                raise UserError(f"{shard}: {records} records but its report says {report['kept']}")
+        if report["rows"] != report["kept"] + sum(report["skipped_by_reason"].values()):
+            raise UserError(f"{report_file}: rows != kept + skipped")
+        total_rows += report["rows"]
+        skipped_by_reason.update(report["skipped_by_reason"])
+        rel = os.path.relpath(shard.resolve(), index_path.parent.resolve())
+        shards.append(
+            {"path": Path(rel).as_posix(), "records": records, "bytes": size, "sha256": sha}
+        )
+
+    num_records = sum(s["records"] for s in shards)
+    index = {
+        "split": split,
+        "image_size": int(image_size),
+        "num_records": num_records,
+        "num_classes": int(num_classes),
+        "shards": shards,
+        "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
+        "rows": total_rows,
+        "class_counts": class_counts if verify else None,
+    }
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_json(index, index_path)
+    log.info(
+        "%s: %d records in %d shards (%d manifest rows, skipped %s)",
+        split,
+        num_records,
+        len(shards),
+        total_rows,
+        index["skipped_by_reason"] or "none",
+    )
+    return index
+
+
+def index_split(
+    split: str,
+    image_size: int,
+    shard_paths: Sequence[str | os.PathLike],
+    report_paths: Sequence[str | os.PathLike],
+    label_map_path: str | os.PathLike,
+    index_path: str | os.PathLike,
+) -> dict:
+    """:func:`write_index` with ``num_classes`` taken from ``label_map.json``."""
+    label_map_path = Path(label_map_path)
+    try:
+        classes = json.loads(label_map_path.read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{label_map_path}: cannot read 'classes' ({e})") from None
+    return write_index(split, image_size, len(classes), shard_paths, report_paths, index_path)
+
+
+def load_index(index_path: str | os.PathLike) -> dict:
+    """Read and check a split index JSON (no TensorFlow needed)."""
+    index_path = Path(index_path)
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{index_path}: cannot read split index ({e})") from None
+    for key in INDEX_KEYS:
+        if key not in index:
+            raise UserError(f"{index_path}: split index has no key {key!r}")
+    if sum(s["records"] for s in index["shards"]) != index["num_records"]:
+        raise UserError(f"{index_path}: shard record counts do not add up to num_records")
+    return index
+
+
+def index_shard_files(index_path: str | os.PathLike, index: dict | None = None) -> list[Path]:
+    """Absolute shard paths of a split index (stored relative to the index's folder)."""
+    index_path = Path(index_path)
+    index = load_index(index_path) if index is None else index
+    files = [(index_path.parent / s["path"]).resolve() for s in index["shards"]]
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"{index_path}: shard {f} is missing")
+    return files

@@ -1,0 +1,20 @@
+"""Snakemake rule index_tfrecords: check a split's shards against their reports, write its index."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821  (workflow/ on sys.path)
+from quiltflow.smk import setup_logging
+
+log = setup_logging(snakemake.log[0])  # noqa: F821
+
+from quiltflow.shards import index_split  # noqa: E402
+
+index_split(
+    split=snakemake.params.split,  # noqa: F821
+    image_size=int(snakemake.params.image_size),  # noqa: F821
+    shard_paths=list(snakemake.input.shards),  # noqa: F821
+    report_paths=list(snakemake.input.reports),  # noqa: F821
+    label_map_path=snakemake.input.label_map,  # noqa: F821
+    index_path=snakemake.output.index,  # noqa: F821
+)
