@@ -27,8 +27,8 @@ FASTPOLL = Path(__file__).resolve().parent / "snakemake_fastpoll.py"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 VENV_BIN = Path(sys.executable).parent  # jobs inherit PATH via sbatch --export=ALL
 
-# Test-only settings layered over the user profile on the command line: poll SLURM every
-# second instead of the plugin's 40 s, and keep the job logs so a failure can be read.
+# Test-only settings layered over the user profile on the command line: first poll after 1 s
+# instead of the plugin's 40 s, and keep the job logs so a failure can be read.
 TEST_ARGS = [
     "--slurm-init-seconds-before-status-checks", "1",
     "--slurm-keep-successful-logs",

@@ -163,6 +163,8 @@ def evaluate_model(
     if len(groups) != len(manifest):
         raise UserError(f"test manifest {manifest_path}: image_id values are not unique")
 
+    import quiltflow.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
+
     model = keras.models.load_model(model_path, compile=False)
     dataset = _make_test_dataset(test_index_path, int(batch_size))
     start = time.perf_counter()

@@ -105,8 +105,8 @@ _MAX_PATHOLOGY_CHARS = 4096  # literal_eval on a huge cell is slow; no real list
 # --------------------------------------------------------------------------- small helpers
 
 
-def _encode(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """Dictionary-encode a string column: (int64 codes with -1 for null/empty, distinct values)."""
+def _encode_arrow(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary-encode a string column: (int64 codes, -1 for null/empty; distinct values)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
@@ -115,7 +115,13 @@ def _encode(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     empty = np.flatnonzero(pc.equal(enc.dictionary, "").to_numpy(zero_copy_only=False))
     if len(empty):
         codes[np.isin(codes, empty)] = -1
-    return codes, enc.dictionary.to_pylist()
+    return codes, enc.dictionary
+
+
+def _encode(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Like ``_encode_arrow`` with the (few) distinct values as a Python list."""
+    codes, values = _encode_arrow(col)
+    return codes, values.to_pylist()
 
 
 def _floats(col: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
@@ -150,44 +156,44 @@ def video_id(file_name: str) -> str | None:
     return m.group("vid") if m else None
 
 
-def _normalize_paths(paths: list[str]) -> tuple[list[str | None], np.ndarray, bool]:
-    """Make distinct raw paths safe: (normalised path or None, reason per path (0 = ok), changed)."""
-    arr = pa.array(paths, type=pa.string())
+def _normalize_paths(paths: pa.Array) -> tuple[pa.Array, np.ndarray, bool]:
+    """Make distinct raw paths safe: (normalised paths, null where unsafe; reason per path
+    (0 = ok); whether any path changed). One regex pass; Python only for the rare odd paths."""
     reason = np.zeros(len(paths), dtype=np.int8)
-    absolute = pc.match_substring_regex(arr, r"^(/|\\|[A-Za-z]:)").to_numpy(zero_copy_only=False)
-    reason[absolute] = _REASON_CODE["unsafe_path"]
-    # Only paths with ".", ".." or "//" segments need a Python-level normpath: rare in practice.
-    odd = pc.match_substring_regex(arr, r"(^|/)\.{1,2}(/|$)|//|/$").to_numpy(zero_copy_only=False)
-    out: list[str | None] = list(paths)
-    changed = False
-    for i in np.flatnonzero(odd & ~absolute):
-        norm = posixpath.normpath(paths[i])
-        if norm == ".." or norm.startswith("../"):
+    odd = pc.match_substring_regex(paths, r"^(/|\\|[A-Za-z]:)|(^|/)\.{1,2}(/|$)|//|/$")
+    idx = np.flatnonzero(pc.fill_null(odd, False).to_numpy(zero_copy_only=False))
+    if len(idx) == 0:
+        return paths, reason, False
+    fixed: list[str | None] = []
+    for i, raw in zip(idx.tolist(), paths.take(pa.array(idx)).to_pylist()):
+        norm = posixpath.normpath(raw)
+        if re.match(r"^(/|\\|[A-Za-z]:)", raw) or norm == ".." or norm.startswith("../"):
             reason[i] = _REASON_CODE["unsafe_path"]
+            fixed.append(None)
         elif norm in (".", ""):
             reason[i] = _REASON_CODE["empty_path"]
+            fixed.append(None)
         else:
-            out[i] = norm
-            changed = True
-    for i in np.flatnonzero(reason):
-        out[i] = None
-    return out, reason, changed
+            fixed.append(norm)
+    mask = np.zeros(len(paths), dtype=bool)
+    mask[idx] = True
+    return pc.replace_with_mask(paths, pa.array(mask), pa.array(fixed, type=pa.string())), reason, True
 
 
-def _list_files(image_root: Path, rel_paths: list[str | None]) -> set[str]:
-    """Relative POSIX paths of the files that exist, listing only the folders the paths use."""
-    parents = {p.rpartition("/")[0] for p in rel_paths if p is not None and "/" in p}
-    parents.add("")
-    found: set[str] = set()
-    for parent in sorted(parents):
-        folder = image_root / parent if parent else image_root
-        try:
-            with os.scandir(folder) as it:
-                names = [e.name for e in it if e.is_file()]
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        found.update(f"{parent}/{n}" for n in names) if parent else found.update(names)
-    return found
+def _list_files(image_root: Path, rel_paths: pa.Array) -> pa.Array:
+    """Relative POSIX paths present under ``image_root``: one listing of the root (flat Quilt
+    folder) plus one of each sub-folder the paths use. No stat per file."""
+    listed = [pa.array(os.listdir(image_root), type=pa.string())]
+    nested = rel_paths.filter(pc.fill_null(pc.match_substring(rel_paths, "/"), False))
+    if len(nested):
+        for parent in pc.unique(pc.replace_substring_regex(nested, r"/[^/]*$", "")).to_pylist():
+            try:
+                with os.scandir(image_root / parent) as it:
+                    names = [f"{parent}/{e.name}" for e in it if e.is_file()]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            listed.append(pa.array(names, type=pa.string()))
+    return pa.concat_arrays(listed)
 
 
 # --------------------------------------------------------------------------- filter config
@@ -240,7 +246,7 @@ class _Rows:
 
     n: int
     path_code: np.ndarray                 # int64 index into ``paths`` (-1 = empty)
-    paths: list[str]
+    paths: pa.Array                       # distinct raw paths
     label_code: np.ndarray                # int64 index into ``classes``; -1 no label, -2 malformed
     classes: list[str]
     subset_code: np.ndarray               # int64 index into ``subsets``
@@ -307,7 +313,7 @@ def _quilt_rows(metadata_path: Path) -> _Rows:
     wanted = ["image_path", "subset", "pathology", *optional]
     table = _read_table(metadata_path, wanted, {"image_path", "subset", "pathology", "split"})
     n = table.num_rows
-    path_code, paths = _encode(table["image_path"])
+    path_code, paths = _encode_arrow(table["image_path"])
     subset_code, subsets = _encode(table["subset"])
     split_code, splits = _encode(table["split"]) if "split" in optional else (None, [])
 
@@ -343,7 +349,7 @@ def _csv_rows(metadata_path: Path, columns: Mapping[str, Any]) -> _Rows:
     wanted = list(dict.fromkeys(names.values()))
     table = _read_table(metadata_path, wanted, set(wanted))
     n = table.num_rows
-    path_code, paths = _encode(table[names["path"]])
+    path_code, paths = _encode_arrow(table[names["path"]])
     label_code, labels = _encode(table[names["label"]])
     labels = [s.strip() for s in labels]
     classes = sorted(set(labels) - {""})
@@ -377,7 +383,7 @@ def _folder_rows(image_root: Path) -> _Rows:
     ok_ext = np.array([p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".")
                        for p in paths], dtype=bool)
     pre = np.where(ok_ext, 0, _REASON_CODE["not_image_file"]).astype(np.int8)
-    return _Rows(n=n, path_code=np.arange(n, dtype=np.int64), paths=paths,
+    return _Rows(n=n, path_code=np.arange(n, dtype=np.int64), paths=pa.array(paths, type=pa.string()),
                  label_code=np.array(labels, dtype=np.int64), classes=classes,
                  subset_code=np.zeros(n, dtype=np.int64), subsets=["folder"], pre_reason=pre)
 
@@ -445,9 +451,10 @@ def filter_metadata(
 
     detail = ""
     # Path safety on the distinct paths, mapped back with the codes.
+    n_paths = len(rows.paths)
     norm_paths, path_reason, changed = _normalize_paths(rows.paths)
     safe_code = np.concatenate([path_reason, [_REASON_CODE["empty_path"]]])
-    pcode = np.where(rows.path_code < 0, len(rows.paths), rows.path_code)
+    pcode = np.where(rows.path_code < 0, n_paths, rows.path_code)  # n_paths = "no path" slot
     if rows.pre_reason is not None and not (reason == 0).any():
         raise _empty_error("not_image_file", f, n)
     drop("empty_path", safe_code[pcode] == _REASON_CODE["empty_path"])
@@ -471,34 +478,40 @@ def filter_metadata(
         drop("malformed_pathology", rows.label_code == -2)
     drop("no_label", rows.label_code < 0)
 
-    # Existence: list each folder the surviving paths use once, then set membership.
-    alive_paths = np.unique(rows.path_code[reason == 0])
-    listing = _list_files(image_root, [norm_paths[i] for i in alive_paths])
-    norm_arr = pa.array(norm_paths, type=pa.string())
-    exists = pc.is_in(norm_arr, value_set=pa.array(list(listing), type=pa.string()))
-    exists = np.concatenate([pc.fill_null(exists, False).to_numpy(zero_copy_only=False), [False]])
-    example = next((norm_paths[i] for i in alive_paths[:1]), "")
-    detail = f"{image_root} (e.g. {example!r} is not there; {len(listing)} files listed)"
+    # Existence: one listing per folder used, then one hashed set-membership pass.
+    listing = _list_files(image_root, norm_paths)
+    exists = pc.fill_null(pc.is_in(norm_paths, value_set=listing), False).to_numpy(zero_copy_only=False)
+    exists = np.concatenate([exists, [False]])
+    first_alive = np.flatnonzero(reason == 0)[:1]
+    example = norm_paths[int(rows.path_code[first_alive[0]])].as_py() if len(first_alive) else ""
+    detail = f"{image_root} (e.g. {example!r} is not there; {len(listing)} entries listed)"
     drop("image_missing", ~exists[pcode])
 
     # Images: normalisation may map several raw paths onto one image id.
     if changed:
-        img_of_path, img_names = pd.factorize(pd.Series(norm_paths, dtype=object), use_na_sentinel=True)
-        img_code = np.asarray(img_of_path, dtype=np.int64)[np.minimum(pcode, len(rows.paths) - 1)]
+        img_of_path = pc.fill_null(norm_paths.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+        img_code = np.append(img_of_path.astype(np.int64), -1)[pcode]
     else:
         img_code = rows.path_code
+    n_img = n_paths
 
     alive = np.flatnonzero(reason == 0)
+    codes_alive = img_code[alive]
+    count_of_img = np.bincount(codes_alive, minlength=n_img)
     if f["dedupe"]:
-        _, first_pos, inverse, counts = np.unique(img_code[alive], return_index=True,
-                                                  return_inverse=True, return_counts=True)
-        unit_rows = alive[first_pos]              # first surviving row of each image
-        unit_of_alive = inverse.ravel()
+        # First surviving row of each image, without sorting: O(rows).
+        first_of_img = np.full(n_img, len(alive), dtype=np.int64)
+        np.minimum.at(first_of_img, codes_alive, np.arange(len(alive)))
+        present = count_of_img > 0
+        first_pos = first_of_img[present]
+        unit_rows = alive[first_pos]
+        counts = count_of_img[present]
+        unit_of_alive = (np.cumsum(present) - 1)[codes_alive]
     else:
         unit_rows = alive
+        first_pos = np.arange(len(alive))
         unit_of_alive = np.arange(len(alive))
-        _, inv, cnt = np.unique(img_code[alive], return_inverse=True, return_counts=True)
-        counts = cnt[inv.ravel()]
+        counts = count_of_img[codes_alive]
     unit_label = rows.label_code[unit_rows]
     unit_reason = np.zeros(len(unit_rows), dtype=np.int8)
 
@@ -525,7 +538,7 @@ def filter_metadata(
     # Map unit decisions back onto every surviving row; extra caption rows are duplicates.
     row_reason = unit_reason[unit_of_alive]
     is_first = np.zeros(len(alive), dtype=bool)
-    is_first[np.searchsorted(alive, unit_rows)] = True
+    is_first[first_pos] = True
     row_reason[(row_reason == 0) & ~is_first] = _REASON_CODE["duplicate_row"]
     reason[alive] = row_reason
 
@@ -533,14 +546,15 @@ def filter_metadata(
     kept_rows = unit_rows[keep_units]
     table = _build_table(rows, kept_rows, norm_paths, counts[keep_units])
     dropped_counts = np.bincount(reason, minlength=len(DROP_REASONS) + 1)
+    kept_sizes = np.bincount(unit_label[keep_units], minlength=len(rows.classes))
     report = {
         "format": fmt,
         "rows_in": int(n),
-        "distinct_images_in": int(len(rows.paths)),
+        "distinct_images_in": int(n_paths),
         "rows_kept": int(dropped_counts[0]),
-        "images_kept": int(table["image_id"].nunique()),
+        "images_kept": int(len(kept_rows) if f["dedupe"] else len(np.unique(img_code[kept_rows]))),
         "dropped": {name: int(dropped_counts[code]) for name, code in _REASON_CODE.items() if dropped_counts[code]},
-        "class_counts": {str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()},
+        "class_counts": {rows.classes[c]: int(k) for c, k in enumerate(kept_sizes) if k},
         "filters": f,
     }
     if ignored:
@@ -551,9 +565,9 @@ def filter_metadata(
     return table, report
 
 
-def _build_table(rows: _Rows, kept: np.ndarray, norm_paths: list[str | None], n_captions: np.ndarray) -> pd.DataFrame:
+def _build_table(rows: _Rows, kept: np.ndarray, norm_paths: pa.Array, n_captions: np.ndarray) -> pd.DataFrame:
     """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id."""
-    image_id = pa.array(norm_paths, type=pa.string()).take(pa.array(rows.path_code[kept]))
+    image_id = norm_paths.take(pa.array(rows.path_code[kept]))
     order = pc.sort_indices(image_id).to_numpy()  # stable: ties keep file order (dedupe: false)
     kept, n_captions = kept[order], n_captions[order]
     image_id = image_id.take(pa.array(order))
@@ -567,15 +581,19 @@ def _build_table(rows: _Rows, kept: np.ndarray, norm_paths: list[str | None], n_
         return pa.array(values, type=pa.string()).take(pa.array(c, mask=c < 0))
 
     # Group: YouTube id for Quilt-subset images, else the configured column, else the file stem.
-    base = pc.replace_substring_regex(image_id, r"^.*/", "")
-    stem = pc.replace_substring_regex(base, r"\.[^.]*$", "")
-    group = stem
+    nested = pc.any(pc.match_substring(image_id, "/")).as_py()
+    base = pc.replace_substring_regex(image_id, r"^.*/", "") if nested else image_id
+    group = pa.nulls(len(kept), type=pa.string())
     if rows.quilt:
         match = pc.extract_regex(base, VIDEO_ID_REGEX)  # null where the name does not match
         use_vid = pc.and_(pc.fill_null(pc.equal(subset, "quilt"), False), pc.is_valid(match))
-        group = pc.if_else(use_vid, pc.struct_field(match, [0]), stem)
+        group = pc.if_else(use_vid, pc.struct_field(match, [0]), None)
     elif rows.group_code is not None:
-        group = pc.coalesce(lookup(rows.groups, rows.group_code), stem)
+        group = lookup(rows.groups, rows.group_code)
+    need_stem = pc.is_null(group)
+    if pc.any(need_stem).as_py():  # stems only where needed: a regex pass over few rows
+        stems = pc.replace_substring_regex(base.filter(need_stem), r"\.[^./]*$", "")
+        group = pc.replace_with_mask(group, need_stem, stems)
     if rows.pathology_lists is not None:
         pathologies = rows.pathology_lists.take(pa.array(rows.pathology_code[kept]))
     else:
@@ -603,7 +621,9 @@ def write_parquet_stable(df: pd.DataFrame, path: str | Path, schema: pa.Schema) 
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata(None)
-    pq.write_table(table, path, compression="zstd", compression_level=3)
+    # Dictionary pages only where values repeat; unique ids would just pay for a failed attempt.
+    low_card = [c for c in ("label", "group", "subset", "source_split") if c in schema.names]
+    pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=low_card)
 
 
 def write_json(obj: Any, path: str | Path) -> None:

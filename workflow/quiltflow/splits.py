@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from quiltflow.errors import UserError
 from quiltflow.metadata import FILTERED_SCHEMA, write_json, write_parquet_stable
@@ -130,10 +131,18 @@ def make_splits(
     if len(table) == 0:
         raise UserError("filtered table has no rows: nothing to split")
     # Canonical input order (image_id, then original order) so the result ignores row order.
-    table = table.iloc[np.argsort(table["image_id"].to_numpy(dtype=object), kind="stable")].reset_index(drop=True)
-    classes = sorted(table["label"].unique().tolist())
+    # The filtered table is already sorted: sorting is then skipped.
+    ids = pa.array(table["image_id"], type=pa.string())
+    if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
+        order = pc.sort_indices(pa.table({"id": ids, "pos": np.arange(len(ids))}),
+                                sort_keys=[("id", "ascending"), ("pos", "ascending")]).to_numpy()
+        table, ids = table.iloc[order].reset_index(drop=True), ids.take(pa.array(order))
+    if table["label"].isna().any():
+        raise UserError("filtered table has rows without a label")
+    labels = pa.array(table["label"], type=pa.string())
+    classes = sorted(pc.unique(labels).to_pylist())
     class_to_index = {c: i for i, c in enumerate(classes)}
-    label_idx = table["label"].map(class_to_index).to_numpy(dtype=np.int64)
+    label_idx = pc.index_in(labels, value_set=pa.array(classes, type=pa.string())).to_numpy().astype(np.int64)
 
     group_codes, group_names = pd.factorize(table["group"].astype(str), sort=True)
     n_groups = len(group_names)
@@ -157,25 +166,31 @@ def make_splits(
     row_split = group_split[group_codes]
 
     # The one property that must hold: no group (video) and no image in two splits.
-    for key in ("group", "image_id"):
-        codes, names = (group_codes, group_names) if key == "group" else pd.factorize(table[key])
-        seen = np.full(len(names), -1, dtype=np.int64)
-        seen[codes] = row_split
-        bad = np.flatnonzero(seen[codes] != row_split)
-        if len(bad):
-            raise RuntimeError(f"{key} {table[key].iloc[bad[0]]!r} straddles two splits")
+    seen = np.full(n_groups, -1, dtype=np.int64)
+    seen[group_codes] = row_split
+    bad = np.flatnonzero(seen[group_codes] != row_split)
+    if len(bad):
+        raise RuntimeError(f"group {table['group'].iloc[bad[0]]!r} straddles two splits")
+    # Rows of one image are adjacent (sorted ids): with ``dedupe: false`` they must agree too.
+    same = pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False) if len(ids) > 1 else np.zeros(0, bool)
+    bad = np.flatnonzero(same & (row_split[1:] != row_split[:-1]))
+    if len(bad):
+        raise UserError(f"image {ids[int(bad[0])].as_py()!r} has rows in two groups that fell in different "
+                        "splits: give each image one group")
 
     table = table.assign(label_index=label_idx.astype(np.int32))
     manifests: dict[str, pd.DataFrame] = {}
     for i, name in enumerate(SPLITS):
-        part = table.iloc[np.flatnonzero(row_split == i)]
+        rows = np.flatnonzero(row_split == i)
         # Seeded permutation so contiguous shards are class-mixed; one stream per split.
-        perm = np.random.default_rng([seed, i]).permutation(len(part))
-        manifests[name] = part.iloc[perm].reset_index(drop=True)
+        rows = rows[np.random.default_rng([seed, i]).permutation(len(rows))]
+        manifests[name] = table.take(rows).reset_index(drop=True)
 
     label_map = {"classes": classes, "class_to_index": class_to_index}
-    class_counts = {s: {c: int(n) for c, n in m["label"].value_counts().sort_index().items()}
-                    for s, m in manifests.items()}
+    per = np.zeros((3, len(classes)), dtype=np.int64)
+    np.add.at(per, (row_split, label_idx), 1)
+    class_counts = {s: {c: int(per[i, j]) for j, c in enumerate(classes) if per[i, j]}
+                    for i, s in enumerate(SPLITS)}
     warnings = []
     for s in SPLITS:
         if fr[s] > 0 or (s == "val" and use_source_val):
@@ -190,7 +205,7 @@ def make_splits(
         "use_source_val": bool(use_source_val),
         "counts": {s: len(m) for s, m in manifests.items()},
         "class_counts": class_counts,
-        "groups": {s: int(m["group"].nunique()) for s, m in manifests.items()},
+        "groups": {s: int(n) for s, n in zip(SPLITS, np.bincount(group_split, minlength=3))},
         "warnings": warnings,
     }
     log.info("split %d rows into %s", len(table), report["counts"])

@@ -38,6 +38,7 @@ rule compare_models:
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],
+        synthetic=DEMO,
         code=code_version("compare", "stats", "plots", "metrics"),
     script:
         "../scripts/compare_models.py"
