@@ -48,8 +48,10 @@ TARGETS = {"fast_seconds": 5.0, "speedup": 5.0, "peak_mb": 2048.0}
 FILTERS = {"min_per_class": 100}
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 _ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
-_WORDS = ("nuclei stroma gland mitotic atypia fibrosis necrosis lymphocytes carcinoma benign "
-          "eosinophilic basophilic cytoplasm chromatin nucleoli architecture infiltrate margin").split()
+_WORDS = (
+    "nuclei stroma gland mitotic atypia fibrosis necrosis lymphocytes carcinoma benign "
+    "eosinophilic basophilic cytoplasm chromatin nucleoli architecture infiltrate margin"
+).split()
 
 
 def _caption_pool(rng: np.random.Generator, n: int = 4000) -> list[str]:
@@ -65,8 +67,9 @@ def _caption_pool(rng: np.random.Generator, n: int = 4000) -> list[str]:
     return pool
 
 
-def make_quilt_fixture(out_dir: str | Path, rows: int = 1_000_000, images: int = 650_000,
-                       seed: int = 0) -> tuple[Path, Path]:
+def make_quilt_fixture(
+    out_dir: str | Path, rows: int = 1_000_000, images: int = 650_000, seed: int = 0
+) -> tuple[Path, Path]:
     """Write a Quilt-format lookup of ``rows`` rows over ``images`` distinct images, and a flat
     folder of empty ``.jpg`` files (about 3% of the images left missing). Returns the paths."""
     if images > rows:
@@ -88,19 +91,26 @@ def make_quilt_fixture(out_dir: str | Path, rows: int = 1_000_000, images: int =
 
     hexes = [f"{a:016x}{b:016x}" for a, b in rng.integers(0, 2**62, (images, 2)).tolist()]
     names = [
-        f"{vids[v]}_image_{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}.jpg" if s == 0
-        else f"{subsets[s]}_{h[:20]}.jpg"
+        (
+            f"{vids[v]}_image_{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}.jpg"
+            if s == 0
+            else f"{subsets[s]}_{h[:20]}.jpg"
+        )
         for s, v, h in zip(subset_of_img.tolist(), video_of_img.tolist(), hexes)
     ]
     # Pathology: per video a list of 1-3 subspecialties (a few thousand distinct strings);
     # single labels or empty elsewhere, NaN for laion, a few malformed.
     subs = np.array(SUBSPECIALTIES)
-    video_path = [repr([str(x) for x in rng.choice(subs, int(rng.integers(1, 4)), replace=False)])
-                  for _ in range(n_videos)]
+    video_path = [
+        repr([str(x) for x in rng.choice(subs, int(rng.integers(1, 4)), replace=False)])
+        for _ in range(n_videos)
+    ]
     single = [repr([s]) for s in SUBSPECIALTIES] + ["", "['Renal', 'Bone'"]
     pick = rng.choice(len(single), images, p=[0.9 / 18] * 18 + [0.095, 0.005])
-    pathology = [video_path[v] if s == 0 else (None if s == 3 else single[k])
-                 for s, v, k in zip(subset_of_img.tolist(), video_of_img.tolist(), pick.tolist())]
+    pathology = [
+        video_path[v] if s == 0 else (None if s == 3 else single[k])
+        for s, v, k in zip(subset_of_img.tolist(), video_of_img.tolist(), pick.tolist())
+    ]
     split_of_video = np.where(rng.random(n_videos) < 0.1, "val", "train")
     split = np.where(subset_of_img == 0, split_of_video[np.maximum(video_of_img, 0)], "train")
     side = rng.choice([224.0, 512.0, 720.0, 1080.0], (images, 2))
@@ -113,23 +123,25 @@ def make_quilt_fixture(out_dir: str | Path, rows: int = 1_000_000, images: int =
     pool = pa.array(_caption_pool(rng))
     caption = pool.take(pa.array(rng.integers(0, len(pool), rows)))
     mag = np.where(is_quilt, rng.integers(0, 3, rows).astype(float), np.nan)
-    table = pa.table({
-        "Unnamed: 0": np.arange(rows),
-        "caption": caption,
-        "image_path": pa.array(names).take(pa.array(row_img)),
-        "subset": pa.array(subsets).take(pa.array(subset_of_img[row_img])),
-        "split": pa.array(split[row_img]),
-        "pathology": pa.array(pathology, pa.string()).take(pa.array(row_img)),
-        "roi_text": pa.array(np.where(is_quilt, "['nuclei', 'stroma']", None)),
-        "noisy_text": caption,
-        "corrected_text": caption,
-        "med_umls_ids": pa.array(np.where(is_quilt, "[['C0027540'], ['C0038466']]", None)),
-        "magnification": pa.array(mag, from_pandas=True),
-        "height": side[row_img, 0],
-        "width": side[row_img, 1],
-        "not_histology": not_hist[row_img],
-        "single_wsi": rng.integers(0, 2, rows),
-    })
+    table = pa.table(
+        {
+            "Unnamed: 0": np.arange(rows),
+            "caption": caption,
+            "image_path": pa.array(names).take(pa.array(row_img)),
+            "subset": pa.array(subsets).take(pa.array(subset_of_img[row_img])),
+            "split": pa.array(split[row_img]),
+            "pathology": pa.array(pathology, pa.string()).take(pa.array(row_img)),
+            "roi_text": pa.array(np.where(is_quilt, "['nuclei', 'stroma']", None)),
+            "noisy_text": caption,
+            "corrected_text": caption,
+            "med_umls_ids": pa.array(np.where(is_quilt, "[['C0027540'], ['C0038466']]", None)),
+            "magnification": pa.array(mag, from_pandas=True),
+            "height": side[row_img, 0],
+            "width": side[row_img, 1],
+            "not_histology": not_hist[row_img],
+            "single_wsi": rng.integers(0, 2, rows),
+        }
+    )
     pacsv.write_csv(table, lookup)
 
     present = rng.random(images) >= 0.03
@@ -149,13 +161,25 @@ def _fast(lookup: Path, image_root: Path, out: Path) -> dict:
     table, report = filter_metadata("quilt", lookup, image_root, FILTERS, None)
     write_filtered(table, report, out / "filtered.parquet", out / "filter_report.json")
     t1 = time.perf_counter()
-    manifests, label_map, split_report = make_splits(read_filtered(out / "filtered.parquet"),
-                                                     fractions=FRACTIONS, seed=42)
-    write_splits(manifests, label_map, split_report, {s: out / f"{s}.parquet" for s in manifests},
-                 out / "label_map.json", out / "split_report.json")
+    manifests, label_map, split_report = make_splits(
+        read_filtered(out / "filtered.parquet"), fractions=FRACTIONS, seed=42
+    )
+    write_splits(
+        manifests,
+        label_map,
+        split_report,
+        {s: out / f"{s}.parquet" for s in manifests},
+        out / "label_map.json",
+        out / "split_report.json",
+    )
     t2 = time.perf_counter()
-    return {"filter_seconds": t1 - t0, "split_seconds": t2 - t1, "seconds": t2 - t0,
-            "images_kept": report["images_kept"], "rows_in": report["rows_in"]}
+    return {
+        "filter_seconds": t1 - t0,
+        "split_seconds": t2 - t1,
+        "seconds": t2 - t0,
+        "images_kept": report["images_kept"],
+        "rows_in": report["rows_in"],
+    }
 
 
 def _naive(lookup: Path, image_root: Path, out: Path, nrows: int) -> dict:
@@ -195,8 +219,11 @@ def _naive(lookup: Path, image_root: Path, out: Path, nrows: int) -> dict:
     sizes = table.groupby("group").size()
     for g in groups:  # cumulative fill, not stratified
         frac = done / max(len(table), 1)
-        split_of[g] = "train" if frac < FRACTIONS["train"] else (
-            "val" if frac < FRACTIONS["train"] + FRACTIONS["val"] else "test")
+        split_of[g] = (
+            "train"
+            if frac < FRACTIONS["train"]
+            else ("val" if frac < FRACTIONS["train"] + FRACTIONS["val"] else "test")
+        )
         done += int(sizes[g])
     table["split"] = [split_of[g] for g in table["group"]]
     for s, part in table.groupby("split"):
@@ -218,8 +245,20 @@ def _child(args: list[str]) -> None:
 
 
 def _run_child(kind: str, lookup: Path, image_root: Path, out: Path, nrows: int = 0) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--_child", kind, str(lookup), str(image_root),
-                           str(out), str(nrows)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--_child",
+            kind,
+            str(lookup),
+            str(image_root),
+            str(out),
+            str(nrows),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -229,14 +268,22 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_child":
         _child(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--images", type=int, help="distinct images (default: 65%% of --rows)")
-    parser.add_argument("--naive-rows", type=int, default=50_000,
-                        help="rows the naive version runs on; its time is extrapolated linearly")
+    parser.add_argument(
+        "--naive-rows",
+        type=int,
+        default=50_000,
+        help="rows the naive version runs on; its time is extrapolated linearly",
+    )
     parser.add_argument("--quick", action="store_true", help="50,000 rows (checks the script runs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--keep", type=Path, help="build the fixture here and keep it (reused if present)")
+    parser.add_argument(
+        "--keep", type=Path, help="build the fixture here and keep it (reused if present)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows, args.naive_rows = 50_000, min(args.naive_rows, 10_000)
@@ -255,24 +302,44 @@ def main() -> None:
         naive = _run_child("naive", lookup, image_root, Path(tmp) / "naive", naive_rows)
         naive_full = naive["seconds"] * fast["rows_in"] / naive["rows"]
         result = {
-            "rows": fast["rows_in"], "images": images, "images_kept": fast["images_kept"],
-            "lookup_mb": lookup.stat().st_size / 2**20, "fixture_seconds": fixture_s,
-            "fast_seconds": fast["seconds"], "fast_filter_seconds": fast["filter_seconds"],
-            "fast_split_seconds": fast["split_seconds"], "peak_mb": fast["peak_mb"],
-            "naive_rows_measured": naive["rows"], "naive_seconds_measured": naive["seconds"],
-            "naive_seconds": naive_full, "naive_extrapolated": naive["rows"] < fast["rows_in"],
-            "speedup": naive_full / fast["seconds"], "cpu_count": os.cpu_count(), "targets": TARGETS,
+            "rows": fast["rows_in"],
+            "images": images,
+            "images_kept": fast["images_kept"],
+            "lookup_mb": lookup.stat().st_size / 2**20,
+            "fixture_seconds": fixture_s,
+            "fast_seconds": fast["seconds"],
+            "fast_filter_seconds": fast["filter_seconds"],
+            "fast_split_seconds": fast["split_seconds"],
+            "peak_mb": fast["peak_mb"],
+            "naive_rows_measured": naive["rows"],
+            "naive_seconds_measured": naive["seconds"],
+            "naive_seconds": naive_full,
+            "naive_extrapolated": naive["rows"] < fast["rows_in"],
+            "speedup": naive_full / fast["seconds"],
+            "cpu_count": os.cpu_count(),
+            "targets": TARGETS,
         }
-        result["pass"] = {"fast_seconds": result["fast_seconds"] <= TARGETS["fast_seconds"],
-                          "speedup": result["speedup"] >= TARGETS["speedup"],
-                          "peak_mb": result["peak_mb"] <= TARGETS["peak_mb"]}
+        result["pass"] = {
+            "fast_seconds": result["fast_seconds"] <= TARGETS["fast_seconds"],
+            "speedup": result["speedup"] >= TARGETS["speedup"],
+            "peak_mb": result["peak_mb"] <= TARGETS["peak_mb"],
+        }
 
-    print(f"lookup: {result['rows']:,} rows, {images:,} distinct images, {result['lookup_mb']:.0f} MiB "
-          f"(fixture built in {fixture_s:.1f} s); kept {result['images_kept']:,} images")
-    print(f"fast  filter+split: {result['fast_seconds']:.2f} s (filter {result['fast_filter_seconds']:.2f} s, "
-          f"split {result['fast_split_seconds']:.2f} s), peak RSS {result['peak_mb']:.0f} MiB")
-    how = (f"measured on {naive['rows']:,} rows in {naive['seconds']:.2f} s, extrapolated linearly"
-           if result["naive_extrapolated"] else "measured on all rows")
+    print(
+        f"lookup: {result['rows']:,} rows, {images:,} distinct images, "
+        f"{result['lookup_mb']:.0f} MiB "
+        f"(fixture built in {fixture_s:.1f} s); kept {result['images_kept']:,} images"
+    )
+    print(
+        f"fast  filter+split: {result['fast_seconds']:.2f} s "
+        f"(filter {result['fast_filter_seconds']:.2f} s, "
+        f"split {result['fast_split_seconds']:.2f} s), peak RSS {result['peak_mb']:.0f} MiB"
+    )
+    how = (
+        f"measured on {naive['rows']:,} rows in {naive['seconds']:.2f} s, extrapolated linearly"
+        if result["naive_extrapolated"]
+        else "measured on all rows"
+    )
     print(f"naive filter+split: {naive_full:.1f} s ({how})")
     print(f"speed-up: {result['speedup']:.1f}x")
     for key, ok in result["pass"].items():

@@ -19,7 +19,7 @@ def base_config() -> dict:
 
 def test_default_config_is_valid_and_defaults_are_filled():
     config = validate_config(base_config())
-    assert config["models"]["custom_cnn"]["patience"] == 3
+    assert config["models"]["resnet50_frozen"]["patience"] == 3
     assert config["filters"]["dedupe"] is True
     assert config["evaluation"]["top_k"] == 3
 

@@ -1,4 +1,4 @@
-"""Synthetic demo: deterministic, Quilt-shaped, dirty enough for every filter, not colour-trivial."""
+"""Synthetic demo: deterministic, Quilt-shaped, dirty enough for each filter, not colour-trivial."""
 
 from __future__ import annotations
 
@@ -48,13 +48,18 @@ def test_lookup_looks_like_quilt(tmp_path: Path) -> None:
     vids = df.loc[df["subset"] == "quilt", "image_path"].str.extract(r"^(.{11})_image_")[0].dropna()
     assert vids.str.startswith("_").any() and vids.str.startswith("-").any()
     assert vids.str.contains("_image_").any()
-    labels = {eval(p)[0] for p in df["pathology"].dropna() if re.fullmatch(r"\[('[^']+'(, )?)+\]", p)}
+    labels = {
+        eval(p)[0] for p in df["pathology"].dropna() if re.fullmatch(r"\[('[^']+'(, )?)+\]", p)
+    }
     assert set(DEFAULT_CLASSES) <= labels <= set(SUBSPECIALTIES)
     assert summary["rows"] == len(df)
     # Varied source sizes (larger, non-square) and a few unreadable files.
     sizes = {Image.open(p).size for p in images.iterdir() if _readable(p)}
     assert len(sizes) >= 3 and any(w != h for w, h in sizes)
-    assert summary["corrupt_files"] >= 3 and sum(not _readable(p) for p in images.iterdir()) == summary["corrupt_files"]
+    assert (
+        summary["corrupt_files"] >= 3
+        and sum(not _readable(p) for p in images.iterdir()) == summary["corrupt_files"]
+    )
     assert any(p.stat().st_size == 0 for p in images.iterdir())
 
 
@@ -70,9 +75,15 @@ def _readable(path: Path) -> bool:
 def test_demo_exercises_every_filter_reason(tmp_path: Path) -> None:
     lookup, images, _ = make(tmp_path)
     seen: set[str] = set()
-    for filters in ({}, {"subsets": ["quilt", "openpath", "pubmed"], "magnifications": [1, 2],
-                         "min_image_side": 32},
-                    {"exclude_classes": ["Breast"], "min_per_class": 4, "top_k_classes": 3}):
+    for filters in (
+        {},
+        {
+            "subsets": ["quilt", "openpath", "pubmed"],
+            "magnifications": [1, 2],
+            "min_image_side": 32,
+        },
+        {"exclude_classes": ["Breast"], "min_per_class": 4, "top_k_classes": 3},
+    ):
         table, report = filter_metadata("quilt", lookup, images, filters, None)
         assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
         seen |= set(report["dropped"])
@@ -86,8 +97,12 @@ def test_custom_classes_and_bad_params(tmp_path: Path) -> None:
     lookup, images, summary = make(tmp_path, classes=["Renal", "Bone", "Head and Neck"])
     table, report = filter_metadata("quilt", lookup, images, {"min_per_class": 4}, None)
     assert sorted(report["class_counts"]) == ["Bone", "Head and Neck", "Renal"]
-    for bad in ({"classes": ["Renal"]}, {"classes": ["Renal", "Renal"]}, {"images_per_class": 2},
-                {"tile_size": 8}):
+    for bad in (
+        {"classes": ["Renal"]},
+        {"classes": ["Renal", "Renal"]},
+        {"images_per_class": 2},
+        {"tile_size": 8},
+    ):
         with pytest.raises(UserError):
             make(tmp_path, "bad", **bad)
 
@@ -107,8 +122,14 @@ def _texture(gray: np.ndarray) -> list[float]:
     dark = z < -1.0
     _, n_blobs = ndimage.label(dark)
     grad = np.hypot(*np.gradient(z))
-    return [dark.mean(), (z > 1.5).mean(), n_blobs / z.size * 1e3, dark.sum() / max(n_blobs, 1),
-            grad.mean(), np.abs(ndimage.laplace(z)).mean()]
+    return [
+        dark.mean(),
+        (z > 1.5).mean(),
+        n_blobs / z.size * 1e3,
+        dark.sum() / max(n_blobs, 1),
+        grad.mean(),
+        np.abs(ndimage.laplace(z)).mean(),
+    ]
 
 
 def test_not_separable_by_mean_colour(tmp_path: Path) -> None:

@@ -11,13 +11,32 @@ import pytest
 
 from quiltflow.errors import UserError
 from quiltflow.metadata import (
-    DROP_REASONS, FILTERED_SCHEMA, filter_metadata, parse_pathology, read_filtered, video_id,
+    DROP_REASONS,
+    FILTERED_SCHEMA,
+    filter_metadata,
+    parse_pathology,
+    read_filtered,
+    video_id,
     write_filtered,
 )
 
-COLUMNS = ["Unnamed: 0", "caption", "image_path", "subset", "split", "pathology", "roi_text",
-           "noisy_text", "corrected_text", "med_umls_ids", "magnification", "height", "width",
-           "not_histology", "single_wsi"]
+COLUMNS = [
+    "Unnamed: 0",
+    "caption",
+    "image_path",
+    "subset",
+    "split",
+    "pathology",
+    "roi_text",
+    "noisy_text",
+    "corrected_text",
+    "med_umls_ids",
+    "magnification",
+    "height",
+    "width",
+    "not_histology",
+    "single_wsi",
+]
 
 
 def vid_name(vid: str, n: int) -> str:
@@ -30,9 +49,19 @@ def write_lookup(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> 
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for i, r in enumerate(rows):
-            full = {"Unnamed: 0": i, "caption": f"caption {i}, with a comma", "subset": "quilt",
-                    "split": "train", "pathology": "['Renal']", "magnification": 1, "height": 512.0,
-                    "width": 512.0, "not_histology": 0, "single_wsi": 1, **r}
+            full = {
+                "Unnamed: 0": i,
+                "caption": f"caption {i}, with a comma",
+                "subset": "quilt",
+                "split": "train",
+                "pathology": "['Renal']",
+                "magnification": 1,
+                "height": 512.0,
+                "width": 512.0,
+                "not_histology": 0,
+                "single_wsi": 1,
+                **r,
+            }
             w.writerow(full)
     return path
 
@@ -66,28 +95,40 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
     rows = [
         # Class Renal: 4 images in video A (one with two caption rows).
         *({"image_path": vid_name(A, i)} for i in range(4)),
-        {"image_path": vid_name(A, 0), "caption": "second caption"},          # duplicate_row
-        {"image_path": vid_name(B, 0), "pathology": "['Bone', 'Renal']"},      # Bone: 2 images
+        {"image_path": vid_name(A, 0), "caption": "second caption"},  # duplicate_row
+        {"image_path": vid_name(B, 0), "pathology": "['Bone', 'Renal']"},  # Bone: 2 images
         {"image_path": vid_name(B, 1), "pathology": "['Bone']"},
-        {"image_path": vid_name(C, 0), "pathology": "['Cardiac']"},            # class_too_small
-        {"image_path": vid_name(D, 0), "pathology": "['Breast']"},             # class_excluded
-        {"image_path": ""},                                                    # empty_path
-        {"image_path": "../escape.jpg"},                                       # unsafe_path
-        {"image_path": "laion_1.jpg", "subset": "laion"},                      # subset_excluded
-        {"image_path": vid_name(A, 10), "not_histology": 1},                   # not_histology
-        {"image_path": vid_name(A, 11), "magnification": 0},                   # magnification
-        {"image_path": vid_name(A, 12), "height": 100.0, "width": 900.0},      # small_image
-        {"image_path": vid_name(A, 13), "pathology": "['Renal'"},              # malformed_pathology
-        {"image_path": vid_name(A, 14), "pathology": "[]"},                    # no_label
-        {"image_path": vid_name(A, 15)},                                       # image_missing
+        {"image_path": vid_name(C, 0), "pathology": "['Cardiac']"},  # class_too_small
+        {"image_path": vid_name(D, 0), "pathology": "['Breast']"},  # class_excluded
+        {"image_path": ""},  # empty_path
+        {"image_path": "../escape.jpg"},  # unsafe_path
+        {"image_path": "laion_1.jpg", "subset": "laion"},  # subset_excluded
+        {"image_path": vid_name(A, 10), "not_histology": 1},  # not_histology
+        {"image_path": vid_name(A, 11), "magnification": 0},  # magnification
+        {"image_path": vid_name(A, 12), "height": 100.0, "width": 900.0},  # small_image
+        {"image_path": vid_name(A, 13), "pathology": "['Renal'"},  # malformed_pathology
+        {"image_path": vid_name(A, 14), "pathology": "[]"},  # no_label
+        {"image_path": vid_name(A, 15)},  # image_missing
     ]
-    touch(root, *(vid_name(A, i) for i in (0, 1, 2, 3, 10, 11, 12, 13, 14)),
-          vid_name(B, 0), vid_name(B, 1), vid_name(C, 0), vid_name(D, 0), "laion_1.jpg")
+    touch(
+        root,
+        *(vid_name(A, i) for i in (0, 1, 2, 3, 10, 11, 12, 13, 14)),
+        vid_name(B, 0),
+        vid_name(B, 1),
+        vid_name(C, 0),
+        vid_name(D, 0),
+        "laion_1.jpg",
+    )
     (root.parent / "escape.jpg").write_bytes(b"x")  # exists, but outside the root
     lookup = write_lookup(tmp_path / "lookup.csv", rows)
-    filters = {"subsets": ["quilt", "openpath", "pubmed"], "magnifications": [1, 2],
-               "min_image_side": 224, "exclude_classes": ["Breast"], "min_per_class": 2,
-               "top_k_classes": 1}
+    filters = {
+        "subsets": ["quilt", "openpath", "pubmed"],
+        "magnifications": [1, 2],
+        "min_image_side": 224,
+        "exclude_classes": ["Breast"],
+        "min_per_class": 2,
+        "top_k_classes": 1,
+    }
     table, report = filter_metadata("quilt", lookup, root, filters, None)
     check(report, table)
     expected = {r: 1 for r in DROP_REASONS if r != "not_image_file"}
@@ -101,10 +142,12 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
 
 def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: Path) -> None:
     name = vid_name("_x-y_z0123a", 1)
-    rows = [{"image_path": name, "pathology": "['Renal', 'Bone']"},
-            {"image_path": "other.jpg", "subset": "openpath", "pathology": "['Bone']"},
-            {"image_path": name, "pathology": "['Bone']"},
-            {"image_path": name, "pathology": "['Bone']"}]
+    rows = [
+        {"image_path": name, "pathology": "['Renal', 'Bone']"},
+        {"image_path": "other.jpg", "subset": "openpath", "pathology": "['Bone']"},
+        {"image_path": name, "pathology": "['Bone']"},
+        {"image_path": name, "pathology": "['Bone']"},
+    ]
     touch(root, name, "other.jpg")
     lookup = write_lookup(tmp_path / "l.csv", rows)
     table, report = filter_metadata("quilt", lookup, root, {}, None)
@@ -122,13 +165,16 @@ def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: 
     assert table[table.image_id == name]["label"].tolist() == ["Renal", "Bone", "Bone"]
 
 
-@pytest.mark.parametrize("name, group", [
-    (vid_name("_abcdefghij", 1), "_abcdefghij"),
-    (vid_name("-abcdefghij", 1), "-abcdefghij"),
-    (vid_name("ab_image_cd", 1), "ab_image_cd"),       # the id itself contains "_image_"
-    (vid_name("a_b_c_d_e_f", 1), "a_b_c_d_e_f"),
-    ("short_image_x.jpg", "short_image_x"),           # no 11-char id: file stem
-])
+@pytest.mark.parametrize(
+    "name, group",
+    [
+        (vid_name("_abcdefghij", 1), "_abcdefghij"),
+        (vid_name("-abcdefghij", 1), "-abcdefghij"),
+        (vid_name("ab_image_cd", 1), "ab_image_cd"),  # the id itself contains "_image_"
+        (vid_name("a_b_c_d_e_f", 1), "a_b_c_d_e_f"),
+        ("short_image_x.jpg", "short_image_x"),  # no 11-char id: file stem
+    ],
+)
 def test_video_id_regex(tmp_path: Path, root: Path, name: str, group: str) -> None:
     touch(root, name)
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": name}])
@@ -141,8 +187,9 @@ def test_video_id_regex(tmp_path: Path, root: Path, name: str, group: str) -> No
 def test_group_is_stem_outside_quilt_subset(tmp_path: Path, root: Path) -> None:
     name = vid_name("abcdefghijk", 1)
     touch(root, name)
-    lookup = write_lookup(tmp_path / "l.csv", [{"image_path": name, "subset": "pubmed",
-                                               "magnification": ""}])
+    lookup = write_lookup(
+        tmp_path / "l.csv", [{"image_path": name, "subset": "pubmed", "magnification": ""}]
+    )
     table, _ = filter_metadata("quilt", lookup, root, {}, None)
     assert table["group"].tolist() == [Path(name).stem]
     assert table["magnification"].isna().all()
@@ -151,9 +198,21 @@ def test_group_is_stem_outside_quilt_subset(tmp_path: Path, root: Path) -> None:
 def test_unsafe_paths_dropped_and_inner_dotdot_normalised(tmp_path: Path, root: Path) -> None:
     touch(root, "ok.jpg", "sub/deep.jpg")
     (tmp_path / "outside.jpg").write_bytes(b"x")
-    rows = [{"image_path": p} for p in (
-        "../outside.jpg", "sub/../../outside.jpg", str(tmp_path / "outside.jpg"), "/etc/passwd",
-        "\\\\server\\share\\x.jpg", "C:\\x.jpg", "sub/../ok.jpg", "ok.jpg", "./sub/deep.jpg", "..")]
+    rows = [
+        {"image_path": p}
+        for p in (
+            "../outside.jpg",
+            "sub/../../outside.jpg",
+            str(tmp_path / "outside.jpg"),
+            "/etc/passwd",
+            "\\\\server\\share\\x.jpg",
+            "C:\\x.jpg",
+            "sub/../ok.jpg",
+            "ok.jpg",
+            "./sub/deep.jpg",
+            "..",
+        )
+    ]
     lookup = write_lookup(tmp_path / "l.csv", rows)
     table, report = filter_metadata("quilt", lookup, root, {}, None)
     check(report, table)
@@ -162,13 +221,25 @@ def test_unsafe_paths_dropped_and_inner_dotdot_normalised(tmp_path: Path, root: 
     assert table.set_index("image_id").loc["ok.jpg", "n_captions"] == 2
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("['Renal', 'Hematopathology', 'Pulmonary']", ["Renal", "Hematopathology", "Pulmonary"]),
-    ("['Head and Neck']", ["Head and Neck"]),
-    ("[]", []), ("", []), (None, []), ("nan", []),
-    ("['Renal', 'Bone'", None), ("Renal; Bone", None), ("[Renal]", None), ("['Bone', 3]", None),
-    ("{'a': 1}", None), ("__import__('os')", None), ("[" * 500, None), ("'Renal'", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("['Renal', 'Hematopathology', 'Pulmonary']", ["Renal", "Hematopathology", "Pulmonary"]),
+        ("['Head and Neck']", ["Head and Neck"]),
+        ("[]", []),
+        ("", []),
+        (None, []),
+        ("nan", []),
+        ("['Renal', 'Bone'", None),
+        ("Renal; Bone", None),
+        ("[Renal]", None),
+        ("['Bone', 3]", None),
+        ("{'a': 1}", None),
+        ("__import__('os')", None),
+        ("[" * 500, None),
+        ("'Renal'", None),
+    ],
+)
 def test_parse_pathology(text: str | None, expected: list[str] | None) -> None:
     assert parse_pathology(text) == expected
 
@@ -220,12 +291,18 @@ def test_empty_results_name_the_filter(tmp_path: Path, root: Path) -> None:
         filter_metadata("quilt", lookup, empty_root, {}, None)
 
 
-@pytest.mark.parametrize("filters, key", [
-    ({"bogus": 1}, "filters.bogus"), ({"min_per_class": 0}, "filters.min_per_class"),
-    ({"magnifications": [3]}, "filters.magnifications"), ({"top_k_classes": 0}, "filters.top_k_classes"),
-    ({"label_policy": "all"}, "filters.label_policy"), ({"subsets": "quilt"}, "filters.subsets"),
-    ({"dedupe": "yes"}, "filters.dedupe"),
-])
+@pytest.mark.parametrize(
+    "filters, key",
+    [
+        ({"bogus": 1}, "filters.bogus"),
+        ({"min_per_class": 0}, "filters.min_per_class"),
+        ({"magnifications": [3]}, "filters.magnifications"),
+        ({"top_k_classes": 0}, "filters.top_k_classes"),
+        ({"label_policy": "all"}, "filters.label_policy"),
+        ({"subsets": "quilt"}, "filters.subsets"),
+        ({"dedupe": "yes"}, "filters.dedupe"),
+    ],
+)
 def test_bad_filters_raise_user_error(tmp_path: Path, root: Path, filters: dict, key: str) -> None:
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}])
     with pytest.raises(UserError, match=key):
@@ -233,8 +310,11 @@ def test_bad_filters_raise_user_error(tmp_path: Path, root: Path, filters: dict,
 
 
 def test_missing_column_and_format_errors(tmp_path: Path, root: Path) -> None:
-    lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}],
-                          columns=[c for c in COLUMNS if c != "pathology"])
+    lookup = write_lookup(
+        tmp_path / "l.csv",
+        [{"image_path": "a.jpg"}],
+        columns=[c for c in COLUMNS if c != "pathology"],
+    )
     with pytest.raises(UserError, match="'pathology' not found"):
         filter_metadata("quilt", lookup, root, {}, None)
     with pytest.raises(UserError, match="dataset.format"):
@@ -245,9 +325,14 @@ def test_missing_column_and_format_errors(tmp_path: Path, root: Path) -> None:
 
 def test_magnification_list_may_keep_unknown(tmp_path: Path, root: Path) -> None:
     touch(root, "a.jpg", "b.jpg", "c.jpg")
-    lookup = write_lookup(tmp_path / "l.csv", [
-        {"image_path": "a.jpg", "magnification": 2}, {"image_path": "b.jpg", "magnification": ""},
-        {"image_path": "c.jpg", "magnification": 0}])
+    lookup = write_lookup(
+        tmp_path / "l.csv",
+        [
+            {"image_path": "a.jpg", "magnification": 2},
+            {"image_path": "b.jpg", "magnification": ""},
+            {"image_path": "c.jpg", "magnification": 0},
+        ],
+    )
     table, report = filter_metadata("quilt", lookup, root, {"magnifications": [2, None]}, None)
     check(report, table)
     assert table["image_id"].tolist() == ["a.jpg", "b.jpg"]
@@ -256,34 +341,55 @@ def test_magnification_list_may_keep_unknown(tmp_path: Path, root: Path) -> None
 
 def test_csv_adapter(tmp_path: Path, root: Path) -> None:
     touch(root, "x/a.png", "x/b.png", "c.png", "d.png")
-    df = pd.DataFrame({"file": ["x/a.png", "x/b.png", "c.png", "d.png", "gone.png", "/abs.png"],
-                       "dx": ["tumor", "normal", "tumor", "", "normal", "tumor"],
-                       "patient": ["p1", "p1", None, "p2", "p3", "p4"]})
+    df = pd.DataFrame(
+        {
+            "file": ["x/a.png", "x/b.png", "c.png", "d.png", "gone.png", "/abs.png"],
+            "dx": ["tumor", "normal", "tumor", "", "normal", "tumor"],
+            "patient": ["p1", "p1", None, "p2", "p3", "p4"],
+        }
+    )
     df.to_csv(tmp_path / "meta.csv", index=False)
     cols = {"path": "file", "label": "dx", "group": "patient"}
     table, report = filter_metadata("csv", tmp_path / "meta.csv", root, {}, cols)
     check(report, table)
     assert table["image_id"].tolist() == ["c.png", "x/a.png", "x/b.png"]
-    assert table["group"].tolist() == ["c", "p1", "p1"]   # missing group -> file stem
+    assert table["group"].tolist() == ["c", "p1", "p1"]  # missing group -> file stem
     assert set(table["subset"]) == {"csv"} and table["source_split"].isna().all()
     assert report["dropped"] == {"no_label": 1, "image_missing": 1, "unsafe_path": 1}
     # Parquet input and no group column give the same images, grouped by stem.
     df.to_parquet(tmp_path / "meta.parquet")
-    t2, r2 = filter_metadata("csv", tmp_path / "meta.parquet", root, {}, {"path": "file", "label": "dx", "group": None})
+    t2, r2 = filter_metadata(
+        "csv", tmp_path / "meta.parquet", root, {}, {"path": "file", "label": "dx", "group": None}
+    )
     check(r2, t2)
     assert t2["group"].tolist() == ["c", "a", "b"]
     with pytest.raises(UserError, match="columns.label"):
         filter_metadata("csv", tmp_path / "meta.csv", root, {}, {"path": "file"})
     with pytest.raises(UserError, match="'label_col' not found"):
-        filter_metadata("csv", tmp_path / "meta.csv", root, {}, {"path": "file", "label": "label_col"})
+        filter_metadata(
+            "csv", tmp_path / "meta.csv", root, {}, {"path": "file", "label": "label_col"}
+        )
 
 
 def test_folder_adapter(tmp_path: Path, root: Path) -> None:
-    touch(root, "tumor/t1.jpg", "tumor/t2.JPEG", "tumor/deep/t3.png", "normal/n1.jpg",
-          "normal/notes.txt", "normal/.hidden.jpg", "stray.jpg")
+    touch(
+        root,
+        "tumor/t1.jpg",
+        "tumor/t2.JPEG",
+        "tumor/deep/t3.png",
+        "normal/n1.jpg",
+        "normal/notes.txt",
+        "normal/.hidden.jpg",
+        "stray.jpg",
+    )
     table, report = filter_metadata("folder", None, root, {"min_per_class": 1}, None)
     check(report, table)
-    assert table["image_id"].tolist() == ["normal/n1.jpg", "tumor/deep/t3.png", "tumor/t1.jpg", "tumor/t2.JPEG"]
+    assert table["image_id"].tolist() == [
+        "normal/n1.jpg",
+        "tumor/deep/t3.png",
+        "tumor/t1.jpg",
+        "tumor/t2.JPEG",
+    ]
     assert table["label"].tolist() == ["normal", "tumor", "tumor", "tumor"]
     assert table["group"].tolist() == ["n1", "t3", "t1", "t2"]
     assert report["dropped"] == {"not_image_file": 2}
@@ -300,14 +406,18 @@ def test_folder_adapter_on_real_tiles(lc25000: Path) -> None:
 def test_write_filtered_is_byte_identical(tmp_path: Path, root: Path) -> None:
     names = [vid_name(v, i) for v in ("_aaaaaaaaaa", "-bbbbbbbbbb") for i in range(5)]
     touch(root, *names)
-    rows = [{"image_path": n, "pathology": "['Renal', 'Bone']" if i % 2 else "['Bone']"}
-            for i, n in enumerate(names)]
+    rows = [
+        {"image_path": n, "pathology": "['Renal', 'Bone']" if i % 2 else "['Bone']"}
+        for i, n in enumerate(names)
+    ]
     lookup = write_lookup(tmp_path / "l.csv", rows + rows[::-1])
     outs = []
     for k in range(2):
         table, report = filter_metadata("quilt", lookup, root, {}, None)
         write_filtered(table, report, tmp_path / f"t{k}.parquet", tmp_path / f"r{k}.json")
-        outs.append(((tmp_path / f"t{k}.parquet").read_bytes(), (tmp_path / f"r{k}.json").read_bytes()))
+        outs.append(
+            ((tmp_path / f"t{k}.parquet").read_bytes(), (tmp_path / f"r{k}.json").read_bytes())
+        )
     assert outs[0] == outs[1]
     schema = pq.read_schema(tmp_path / "t0.parquet")
     assert schema.metadata is None or b"pandas" not in schema.metadata

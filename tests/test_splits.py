@@ -37,8 +37,11 @@ def make_table(n_groups: int = 200, seed: int = 0, singles: int = 300) -> pd.Dat
     df["subset"] = np.where(df["group"].str.startswith("pubmed"), "pubmed", "quilt")
     df["magnification"] = 1.0
     df["n_captions"] = 1
-    table = pa.Table.from_pandas(df[FILTERED_SCHEMA.names].sort_values("image_id"), schema=FILTERED_SCHEMA,
-                                 preserve_index=False)
+    table = pa.Table.from_pandas(
+        df[FILTERED_SCHEMA.names].sort_values("image_id"),
+        schema=FILTERED_SCHEMA,
+        preserve_index=False,
+    )
     return arrow_to_pandas(table)
 
 
@@ -74,11 +77,19 @@ def test_no_group_crosses_splits_and_fractions_hold() -> None:
 def test_same_seed_and_input_give_identical_bytes(tmp_path: Path) -> None:
     table = make_table(n_groups=60, singles=50)
     outputs = []
-    for k, t in enumerate([table, table.sample(frac=1.0, random_state=1)]):  # row order must not matter
+    for k, t in enumerate(
+        [table, table.sample(frac=1.0, random_state=1)]
+    ):  # row order must not matter
         manifests, label_map, report = make_splits(t, fractions=FRACTIONS, seed=7)
         paths = {s: tmp_path / f"{k}" / f"{s}.parquet" for s in SPLITS}
-        write_splits(manifests, label_map, report, paths, tmp_path / f"{k}/label_map.json",
-                     tmp_path / f"{k}/split_report.json")
+        write_splits(
+            manifests,
+            label_map,
+            report,
+            paths,
+            tmp_path / f"{k}/label_map.json",
+            tmp_path / f"{k}/split_report.json",
+        )
         outputs.append([p.read_bytes() for p in sorted((tmp_path / f"{k}").iterdir())])
     assert outputs[0] == outputs[1]
     other, _, _ = make_splits(table, fractions=FRACTIONS, seed=8)
@@ -112,7 +123,9 @@ def test_small_classes_kept_with_warning() -> None:
     extra["image_id"] = ["zz_rare_1.jpg", "zz_rare_2.jpg"]
     extra["group"] = "rareVideo01"
     extra["label"] = "Ophthalmic"
-    manifests, label_map, report = make_splits(pd.concat([table, extra]), fractions=FRACTIONS, seed=0)
+    manifests, label_map, report = make_splits(
+        pd.concat([table, extra]), fractions=FRACTIONS, seed=0
+    )
     assert "Ophthalmic" in label_map["classes"]
     assert sum(int((m["label"] == "Ophthalmic").sum()) for m in manifests.values()) == 2
     assert any("Ophthalmic" in w for w in report["warnings"])
@@ -120,10 +133,23 @@ def test_small_classes_kept_with_warning() -> None:
 
 def test_tiny_classes_reach_every_split_when_they_can() -> None:
     """Four videos of one class: one each to val and test, the rest to train."""
-    rows = [(f"v{g}xxxxxxxxx_image_{i}.jpg", "Renal", f"v{g}xxxxxxxxx") for g in range(4) for i in range(4)]
-    rows += [(f"w{g}xxxxxxxxx_image_{i}.jpg", "Bone", f"w{g}xxxxxxxxx") for g in range(4) for i in range(4)]
+    rows = [
+        (f"v{g}xxxxxxxxx_image_{i}.jpg", "Renal", f"v{g}xxxxxxxxx")
+        for g in range(4)
+        for i in range(4)
+    ]
+    rows += [
+        (f"w{g}xxxxxxxxx_image_{i}.jpg", "Bone", f"w{g}xxxxxxxxx")
+        for g in range(4)
+        for i in range(4)
+    ]
     df = pd.DataFrame(rows, columns=["image_id", "label", "group"]).assign(
-        pathologies=[[] for _ in rows], subset="quilt", source_split=None, magnification=np.nan, n_captions=1)
+        pathologies=[[] for _ in rows],
+        subset="quilt",
+        source_split=None,
+        magnification=np.nan,
+        n_captions=1,
+    )
     manifests, _, report = make_splits(df, fractions=FRACTIONS, seed=5)
     assert report["warnings"] == []
     for s in SPLITS:
@@ -133,17 +159,22 @@ def test_tiny_classes_reach_every_split_when_they_can() -> None:
 
 def test_zero_test_fraction_gives_empty_test() -> None:
     table = make_table(n_groups=30, singles=20)
-    manifests, _, report = make_splits(table, fractions={"train": 0.8, "val": 0.2, "test": 0}, seed=0)
+    manifests, _, report = make_splits(
+        table, fractions={"train": 0.8, "val": 0.2, "test": 0}, seed=0
+    )
     assert report["counts"]["test"] == 0 and len(manifests["test"]) == 0
     assert list(manifests["test"].columns) == [*FILTERED_SCHEMA.names, "label_index"]
 
 
-@pytest.mark.parametrize("fractions, key", [
-    ({"train": 0.5, "val": 0.2, "test": 0.2}, "sum to 1"),
-    ({"train": 0.7, "val": 0.3, "holdout": 0.0}, "holdout"),
-    ({"train": 1.2, "val": -0.2, "test": 0.0}, "fractions.train"),
-    ({"train": 0.0, "val": 0.5, "test": 0.5}, "train must be > 0"),
-])
+@pytest.mark.parametrize(
+    "fractions, key",
+    [
+        ({"train": 0.5, "val": 0.2, "test": 0.2}, "sum to 1"),
+        ({"train": 0.7, "val": 0.3, "holdout": 0.0}, "holdout"),
+        ({"train": 1.2, "val": -0.2, "test": 0.0}, "fractions.train"),
+        ({"train": 0.0, "val": 0.5, "test": 0.5}, "train must be > 0"),
+    ],
+)
 def test_bad_fractions(fractions: dict, key: str) -> None:
     with pytest.raises(UserError, match=key):
         make_splits(make_table(n_groups=5, singles=5), fractions=fractions, seed=0)

@@ -32,12 +32,32 @@ from quiltflow.metadata import SUBSPECIALTIES
 
 log = logging.getLogger("quiltflow.demo")
 
-DEFAULT_CLASSES = ("Breast", "Dermatopathology", "Gastrointestinal", "Hematopathology",
-                   "Neuropathology", "Pulmonary")
+DEFAULT_CLASSES = (
+    "Breast",
+    "Dermatopathology",
+    "Gastrointestinal",
+    "Hematopathology",
+    "Neuropathology",
+    "Pulmonary",
+)
 TAIL_CLASS = "Ophthalmic"  # a handful of pubmed images: a class filters should drop
-LOOKUP_COLUMNS = ("Unnamed: 0", "caption", "image_path", "subset", "split", "pathology", "roi_text",
-                  "noisy_text", "corrected_text", "med_umls_ids", "magnification", "height",
-                  "width", "not_histology", "single_wsi")
+LOOKUP_COLUMNS = (
+    "Unnamed: 0",
+    "caption",
+    "image_path",
+    "subset",
+    "split",
+    "pathology",
+    "roi_text",
+    "noisy_text",
+    "corrected_text",
+    "med_umls_ids",
+    "magnification",
+    "height",
+    "width",
+    "not_histology",
+    "single_wsi",
+)
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
 
 # Reference stain vectors (optical density per unit stain, R G B), Ruifrok & Johnston.
@@ -49,15 +69,15 @@ _EOSIN = np.array([0.07, 0.99, 0.11])
 class TissueStyle:
     """What makes one class's tissue look like itself (pixel units are for a 128 px tile)."""
 
-    nuclei: float        # nuclei per 10,000 px
-    radius: float        # mean nuclear radius
-    elongation: float    # long/short axis ratio
-    hema: float          # nuclear haematoxylin strength
-    eosin: float         # stroma eosin strength (the small class-specific stain balance)
-    lumens: int          # white gland / alveolar spaces per tile
+    nuclei: float  # nuclei per 10,000 px
+    radius: float  # mean nuclear radius
+    elongation: float  # long/short axis ratio
+    hema: float  # nuclear haematoxylin strength
+    eosin: float  # stroma eosin strength (the small class-specific stain balance)
+    lumens: int  # white gland / alveolar spaces per tile
     lumen_radius: float
-    ring: bool           # nuclei line the lumens (glands) or not (alveoli)
-    fibre_amp: float     # oriented fibre texture amplitude
+    ring: bool  # nuclei line the lumens (glands) or not (alveoli)
+    fibre_amp: float  # oriented fibre texture amplitude
     fibre_period: float  # fibre wavelength in px
 
 
@@ -78,10 +98,15 @@ def tissue_style(name: str) -> TissueStyle:
     r = np.random.default_rng(zlib.crc32(name.encode()))
     lumens = int(r.integers(0, 6))
     return TissueStyle(
-        nuclei=float(r.uniform(10, 80)), radius=float(r.uniform(2.2, 3.4)),
-        elongation=float(r.uniform(1.0, 2.5)), hema=float(r.uniform(0.9, 1.1)),
-        eosin=float(r.uniform(0.42, 0.62)), lumens=lumens, lumen_radius=float(r.uniform(8, 16)) if lumens else 0.0,
-        ring=bool(r.integers(0, 2)), fibre_amp=float(r.uniform(0.05, 0.6)),
+        nuclei=float(r.uniform(10, 80)),
+        radius=float(r.uniform(2.2, 3.4)),
+        elongation=float(r.uniform(1.0, 2.5)),
+        hema=float(r.uniform(0.9, 1.1)),
+        eosin=float(r.uniform(0.42, 0.62)),
+        lumens=lumens,
+        lumen_radius=float(r.uniform(8, 16)) if lumens else 0.0,
+        ring=bool(r.integers(0, 2)),
+        fibre_amp=float(r.uniform(0.05, 0.6)),
         fibre_period=float(r.uniform(2.2, 7.0)),
     )
 
@@ -89,7 +114,8 @@ def tissue_style(name: str) -> TissueStyle:
 def _video_style(rng: np.random.Generator, style: TissueStyle) -> TissueStyle:
     """Per-video variation of a class's tissue (patients differ), so classes overlap a little."""
     return replace(
-        style, nuclei=style.nuclei * float(rng.lognormal(0, 0.25)),
+        style,
+        nuclei=style.nuclei * float(rng.lognormal(0, 0.25)),
         radius=style.radius * float(rng.lognormal(0, 0.1)),
         lumen_radius=style.lumen_radius * float(rng.lognormal(0, 0.15)),
         fibre_amp=style.fibre_amp * float(rng.lognormal(0, 0.3)),
@@ -113,8 +139,13 @@ def _video_stain(rng: np.random.Generator) -> Stain:
         v = np.clip(v + rng.normal(0, 0.08, 3), 0.02, None)
         return v / np.linalg.norm(v)
 
-    return Stain(jitter(_HEMATOXYLIN), jitter(_EOSIN), float(rng.lognormal(0, 0.35)),
-                 float(rng.lognormal(0, 0.35)), float(rng.uniform(0.85, 1.0)))
+    return Stain(
+        jitter(_HEMATOXYLIN),
+        jitter(_EOSIN),
+        float(rng.lognormal(0, 0.35)),
+        float(rng.lognormal(0, 0.35)),
+        float(rng.uniform(0.85, 1.0)),
+    )
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -124,8 +155,14 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.nda
     return ndimage.zoom(grid, (h / (gh - 1), w / (gw - 1)), order=1)[:h, :w]
 
 
-def _stamp(canvas: np.ndarray, ys: np.ndarray, xs: np.ndarray, a: np.ndarray, b: np.ndarray,
-           theta: np.ndarray) -> None:
+def _stamp(
+    canvas: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    theta: np.ndarray,
+) -> None:
     """Draw soft filled ellipses (all at once, in small patches) into ``canvas`` with max()."""
     if len(ys) == 0:
         return
@@ -145,7 +182,9 @@ def _stamp(canvas: np.ndarray, ys: np.ndarray, xs: np.ndarray, a: np.ndarray, b:
     np.maximum.at(canvas.reshape(-1), flat, val[inside])
 
 
-def render_tile(rng: np.random.Generator, style: TissueStyle, stain: Stain, h: int, w: int) -> np.ndarray:
+def render_tile(
+    rng: np.random.Generator, style: TissueStyle, stain: Stain, h: int, w: int
+) -> np.ndarray:
     """One H&E-like RGB tile (uint8, h x w x 3) of the given tissue style and stain."""
     scale = min(h, w) / 128.0
     area = h * w
@@ -164,8 +203,12 @@ def render_tile(rng: np.random.Generator, style: TissueStyle, stain: Stain, h: i
     angle = rng.uniform(0, np.pi)
     warp = _smooth_noise(rng, h, w, max(8, int(24 * scale))) * 2.5
     phase = (xx * np.cos(angle) + yy * np.sin(angle)) / (style.fibre_period * scale) + warp
-    fibre = np.sin(2 * np.pi * phase) * (0.5 + 0.5 * _smooth_noise(rng, h, w, max(4, int(10 * scale))))
-    eosin = style.eosin * (1.0 + style.fibre_amp * fibre) * (1 + 0.15 * _smooth_noise(rng, h, w, 32))
+    fibre = np.sin(2 * np.pi * phase) * (
+        0.5 + 0.5 * _smooth_noise(rng, h, w, max(4, int(10 * scale)))
+    )
+    eosin = (
+        style.eosin * (1.0 + style.fibre_amp * fibre) * (1 + 0.15 * _smooth_noise(rng, h, w, 32))
+    )
     hema_bg = 0.06 + 0.04 * _smooth_noise(rng, h, w, 16)
 
     # Nuclei: Poisson count, outside lumens; gland nuclei sit on the lumen rims.
@@ -191,8 +234,10 @@ def render_tile(rng: np.random.Generator, style: TissueStyle, stain: Stain, h: i
     tissue = 1.0 - 0.95 * lumen
     hema = (style.hema * 1.4 * nuc * chromatin + hema_bg) * tissue
     eos = eosin * tissue * (1.0 - 0.6 * nuc)
-    od = (hema[..., None] * stain.hema_gain * stain.hema_vec
-          + eos[..., None] * stain.eosin_gain * stain.eosin_vec)
+    od = (
+        hema[..., None] * stain.hema_gain * stain.hema_vec
+        + eos[..., None] * stain.eosin_gain * stain.eosin_vec
+    )
     rgb = 255.0 * stain.brightness * np.exp(-od)
     rgb += rng.normal(0, 4.0, rgb.shape)
     return np.clip(rgb, 0, 255).astype(np.uint8)
@@ -203,7 +248,7 @@ def _not_histology_tile(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     img = np.full((h, w, 3), rng.uniform(200, 250, 3), np.float32)
     for _ in range(int(rng.integers(3, 8))):
         y, x = int(rng.integers(0, h - 6)), int(rng.integers(0, w // 2))
-        img[y:y + 4, x:x + int(rng.integers(w // 4, w // 2))] = rng.uniform(0, 60, 3)
+        img[y : y + 4, x : x + int(rng.integers(w // 4, w // 2))] = rng.uniform(0, 60, 3)
     return img.astype(np.uint8)
 
 
@@ -235,8 +280,13 @@ def _video_ids(rng: np.random.Generator, n: int) -> list[str]:
 def _tile_shape(rng: np.random.Generator, t: int) -> tuple[int, int]:
     """Mostly t x t; some larger, some non-square, a few undersized (for min_image_side)."""
     kind = rng.choice(5, p=[0.6, 0.12, 0.1, 0.1, 0.08])
-    return [(t, t), (int(t * 1.25), int(t * 1.25)), (t, int(t * 1.25)), (int(t * 1.5), t),
-            (int(t * 0.75), int(t * 0.75))][kind]
+    return [
+        (t, t),
+        (int(t * 1.25), int(t * 1.25)),
+        (t, int(t * 1.25)),
+        (int(t * 1.5), t),
+        (int(t * 0.75), int(t * 0.75)),
+    ][kind]
 
 
 def _pathology(rng: np.random.Generator, primary: str) -> str:
@@ -256,11 +306,19 @@ def generate_demo(
 ) -> dict[str, Any]:
     """Write the synthetic lookup CSV and image folder; return counts of what was written."""
     classes = list(DEFAULT_CLASSES if classes is None else classes)
-    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
+    if (
+        len(classes) < 2
+        or len(set(classes)) != len(classes)
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
         raise UserError(f"demo.classes={classes!r}: expected at least two distinct class names")
     if TAIL_CLASS in classes:
         raise UserError(f"demo.classes: {TAIL_CLASS!r} is reserved for the demo's tiny tail class")
-    if isinstance(images_per_class, bool) or not isinstance(images_per_class, int) or images_per_class < 4:
+    if (
+        isinstance(images_per_class, bool)
+        or not isinstance(images_per_class, int)
+        or images_per_class < 4
+    ):
         raise UserError(f"demo.images_per_class={images_per_class!r}: expected an integer >= 4")
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or not 32 <= tile_size <= 1024:
         raise UserError(f"demo.tile_size={tile_size!r}: expected an integer in [32, 1024]")
@@ -271,11 +329,31 @@ def generate_demo(
 
     images: list[dict[str, Any]] = []  # one per image file (or missing file)
 
-    def new_image(name: str, subset: str, pathology: Any, split: str, kind: str, style: TissueStyle | None,
-                  stain: Stain | None, mag: float = np.nan) -> None:
+    def new_image(
+        name: str,
+        subset: str,
+        pathology: Any,
+        split: str,
+        kind: str,
+        style: TissueStyle | None,
+        stain: Stain | None,
+        mag: float = np.nan,
+    ) -> None:
         h, w = _tile_shape(rng, tile_size)
-        images.append(dict(name=name, subset=subset, pathology=pathology, split=split, kind=kind,
-                           style=style, stain=stain, mag=mag, h=h, w=w))
+        images.append(
+            dict(
+                name=name,
+                subset=subset,
+                pathology=pathology,
+                split=split,
+                kind=kind,
+                style=style,
+                stain=stain,
+                mag=mag,
+                h=h,
+                w=w,
+            )
+        )
 
     def uid() -> str:
         return str(uuid.UUID(bytes=rng.bytes(16), version=4))
@@ -286,43 +364,95 @@ def generate_demo(
     video_of_class: dict[str, list[tuple[str, str, str, Stain, TissueStyle]]] = {}
     for ci, cls in enumerate(classes):
         videos = []
-        for vid in vids[ci * n_videos:(ci + 1) * n_videos]:
+        for vid in vids[ci * n_videos : (ci + 1) * n_videos]:
             split = "val" if rng.random() < 0.15 else "train"
-            videos.append((vid, _pathology(rng, cls), split, _video_stain(rng),
-                           _video_style(rng, tissue_style(cls))))
+            videos.append(
+                (
+                    vid,
+                    _pathology(rng, cls),
+                    split,
+                    _video_stain(rng),
+                    _video_style(rng, tissue_style(cls)),
+                )
+            )
         video_of_class[cls] = videos
         n_quilt = images_per_class - n_other
         per_video = rng.multinomial(n_quilt - n_videos, np.ones(n_videos) / n_videos) + 1
         for (vid, path, split, stain, style), k in zip(videos, per_video):
             for _ in range(k):
-                new_image(f"{vid}_image_{uid()}.jpg", "quilt", path, split, "tile", style, stain,
-                          float(rng.integers(0, 3)))
+                new_image(
+                    f"{vid}_image_{uid()}.jpg",
+                    "quilt",
+                    path,
+                    split,
+                    "tile",
+                    style,
+                    stain,
+                    float(rng.integers(0, 3)),
+                )
         for j in range(n_other):
             subset = "openpath" if j % 2 == 0 else "pubmed"
-            new_image(f"{subset}_{rng.bytes(6).hex()}.jpg", subset, repr([cls]), "train", "tile",
-                      _video_style(rng, tissue_style(cls)), _video_stain(rng))
+            new_image(
+                f"{subset}_{rng.bytes(6).hex()}.jpg",
+                subset,
+                repr([cls]),
+                "train",
+                "tile",
+                _video_style(rng, tissue_style(cls)),
+                _video_stain(rng),
+            )
     # Dirt, spread over the classes.
     first_videos = [video_of_class[c][0] for c in classes]
     n_dirt = max(2, len(classes) * images_per_class // 40)
     for j in range(n_dirt):
         vid, path, split, _, _ = first_videos[j % len(first_videos)]
-        new_image(f"{vid}_image_{uid()}.jpg", "quilt", path, split, "not_histology", None, None, 1.0)
+        new_image(
+            f"{vid}_image_{uid()}.jpg", "quilt", path, split, "not_histology", None, None, 1.0
+        )
         new_image(f"{vid}_image_{uid()}.jpg", "quilt", path, split, "missing", None, None, 1.0)
     for j, kind in enumerate(("truncated", "zero_byte", "not_jpeg", "truncated")):
         vid, path, split, stain, style = first_videos[(j + 1) % len(first_videos)]
         new_image(f"{vid}_image_{uid()}.jpg", "quilt", path, split, kind, style, stain, 2.0)
     for j in range(n_dirt):
-        new_image(f"openpath_{rng.bytes(6).hex()}.jpg", "openpath", repr([classes[j % len(classes)]]),
-                  "train", "missing", None, None)
+        new_image(
+            f"openpath_{rng.bytes(6).hex()}.jpg",
+            "openpath",
+            repr([classes[j % len(classes)]]),
+            "train",
+            "missing",
+            None,
+            None,
+        )
     for bad in ("['Renal', 'Pulmonary'", "Renal; Bone", "[Renal]", "['Bone', 3]"):
-        new_image(f"pubmed_{rng.bytes(6).hex()}.jpg", "pubmed", bad, "train", "tile",
-                  tissue_style(classes[0]), _video_stain(rng))
+        new_image(
+            f"pubmed_{rng.bytes(6).hex()}.jpg",
+            "pubmed",
+            bad,
+            "train",
+            "tile",
+            tissue_style(classes[0]),
+            _video_stain(rng),
+        )
     for j in range(3):
-        new_image(f"laion_{rng.bytes(6).hex()}.jpg", "laion", np.nan if j else "[]", "train", "tile",
-                  tissue_style(classes[j % len(classes)]), _video_stain(rng))
+        new_image(
+            f"laion_{rng.bytes(6).hex()}.jpg",
+            "laion",
+            np.nan if j else "[]",
+            "train",
+            "tile",
+            tissue_style(classes[j % len(classes)]),
+            _video_stain(rng),
+        )
     for j in range(3):
-        new_image(f"pubmed_{rng.bytes(6).hex()}.jpg", "pubmed", repr([TAIL_CLASS]), "train", "tile",
-                  tissue_style(TAIL_CLASS), _video_stain(rng))
+        new_image(
+            f"pubmed_{rng.bytes(6).hex()}.jpg",
+            "pubmed",
+            repr([TAIL_CLASS]),
+            "train",
+            "tile",
+            tissue_style(TAIL_CLASS),
+            _video_stain(rng),
+        )
 
     # Write the files: tiles are vectorised numpy, one JPEG encode each.
     counts = {"tiles": 0, "not_histology": 0, "corrupt": 0, "missing": 0}
@@ -338,7 +468,11 @@ def generate_demo(
             counts["not_histology"] += 1
         elif kind in ("truncated", "zero_byte", "not_jpeg"):
             full = _jpeg(render_tile(rng, im["style"], im["stain"], im["h"], im["w"]))
-            data = {"truncated": full[: len(full) // 3], "zero_byte": b"", "not_jpeg": b"SYNTHETIC DEMO: not a JPEG\n"}[kind]
+            data = {
+                "truncated": full[: len(full) // 3],
+                "zero_byte": b"",
+                "not_jpeg": b"SYNTHETIC DEMO: not a JPEG\n",
+            }[kind]
             counts["corrupt"] += 1
         else:
             data = _jpeg(render_tile(rng, im["style"], im["stain"], im["h"], im["w"]))
@@ -348,9 +482,15 @@ def generate_demo(
     rows = _lookup_rows(rng, images)
     rows.to_csv(lookup_path, index=False, float_format="%.1f")
     summary = {
-        "seed": seed, "classes": classes, "videos": len(vids), "images": len(images),
-        "rows": len(rows), "tiles": counts["tiles"], "not_histology_images": counts["not_histology"],
-        "corrupt_files": counts["corrupt"], "missing_images": counts["missing"],
+        "seed": seed,
+        "classes": classes,
+        "videos": len(vids),
+        "images": len(images),
+        "rows": len(rows),
+        "tiles": counts["tiles"],
+        "not_histology_images": counts["not_histology"],
+        "corrupt_files": counts["corrupt"],
+        "missing_images": counts["missing"],
         "other_subset_rows": int((rows["subset"] != "quilt").sum()),
     }
     log.info("synthetic demo: %s", summary)
@@ -368,19 +508,24 @@ def _lookup_rows(rng: np.random.Generator, images: list[dict[str, Any]]) -> pd.D
             if rng.random() < 0.1:
                 caption += ', with "quotes", a comma\nand a line break'
             quilt = im["subset"] == "quilt"
-            records.append({
-                "caption": caption, "image_path": im["name"], "subset": im["subset"],
-                "split": im["split"], "pathology": im["pathology"],
-                "roi_text": "['SYNTHETIC DEMO region']" if quilt else np.nan,
-                "noisy_text": caption.lower() if quilt else np.nan,
-                "corrected_text": caption if quilt else np.nan,
-                "med_umls_ids": "[['C0000000'], ['C0000001']]",
-                "magnification": im["mag"] if quilt else np.nan,
-                "height": float(im["h"]) if im["kind"] != "missing" or quilt else np.nan,
-                "width": float(im["w"]) if im["kind"] != "missing" or quilt else np.nan,
-                "not_histology": int(im["kind"] == "not_histology"),
-                "single_wsi": int(rng.integers(0, 2)),
-            })
+            records.append(
+                {
+                    "caption": caption,
+                    "image_path": im["name"],
+                    "subset": im["subset"],
+                    "split": im["split"],
+                    "pathology": im["pathology"],
+                    "roi_text": "['SYNTHETIC DEMO region']" if quilt else np.nan,
+                    "noisy_text": caption.lower() if quilt else np.nan,
+                    "corrected_text": caption if quilt else np.nan,
+                    "med_umls_ids": "[['C0000000'], ['C0000001']]",
+                    "magnification": im["mag"] if quilt else np.nan,
+                    "height": float(im["h"]) if im["kind"] != "missing" or quilt else np.nan,
+                    "width": float(im["w"]) if im["kind"] != "missing" or quilt else np.nan,
+                    "not_histology": int(im["kind"] == "not_histology"),
+                    "single_wsi": int(rng.integers(0, 2)),
+                }
+            )
     for bad in ("../outside_root.jpg", "/etc/SYNTHETIC_DEMO_absolute.jpg", ""):
         records.append({**records[0], "image_path": bad, "caption": "SYNTHETIC DEMO bad path"})
     df = pd.DataFrame.from_records(records)

@@ -16,10 +16,10 @@ Each dropped row is counted exactly once, under the FIRST reason in this order:
 ``subset_excluded``      (quilt) ``subset`` not in ``filters.subsets``.
 ``not_histology``        (quilt) ``not_histology == 1`` and ``filters.drop_not_histology``.
 ``magnification``        (quilt) magnification level not in ``filters.magnifications``.
-``small_image``          (quilt) ``min(height, width) < filters.min_image_side`` (missing sizes kept).
+``small_image``          (quilt) ``min(height, width) < filters.min_image_side`` (unknown kept).
 ``malformed_pathology``  (quilt) the ``pathology`` cell is not a list of strings.
 ``no_label``             empty pathology list / empty label cell.
-``image_missing``        the file is not under ``image_root`` (one directory listing, no stat per row).
+``image_missing``        no such file under ``image_root`` (one directory listing, no stat per row).
 ``class_excluded``       the image's label is in ``filters.exclude_classes``.
 ``class_too_small``      the label has fewer than ``filters.min_per_class`` images.
 ``class_not_top_k``      the label is not among the ``filters.top_k_classes`` largest classes.
@@ -58,9 +58,23 @@ from quiltflow.errors import UserError
 log = logging.getLogger("quiltflow.metadata")
 
 SUBSPECIALTIES = (
-    "Bone", "Breast", "Cardiac", "Cytopathology", "Dermatopathology", "Endocrine",
-    "Gastrointestinal", "Genitourinary", "Gynecologic", "Head and Neck", "Hematopathology",
-    "Hepatopathology", "Neuropathology", "Ophthalmic", "Pediatric", "Pulmonary", "Renal",
+    "Bone",
+    "Breast",
+    "Cardiac",
+    "Cytopathology",
+    "Dermatopathology",
+    "Endocrine",
+    "Gastrointestinal",
+    "Genitourinary",
+    "Gynecologic",
+    "Head and Neck",
+    "Hematopathology",
+    "Hepatopathology",
+    "Neuropathology",
+    "Ophthalmic",
+    "Pediatric",
+    "Pulmonary",
+    "Renal",
     "Soft tissue",
 )
 QUILT_SUBSETS = ("quilt", "openpath", "pubmed", "laion")
@@ -68,9 +82,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_ID_REGEX = r"^(?P<vid>.{11})_image_"  # never split on "_": ids may contain "_" and "-"
 
 DROP_REASONS = (
-    "empty_path", "unsafe_path", "not_image_file", "subset_excluded", "not_histology",
-    "magnification", "small_image", "malformed_pathology", "no_label", "image_missing",
-    "class_excluded", "class_too_small", "class_not_top_k", "duplicate_row",
+    "empty_path",
+    "unsafe_path",
+    "not_image_file",
+    "subset_excluded",
+    "not_histology",
+    "magnification",
+    "small_image",
+    "malformed_pathology",
+    "no_label",
+    "image_missing",
+    "class_excluded",
+    "class_too_small",
+    "class_not_top_k",
+    "duplicate_row",
 )
 _REASON_CODE = {name: i + 1 for i, name in enumerate(DROP_REASONS)}  # 0 = kept
 
@@ -88,16 +113,18 @@ DEFAULT_FILTERS: dict[str, Any] = {
 _QUILT_ONLY_FILTERS = ("subsets", "drop_not_histology", "magnifications", "min_image_side")
 LABEL_POLICIES = ("primary",)
 
-FILTERED_SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("label", pa.string()),
-    ("group", pa.string()),
-    ("pathologies", pa.list_(pa.string())),
-    ("subset", pa.string()),
-    ("source_split", pa.string()),
-    ("magnification", pa.float64()),
-    ("n_captions", pa.int32()),
-])
+FILTERED_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("label", pa.string()),
+        ("group", pa.string()),
+        ("pathologies", pa.list_(pa.string())),
+        ("subset", pa.string()),
+        ("source_split", pa.string()),
+        ("magnification", pa.float64()),
+        ("n_captions", pa.int32()),
+    ]
+)
 
 _MAX_PATHOLOGY_CHARS = 4096  # literal_eval on a huge cell is slow; no real list is that long
 
@@ -177,7 +204,11 @@ def _normalize_paths(paths: pa.Array) -> tuple[pa.Array, np.ndarray, bool]:
             fixed.append(norm)
     mask = np.zeros(len(paths), dtype=bool)
     mask[idx] = True
-    return pc.replace_with_mask(paths, pa.array(mask), pa.array(fixed, type=pa.string())), reason, True
+    return (
+        pc.replace_with_mask(paths, pa.array(mask), pa.array(fixed, type=pa.string())),
+        reason,
+        True,
+    )
 
 
 def _list_files(image_root: Path, rel_paths: pa.Array) -> pa.Array:
@@ -215,10 +246,13 @@ def _check_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
     if f["magnifications"] is not None:
         mags = f["magnifications"]
         if isinstance(mags, (str, int, float)) or not all(
-            m is None or (isinstance(m, (int, float)) and not isinstance(m, bool) and m in (0, 1, 2))
+            m is None
+            or (isinstance(m, (int, float)) and not isinstance(m, bool) and m in (0, 1, 2))
             for m in mags
         ):
-            raise UserError(f"filters.magnifications={mags!r}: expected null or a list of 0, 1, 2 (null keeps unknown)")
+            raise UserError(
+                f"filters.magnifications={mags!r}: expected null or a list of 0, 1, 2, null"
+            )
         f["magnifications"] = list(mags)
     for key, lo in (("min_image_side", 0), ("min_per_class", 1)):
         v = f[key]
@@ -233,7 +267,9 @@ def _check_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
         if not isinstance(f[key], bool):
             raise UserError(f"filters.{key}={f[key]!r}: expected true or false")
     if f["label_policy"] not in LABEL_POLICIES:
-        raise UserError(f"filters.label_policy={f['label_policy']!r}: expected one of {list(LABEL_POLICIES)}")
+        raise UserError(
+            f"filters.label_policy={f['label_policy']!r}: expected one of {list(LABEL_POLICIES)}"
+        )
     return f
 
 
@@ -245,11 +281,11 @@ class _Rows:
     """Per-row arrays every adapter produces; the common pipeline filters these."""
 
     n: int
-    path_code: np.ndarray                 # int64 index into ``paths`` (-1 = empty)
-    paths: pa.Array                       # distinct raw paths
-    label_code: np.ndarray                # int64 index into ``classes``; -1 no label, -2 malformed
+    path_code: np.ndarray  # int64 index into ``paths`` (-1 = empty)
+    paths: pa.Array  # distinct raw paths
+    label_code: np.ndarray  # int64 index into ``classes``; -1 no label, -2 malformed
     classes: list[str]
-    subset_code: np.ndarray               # int64 index into ``subsets``
+    subset_code: np.ndarray  # int64 index into ``subsets``
     subsets: list[str]
     split_code: np.ndarray | None = None  # int64 index into ``splits`` (-1 = missing)
     splits: list[str] = field(default_factory=list)
@@ -283,21 +319,29 @@ def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Tabl
         available = _read_header(path)
     missing = [c for c in wanted if c not in available]
     if missing:
-        raise UserError(f"{path}: column {missing[0]!r} not found (columns: {', '.join(map(str, available))})")
+        raise UserError(
+            f"{path}: column {missing[0]!r} not found (columns: {', '.join(map(str, available))})"
+        )
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             table = pq.read_table(path, columns=wanted)
-            return table.cast(pa.schema([
-                (c, pa.string() if c in string_cols else pa.float64()) for c in table.column_names
-            ]))
+            return table.cast(
+                pa.schema(
+                    [
+                        (c, pa.string() if c in string_cols else pa.float64())
+                        for c in table.column_names
+                    ]
+                )
+            )
         types = {c: (pa.string() if c in string_cols else pa.float64()) for c in wanted}
         return pacsv.read_csv(
             path,
-            # Captions may hold quoted newlines (the chunker must know); 8 MiB blocks parse in parallel.
+            # Captions may hold quoted newlines (tell the chunker); 8 MiB blocks go in parallel.
             read_options=pacsv.ReadOptions(block_size=1 << 23),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                include_columns=wanted, column_types=types, strings_can_be_null=True),
+                include_columns=wanted, column_types=types, strings_can_be_null=True
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -307,9 +351,14 @@ def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Tabl
 def _quilt_rows(metadata_path: Path) -> _Rows:
     """Read the Quilt lookup: only the needed columns; each distinct pathology parsed once."""
     is_parquet = metadata_path.suffix.lower() in (".parquet", ".pq")
-    available = pq.read_schema(metadata_path).names if is_parquet and metadata_path.is_file() else (
-        _read_header(metadata_path) if metadata_path.is_file() else [])
-    optional = [c for c in ("split", "magnification", "height", "width", "not_histology") if c in available]
+    available = (
+        pq.read_schema(metadata_path).names
+        if is_parquet and metadata_path.is_file()
+        else (_read_header(metadata_path) if metadata_path.is_file() else [])
+    )
+    optional = [
+        c for c in ("split", "magnification", "height", "width", "not_histology") if c in available
+    ]
     wanted = ["image_path", "subset", "pathology", *optional]
     table = _read_table(metadata_path, wanted, {"image_path", "subset", "pathology", "split"})
     n = table.num_rows
@@ -322,17 +371,30 @@ def _quilt_rows(metadata_path: Path) -> _Rows:
     classes = sorted({p[0] for p in parsed if p})
     class_index = {c: i for i, c in enumerate(classes)}
     # One slot per distinct string plus a final slot for null/empty cells (code -1).
-    label_of = np.array([(-2 if p is None else class_index[p[0]] if p else -1) for p in parsed] + [-1],
-                        dtype=np.int64)
+    label_of = np.array(
+        [(-2 if p is None else class_index[p[0]] if p else -1) for p in parsed] + [-1],
+        dtype=np.int64,
+    )
     lists = pa.array([p or [] for p in parsed] + [[]], type=pa.list_(pa.string()))
     pcode = np.where(path_code_p < 0, len(parsed), path_code_p)
     col = lambda name: table[name] if name in optional else None  # noqa: E731
     return _Rows(
-        n=n, path_code=path_code, paths=paths, label_code=label_of[pcode], classes=classes,
-        subset_code=subset_code, subsets=subsets, split_code=split_code, splits=splits,
-        pathology_code=pcode, pathology_lists=lists,
-        magnification=_floats(col("magnification"), n), height=_floats(col("height"), n),
-        width=_floats(col("width"), n), not_histology=_floats(col("not_histology"), n), quilt=True,
+        n=n,
+        path_code=path_code,
+        paths=paths,
+        label_code=label_of[pcode],
+        classes=classes,
+        subset_code=subset_code,
+        subsets=subsets,
+        split_code=split_code,
+        splits=splits,
+        pathology_code=pcode,
+        pathology_lists=lists,
+        magnification=_floats(col("magnification"), n),
+        height=_floats(col("height"), n),
+        width=_floats(col("width"), n),
+        not_histology=_floats(col("not_histology"), n),
+        quilt=True,
     )
 
 
@@ -356,8 +418,15 @@ def _csv_rows(metadata_path: Path, columns: Mapping[str, Any]) -> _Rows:
     index = {c: i for i, c in enumerate(classes)}
     remap = np.array([index[s] if s else -1 for s in labels] + [-1], dtype=np.int64)
     label_code = remap[np.where(label_code < 0, len(labels), label_code)]
-    rows = _Rows(n=n, path_code=path_code, paths=paths, label_code=label_code, classes=classes,
-                 subset_code=np.zeros(n, dtype=np.int64), subsets=["csv"])
+    rows = _Rows(
+        n=n,
+        path_code=path_code,
+        paths=paths,
+        label_code=label_code,
+        classes=classes,
+        subset_code=np.zeros(n, dtype=np.int64),
+        subsets=["csv"],
+    )
     if "group" in names:
         rows.group_code, rows.groups = _encode(table[names["group"]])
     if "split" in names:
@@ -371,7 +440,11 @@ def _folder_rows(image_root: Path) -> _Rows:
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
     paths: list[str] = []
     labels: list[int] = []
-    classes = sorted(e.name for e in os.scandir(image_root) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(
+        e.name for e in os.scandir(image_root) if e.is_dir() and not e.name.startswith(".")
+    )
+    if not classes:
+        raise UserError(f"image_root {image_root} has no class sub-folders (format 'folder')")
     for ci, cls in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(image_root / cls):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -380,12 +453,24 @@ def _folder_rows(image_root: Path) -> _Rows:
                 paths.append(f"{rel}/{name}")
                 labels.append(ci)
     n = len(paths)
-    ok_ext = np.array([p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".")
-                       for p in paths], dtype=bool)
+    ok_ext = np.array(
+        [
+            p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".")
+            for p in paths
+        ],
+        dtype=bool,
+    )
     pre = np.where(ok_ext, 0, _REASON_CODE["not_image_file"]).astype(np.int8)
-    return _Rows(n=n, path_code=np.arange(n, dtype=np.int64), paths=pa.array(paths, type=pa.string()),
-                 label_code=np.array(labels, dtype=np.int64), classes=classes,
-                 subset_code=np.zeros(n, dtype=np.int64), subsets=["folder"], pre_reason=pre)
+    return _Rows(
+        n=n,
+        path_code=np.arange(n, dtype=np.int64),
+        paths=pa.array(paths, type=pa.string()),
+        label_code=np.array(labels, dtype=np.int64),
+        classes=classes,
+        subset_code=np.zeros(n, dtype=np.int64),
+        subsets=["folder"],
+        pre_reason=pre,
+    )
 
 
 # --------------------------------------------------------------------------- common pipeline
@@ -394,19 +479,29 @@ def _folder_rows(image_root: Path) -> _Rows:
 def _empty_error(stage: str, f: Mapping[str, Any], rows_in: int, detail: str = "") -> UserError:
     """One-line message naming the filter (or check) that left nothing."""
     if stage in ("subset_excluded", "not_histology", "magnification", "small_image"):
-        key = {"subset_excluded": "subsets", "not_histology": "drop_not_histology",
-               "magnification": "magnifications", "small_image": "min_image_side"}[stage]
+        key = {
+            "subset_excluded": "subsets",
+            "not_histology": "drop_not_histology",
+            "magnification": "magnifications",
+            "small_image": "min_image_side",
+        }[stage]
         return UserError(f"filters.{key}={f[key]!r} left no rows ({rows_in} rows in)")
     if stage == "class_excluded":
         return UserError(f"filters.exclude_classes={f['exclude_classes']!r} excluded every class")
     if stage == "class_too_small":
-        return UserError(f"filters.min_per_class={f['min_per_class']} left no class with enough images {detail}")
+        return UserError(
+            f"filters.min_per_class={f['min_per_class']} left no class with enough images {detail}"
+        )
     if stage == "image_missing":
         return UserError(f"no usable row points to an existing file under image_root {detail}")
-    text = {"empty_path": "has an empty path", "unsafe_path": "has an unsafe path",
-            "not_image_file": "is an image file", "malformed_pathology": "has a malformed pathology",
-            "no_label": "has a label"}.get(stage, stage)
-    return UserError(f"no row left after reason {stage!r} (every remaining row {text}; {rows_in} rows in)")
+    if stage == "not_image_file":
+        return UserError(
+            f"no file with an image extension {IMAGE_EXTENSIONS} in the class folders {detail}"
+        )
+    return UserError(
+        f"every remaining row was dropped as {stage!r} ({rows_in} rows in; see the module "
+        "docstring of quiltflow.metadata for the reasons)"
+    )
 
 
 def filter_metadata(
@@ -442,6 +537,7 @@ def filter_metadata(
 
     n = rows.n
     reason = np.zeros(n, dtype=np.int8) if rows.pre_reason is None else rows.pre_reason.copy()
+    detail = ""  # extra words for the "nothing left" error of the current stage
 
     def drop(name: str, mask: np.ndarray) -> None:
         """Give reason ``name`` to rows still alive where ``mask``; fail if nothing survives."""
@@ -449,20 +545,22 @@ def filter_metadata(
         if not (reason == 0).any():
             raise _empty_error(name, f, n, detail)
 
-    detail = ""
     # Path safety on the distinct paths, mapped back with the codes.
     n_paths = len(rows.paths)
     norm_paths, path_reason, changed = _normalize_paths(rows.paths)
     safe_code = np.concatenate([path_reason, [_REASON_CODE["empty_path"]]])
     pcode = np.where(rows.path_code < 0, n_paths, rows.path_code)  # n_paths = "no path" slot
     if rows.pre_reason is not None and not (reason == 0).any():
-        raise _empty_error("not_image_file", f, n)
+        raise _empty_error("not_image_file", f, n, f"under {image_root}")
     drop("empty_path", safe_code[pcode] == _REASON_CODE["empty_path"])
     drop("unsafe_path", safe_code[pcode] == _REASON_CODE["unsafe_path"])
 
     if rows.quilt:
         keep_subset = np.array([s in f["subsets"] for s in rows.subsets] + [False])
-        drop("subset_excluded", ~keep_subset[np.where(rows.subset_code < 0, len(rows.subsets), rows.subset_code)])
+        drop(
+            "subset_excluded",
+            ~keep_subset[np.where(rows.subset_code < 0, len(rows.subsets), rows.subset_code)],
+        )
         if f["drop_not_histology"]:
             drop("not_histology", rows.not_histology == 1)
         if f["magnifications"] is not None:
@@ -480,7 +578,9 @@ def filter_metadata(
 
     # Existence: one listing per folder used, then one hashed set-membership pass.
     listing = _list_files(image_root, norm_paths)
-    exists = pc.fill_null(pc.is_in(norm_paths, value_set=listing), False).to_numpy(zero_copy_only=False)
+    exists = pc.fill_null(pc.is_in(norm_paths, value_set=listing), False).to_numpy(
+        zero_copy_only=False
+    )
     exists = np.concatenate([exists, [False]])
     first_alive = np.flatnonzero(reason == 0)[:1]
     example = norm_paths[int(rows.path_code[first_alive[0]])].as_py() if len(first_alive) else ""
@@ -489,7 +589,9 @@ def filter_metadata(
 
     # Images: normalisation may map several raw paths onto one image id.
     if changed:
-        img_of_path = pc.fill_null(norm_paths.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+        img_of_path = pc.fill_null(norm_paths.dictionary_encode().indices, -1).to_numpy(
+            zero_copy_only=False
+        )
         img_code = np.append(img_of_path.astype(np.int64), -1)[pcode]
     else:
         img_code = rows.path_code
@@ -529,8 +631,10 @@ def filter_metadata(
             raise _empty_error("class_too_small", f, n, f"(largest class has {int(sizes.max())})")
         sizes = np.where(small, 0, sizes)
     if f["top_k_classes"] is not None:
-        ranked = sorted((c for c in range(len(rows.classes)) if sizes[c] > 0),
-                        key=lambda c: (-sizes[c], rows.classes[c]))
+        ranked = sorted(
+            (c for c in range(len(rows.classes)) if sizes[c] > 0),
+            key=lambda c: (-sizes[c], rows.classes[c]),
+        )
         top = np.zeros(len(rows.classes), dtype=bool)
         top[ranked[: f["top_k_classes"]]] = True
         unit_reason[(unit_reason == 0) & ~top[unit_label]] = _REASON_CODE["class_not_top_k"]
@@ -553,19 +657,30 @@ def filter_metadata(
         "distinct_images_in": int(n_paths),
         "rows_kept": int(dropped_counts[0]),
         "images_kept": int(len(kept_rows) if f["dedupe"] else len(np.unique(img_code[kept_rows]))),
-        "dropped": {name: int(dropped_counts[code]) for name, code in _REASON_CODE.items() if dropped_counts[code]},
+        "dropped": {
+            name: int(dropped_counts[code])
+            for name, code in _REASON_CODE.items()
+            if dropped_counts[code]
+        },
         "class_counts": {rows.classes[c]: int(k) for c, k in enumerate(kept_sizes) if k},
         "filters": f,
     }
     if ignored:
         report["ignored_filters"] = ignored
     assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
-    log.info("kept %d images (%d rows) of %d rows; dropped %s", report["images_kept"],
-             report["rows_kept"], n, report["dropped"])
+    log.info(
+        "kept %d images (%d rows) of %d rows; dropped %s",
+        report["images_kept"],
+        report["rows_kept"],
+        n,
+        report["dropped"],
+    )
     return table, report
 
 
-def _build_table(rows: _Rows, kept: np.ndarray, norm_paths: pa.Array, n_captions: np.ndarray) -> pd.DataFrame:
+def _build_table(
+    rows: _Rows, kept: np.ndarray, norm_paths: pa.Array, n_captions: np.ndarray
+) -> pd.DataFrame:
     """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id."""
     image_id = norm_paths.take(pa.array(rows.path_code[kept]))
     order = pc.sort_indices(image_id).to_numpy()  # stable: ties keep file order (dedupe: false)
@@ -600,8 +715,16 @@ def _build_table(rows: _Rows, kept: np.ndarray, norm_paths: pa.Array, n_captions
         pathologies = pa.array([[]] * len(kept), type=pa.list_(pa.string()))
     mag = rows.magnification[kept] if rows.magnification is not None else np.full(len(kept), np.nan)
     arrow = pa.Table.from_arrays(
-        [image_id, label, group, pathologies, subset, lookup(rows.splits, rows.split_code),
-         pa.array(mag, type=pa.float64(), from_pandas=True), pa.array(n_captions.astype(np.int32))],
+        [
+            image_id,
+            label,
+            group,
+            pathologies,
+            subset,
+            lookup(rows.splits, rows.split_code),
+            pa.array(mag, type=pa.float64(), from_pandas=True),
+            pa.array(n_captions.astype(np.int32)),
+        ],
         schema=FILTERED_SCHEMA,
     )
     return arrow_to_pandas(arrow)
@@ -633,7 +756,9 @@ def write_json(obj: Any, path: str | Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def write_filtered(table: pd.DataFrame, report: dict, table_path: str | Path, report_path: str | Path) -> None:
+def write_filtered(
+    table: pd.DataFrame, report: dict, table_path: str | Path, report_path: str | Path
+) -> None:
     """Write the filtered table (Parquet) and its report (JSON)."""
     write_parquet_stable(table, table_path, FILTERED_SCHEMA)
     write_json(report, report_path)
@@ -645,5 +770,3 @@ def read_filtered(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: filtered table not found")
     return arrow_to_pandas(pq.read_table(path))
-
-

@@ -6,7 +6,7 @@ fractions and fast on 10^5 groups):
 1. Each group gets one stratum: its most frequent label (ties: smallest label name).
 2. Groups with several images are visited largest-first (sizes bucketed by powers of two,
    seeded random order inside a bucket, so the seed matters) and each goes to the split whose
-   target for that stratum is relatively least filled: ``(target - have) / target``.
+   target for that stratum has most relative room: ``(target - have - size / 2) / target``.
 3. Single-image groups (most non-Quilt images) then fill what remains of each target, per
    stratum, in one vectorised step (largest-remainder rounding).
 
@@ -68,8 +68,12 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
 
 
 def _assign_groups(
-    strata: np.ndarray, sizes: np.ndarray, fixed: np.ndarray, weights: np.ndarray,
-    n_strata: int, rng: np.random.Generator,
+    strata: np.ndarray,
+    sizes: np.ndarray,
+    fixed: np.ndarray,
+    weights: np.ndarray,
+    n_strata: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Split index (0..2) per group; ``fixed >= 0`` pins a group, ``weights`` are split shares."""
     n_groups = len(sizes)
@@ -92,7 +96,9 @@ def _assign_groups(
     out = split.tolist()
     for g, s, n in zip(multi.tolist(), strata[multi].tolist(), sizes[multi].tolist()):
         t, h = tgt[s], hv[s]
-        best = max(act, key=lambda i: ((t[i] - h[i]) / t[i] if t[i] > 0 else -np.inf, -i))
+        # Relative room left once half the group is in: a big group does not overshoot a
+        # small split, and a split still empty gets the next group that fits.
+        best = max(act, key=lambda i: ((t[i] - h[i] - n / 2) / t[i] if t[i] > 0 else -np.inf, -i))
         out[g] = best
         h[best] += n
     split = np.array(out, dtype=np.int64)
@@ -104,7 +110,7 @@ def _assign_groups(
     single = single[np.argsort(strata[single], kind="stable")]
     bounds = np.searchsorted(strata[single], np.arange(n_strata + 1))
     for s in range(n_strata):
-        members = single[bounds[s]: bounds[s + 1]]
+        members = single[bounds[s] : bounds[s + 1]]
         if len(members) == 0:
             continue
         need = np.clip(target[s] - have[s], 0, None) * active
@@ -134,15 +140,21 @@ def make_splits(
     # The filtered table is already sorted: sorting is then skipped.
     ids = pa.array(table["image_id"], type=pa.string())
     if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
-        order = pc.sort_indices(pa.table({"id": ids, "pos": np.arange(len(ids))}),
-                                sort_keys=[("id", "ascending"), ("pos", "ascending")]).to_numpy()
+        order = pc.sort_indices(
+            pa.table({"id": ids, "pos": np.arange(len(ids))}),
+            sort_keys=[("id", "ascending"), ("pos", "ascending")],
+        ).to_numpy()
         table, ids = table.iloc[order].reset_index(drop=True), ids.take(pa.array(order))
     if table["label"].isna().any():
         raise UserError("filtered table has rows without a label")
     labels = pa.array(table["label"], type=pa.string())
     classes = sorted(pc.unique(labels).to_pylist())
     class_to_index = {c: i for i, c in enumerate(classes)}
-    label_idx = pc.index_in(labels, value_set=pa.array(classes, type=pa.string())).to_numpy().astype(np.int64)
+    label_idx = (
+        pc.index_in(labels, value_set=pa.array(classes, type=pa.string()))
+        .to_numpy()
+        .astype(np.int64)
+    )
 
     group_codes, group_names = pd.factorize(table["group"].astype(str), sort=True)
     n_groups = len(group_names)
@@ -172,11 +184,17 @@ def make_splits(
     if len(bad):
         raise RuntimeError(f"group {table['group'].iloc[bad[0]]!r} straddles two splits")
     # Rows of one image are adjacent (sorted ids): with ``dedupe: false`` they must agree too.
-    same = pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False) if len(ids) > 1 else np.zeros(0, bool)
+    same = (
+        pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+        if len(ids) > 1
+        else np.zeros(0, bool)
+    )
     bad = np.flatnonzero(same & (row_split[1:] != row_split[:-1]))
     if len(bad):
-        raise UserError(f"image {ids[int(bad[0])].as_py()!r} has rows in two groups that fell in different "
-                        "splits: give each image one group")
+        raise UserError(
+            f"image {ids[int(bad[0])].as_py()!r} has rows in two groups that fell in different "
+            "splits: give each image one group"
+        )
 
     table = table.assign(label_index=label_idx.astype(np.int32))
     manifests: dict[str, pd.DataFrame] = {}
@@ -189,8 +207,10 @@ def make_splits(
     label_map = {"classes": classes, "class_to_index": class_to_index}
     per = np.zeros((3, len(classes)), dtype=np.int64)
     np.add.at(per, (row_split, label_idx), 1)
-    class_counts = {s: {c: int(per[i, j]) for j, c in enumerate(classes) if per[i, j]}
-                    for i, s in enumerate(SPLITS)}
+    class_counts = {
+        s: {c: int(per[i, j]) for j, c in enumerate(classes) if per[i, j]}
+        for i, s in enumerate(SPLITS)
+    }
     warnings = []
     for s in SPLITS:
         if fr[s] > 0 or (s == "val" and use_source_val):

@@ -18,5 +18,11 @@ manifests, label_map, report = make_splits(
     use_source_val=bool(snakemake.params.use_source_val),  # noqa: F821
 )
 out = snakemake.output  # noqa: F821
-write_splits(manifests, label_map, report, {"train": out.train, "val": out.val, "test": out.test},
-             out.label_map, out.report)
+write_splits(
+    manifests,
+    label_map,
+    report,
+    {"train": out.train, "val": out.val, "test": out.test},
+    out.label_map,
+    out.report,
+)
