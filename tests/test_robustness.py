@@ -118,8 +118,8 @@ def test_sigkilled_training_resumes_from_its_last_epoch(finished_run, tmp_path):
     overlay = {"models": {"custom_cnn": {"architecture": "custom_cnn", "epochs": 5, "patience": 10}}}
     (workdir / "longer.yaml").write_text(yaml.safe_dump(overlay))
     cmd = [
-        str(VENV_BIN / "snakemake"), "--cores", "2", "--configfile", "config/test.yaml", "longer.yaml",
-        "results/models/custom_cnn/model.keras",
+        str(VENV_BIN / "snakemake"), "--cores", "2", "results/models/custom_cnn/model.keras",
+        "--configfile", "config/test.yaml", "longer.yaml",
     ]  # fmt: skip
     log = workdir / "logs/train_model/custom_cnn.log"
     proc = subprocess.Popen(

@@ -62,7 +62,7 @@ def test_outputs_complete_and_reconciled(finished_run):
     for model in MODELS:
         metrics = json.loads((results / f"metrics/{model}.json").read_text())
         assert metrics["model"] == model
-        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert 0.0 <= metrics["metrics"]["accuracy"] <= 1.0
         history = pd.read_csv(results / f"models/{model}/history.csv")
         assert len(history) >= 1
     comparison = (results / "comparison.md").read_text()
@@ -174,6 +174,7 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, overlay, expect
     workdir = copy_workflow(tmp_path / "run")
     proc = snakemake(workdir, "--dry-run", configfiles=overlay_configs(workdir, overlay), check=False)
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("config key ")]
-    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    lines = [line for line in output.splitlines() if line.startswith("config key ")]
+    assert len(lines) == 1 and expected in lines[0], output[-2000:]
     assert not (workdir / "results").exists()

@@ -52,10 +52,10 @@ def snakemake(
     timeout: float = 900,
 ) -> subprocess.CompletedProcess:
     """Run `snakemake` in workdir (a workflow copy) with the test config; capture its output."""
-    cmd = [str(VENV_BIN / "snakemake"), "--cores", "2", "--resources", "gpu=1"]
+    # Targets first: --resources and --configfile take every word that follows them.
+    cmd = [str(VENV_BIN / "snakemake"), *args, "--cores", "2", "--resources", "gpu=1"]
     if configfiles:
         cmd += ["--configfile", *configfiles]
-    cmd += list(args)
     proc = subprocess.run(
         cmd, cwd=workdir, env=workflow_env(), capture_output=True, text=True, timeout=timeout
     )

@@ -87,6 +87,27 @@ def shard_bounds(rows: int, num_shards: int, index: int) -> tuple[int, int]:
     return min(index * per_shard, rows), min((index + 1) * per_shard, rows)
 
 
+def plan_shards(manifest_paths: dict[str, str], images_per_shard: int) -> dict:
+    """Rows and shard count per split, read from the manifests' Parquet footers (no data read).
+
+    The plan is the workflow's checkpoint: Snakemake reads it to know how many shard jobs to
+    schedule, so only the per-split index jobs depend on a checkpoint (see README, "Shard count").
+    """
+    import pyarrow.parquet as pq
+
+    splits = {}
+    for split, path in sorted(manifest_paths.items()):
+        rows = pq.read_metadata(path).num_rows
+        splits[split] = {"rows": rows, "num_shards": shard_count(rows, images_per_shard)}
+    return {"images_per_shard": int(images_per_shard), "splits": splits}
+
+
+def shard_names(plan: dict, split: str, suffix: str = ".tfrecord") -> list[str]:
+    """Deterministic shard file names of one split under results/tfrecords/{split}/."""
+    total = plan["splits"][split]["num_shards"]
+    return [f"{split}-{i:05d}-of-{total:05d}{suffix}" for i in range(total)]
+
+
 # ------------------------------------------------------------------------------ one image
 
 

@@ -2,7 +2,7 @@ import math
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from quiltflow.config import code_version, frozen_models, validate_config  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.shards import shard_count  # noqa: E402
+from quiltflow.shards import shard_names  # noqa: E402
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -50,13 +50,10 @@ def metadata_inputs(wildcards):
 
 
 def shard_paths(split, suffix=".tfrecord"):
-    """Shard files of one split: the count is read from the split manifest (checkpoint)."""
-    manifest = checkpoints.split_manifests.get().output[split]
-    rows = pq.read_metadata(manifest).num_rows
-    total = shard_count(rows, config["tfrecords"]["images_per_shard"])
-    return [
-        f"results/tfrecords/{split}/{split}-{i:05d}-of-{total:05d}{suffix}" for i in range(total)
-    ]
+    """Shard files of one split, from the shard plan (the checkpoint; see README "Shard count")."""
+    with open(checkpoints.plan_shards.get().output.plan) as fh:
+        plan = json.load(fh)
+    return [f"results/tfrecords/{split}/{name}" for name in shard_names(plan, split, suffix)]
 
 
 def model_settings(wildcards):

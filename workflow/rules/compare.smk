@@ -35,6 +35,9 @@ rule compare_models:
         mem_mb=2000,
         runtime=30,
     params:
+        # The model list as a param: adding a model reruns the comparison through the params
+        # trigger (Snakemake's input-set trigger does not fire for it in this DAG).
+        models=MODELS,
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],

@@ -25,8 +25,8 @@ rule filter_metadata:
         "../scripts/filter_metadata.py"
 
 
-checkpoint split_manifests:
-    """Stratified, video-grouped train/val/test manifests (a checkpoint: shard counts follow them)."""
+rule split_manifests:
+    """Stratified, video-grouped train/val/test manifests with a seeded, stable row order."""
     input:
         table="results/metadata/filtered.parquet",
     output:

@@ -1,3 +1,22 @@
+checkpoint plan_shards:
+    """Rows and shard count per split (the one checkpoint: shard jobs are scheduled from it)."""
+    input:
+        train="results/splits/train.parquet",
+        val="results/splits/val.parquet",
+        test="results/splits/test.parquet",
+    output:
+        plan="results/tfrecords/shard_plan.json",
+    log:
+        "logs/plan_shards.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        images_per_shard=config["tfrecords"]["images_per_shard"],
+        code=code_version("shards"),
+    script:
+        "../scripts/plan_shards.py"
+
+
 rule shard_tfrecords:
     """One small CPU job per shard: decode, resize, re-encode, write atomically; skips are reported."""
     input:

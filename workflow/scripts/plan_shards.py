@@ -1,0 +1,18 @@
+"""Snakemake script of checkpoint plan_shards: rows and shard count per split."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+from quiltflow.shards import plan_shards  # noqa: E402
+from quiltflow.smk import setup_logging  # noqa: E402
+
+log = setup_logging(snakemake.log[0])  # noqa: F821
+plan = plan_shards(
+    {split: snakemake.input[split] for split in ("train", "val", "test")},  # noqa: F821
+    snakemake.params.images_per_shard,  # noqa: F821
+)
+Path(snakemake.output.plan).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")  # noqa: F821
+log.info("shard plan: %s", json.dumps(plan["splits"], sort_keys=True))
