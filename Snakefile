@@ -19,7 +19,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
 
 
+# Per-model outputs are targets too: Snakemake (>= 7.7) does not regenerate a missing
+# intermediate file while the files after it are up to date, so a model added to the
+# config, or a deleted metrics file, is only picked up when it is requested directly.
 rule all:
     default_target: True
     input:
         "results/comparison.md",
+        expand("results/metrics/{model}.json", model=MODELS),
+        expand("results/models/{model}/model.keras", model=MODELS),

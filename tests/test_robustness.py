@@ -132,7 +132,9 @@ def test_sigkilled_training_resumes_from_its_last_epoch(finished_run, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # Snakemake was killed too: the job is recorded as incomplete and rerun (rerun-incomplete).
+    # Snakemake was killed too: its lock stays (a user runs --unlock), and the job is recorded
+    # as incomplete, so the profile's rerun-incomplete reruns it.
+    snakemake(workdir, "--unlock", configfiles=("config/test.yaml", "longer.yaml"))
     snakemake(workdir, "results/models/custom_cnn/model.keras", configfiles=("config/test.yaml", "longer.yaml"))
     resumed_log = log.read_text()
     assert "Epoch 1/5" not in resumed_log and "Epoch 3/5" in resumed_log, resumed_log[-3000:]

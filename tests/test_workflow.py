@@ -120,8 +120,8 @@ def test_filter_change_with_identical_table_stops_at_the_filter(finished_run, tm
     workdir = clone_run(finished_run, tmp_path / "run")
     table = workdir / "results/metadata/filtered.parquet"
     before = table.read_bytes()
-    # Every demo class has far more than 3 images: the filtered table cannot change.
-    configs = overlay_configs(workdir, {"filters": {"min_per_class": 3}})
+    # The test demo's classes have 16 or 3 images: min_per_class 4 -> 5 cannot change the table.
+    configs = overlay_configs(workdir, {"filters": {"min_per_class": 5}})
     planned = rules_of(planned_jobs(workdir, configfiles=configs))
     assert "filter_metadata" in planned and "generate_demo_data" not in planned
     # Rerun just the filter; its output is content-stable, so Snakemake's checksum of the
