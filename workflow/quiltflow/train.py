@@ -243,7 +243,10 @@ class _Run:
 
     def __init__(self, out_dir: str | Path):
         self.out = Path(out_dir)
-        self.history = self.out / "history.csv"
+        # Epoch rows are appended to an undeclared file: Snakemake deletes a rerun job's declared
+        # outputs (history.csv) before it starts, and a resumed run needs the earlier rows.
+        self.history = self.out / "history.partial.csv"
+        self.final_history = self.out / "history.csv"
         self.best = self.out / "checkpoints" / "best.keras"
         self.backup = self.out / "backup"
         self.tensorboard = self.out / "tensorboard"
@@ -254,6 +257,7 @@ class _Run:
         self.best.parent.mkdir(parents=True, exist_ok=True)
         if resume_epoch == 0:
             self.history.unlink(missing_ok=True)
+            self.final_history.unlink(missing_ok=True)
             self.best.unlink(missing_ok=True)
             shutil.rmtree(self.backup, ignore_errors=True)
             return []
@@ -341,6 +345,8 @@ def _prepare(settings, model_name, out_dir, seed, threads):
 def _finish(run: _Run, final: keras.Model, info: dict[str, Any]) -> dict[str, Any]:
     final.save(run.out / "model.keras")
     rows = _read_history(run.history)
+    _write_history(run.final_history, rows)
+    run.history.unlink(missing_ok=True)
     best_val, _, best_epoch = _prior_val_state(rows)
     info.update(epochs_run=len(rows), best_epoch=best_epoch + 1 if rows else 0, best_val_loss=best_val)
     (run.out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
