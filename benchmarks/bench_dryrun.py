@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/bench_dryrun.py --quick    # 100,000 rows
 
 Generates the Quilt-format lookup and an image folder of empty files (bench_ingest's fixture), runs
-the real workflow up to the `split_manifests` checkpoint, then times dry runs of the whole workflow
-(median of --repeats). The shard count is read from the split manifests (Parquet footers), so the
-dry run plans one shard_tfrecords job per shard. Target: <= 15 s on a 2-core machine.
+the real workflow up to the `plan_shards` checkpoint, then times dry runs of the whole workflow
+(median of --repeats). The shard count comes from the shard plan (Parquet footers of the split
+manifests), so the dry run plans one shard_tfrecords job per shard. Target: <= 15 s on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
         base = [snakemake, "--cores", "2", "--configfile", "scale.yaml"]
         env = workflow_env()
         t0 = time.perf_counter()
-        subprocess.run([*base, "--until", "split_manifests"], cwd=workdir, env=env, check=True,
+        subprocess.run([*base, "--until", "plan_shards"], cwd=workdir, env=env, check=True,
                        capture_output=True)  # fmt: skip
         prepare_s = time.perf_counter() - t0
 

@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from quiltflow.demo import LOOKUP_COLUMNS as QUILT_COLUMNS
+
 CLASSES = ("Breast", "Renal", "Pulmonary")
-QUILT_COLUMNS = [
-    "Unnamed: 0", "caption", "image_path", "subset", "split", "pathology", "roi_text", "noisy_text",
-    "corrected_text", "med_umls_ids", "magnification", "height", "width", "not_histology", "single_wsi",
-]  # fmt: skip
 
 
 def _video_id(label: int, video: int) -> str:

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from quiltflow.errors import UserError
+from quiltflow.demo import LOOKUP_COLUMNS
 from quiltflow.metadata import (
     DROP_REASONS,
     FILTERED_SCHEMA,
@@ -20,23 +21,7 @@ from quiltflow.metadata import (
     write_filtered,
 )
 
-COLUMNS = [
-    "Unnamed: 0",
-    "caption",
-    "image_path",
-    "subset",
-    "split",
-    "pathology",
-    "roi_text",
-    "noisy_text",
-    "corrected_text",
-    "med_umls_ids",
-    "magnification",
-    "height",
-    "width",
-    "not_histology",
-    "single_wsi",
-]
+COLUMNS = list(LOOKUP_COLUMNS)
 
 
 def vid_name(vid: str, n: int) -> str:

@@ -28,7 +28,13 @@ from sklearn.metrics import f1_score
 
 from quiltflow import plots, stats
 from quiltflow.errors import UserError
-from quiltflow.metrics import balanced_accuracy, load_metrics_document, read_predictions, write_json
+from quiltflow.metrics import (
+    balanced_accuracy,
+    load_metrics_document,
+    read_json,
+    read_predictions,
+    write_json,
+)
 
 log = logging.getLogger("quiltflow.compare")
 
@@ -39,16 +45,6 @@ CSV_COLUMNS = [
     "model", "kind", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "f1_macro", "f1_macro_ci_low",
     "f1_macro_ci_high", "balanced_accuracy", "f1_weighted", "weights", "n_test",
 ]
-
-
-def _read_json(path: str | Path, what: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
 def _load_models(
@@ -173,12 +169,12 @@ def compare_models(
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
     level = 1.0 - alpha
-    label_map = _read_json(label_map_path, "label map")
+    label_map = read_json(label_map_path, "label map")
     if "classes" not in label_map:
         raise UserError(f"label map {label_map_path}: missing key classes")
     class_names = [str(c) for c in label_map["classes"]]
     k = len(class_names)
-    split_report = _read_json(split_report_path, "split report")
+    split_report = read_json(split_report_path, "split report")
     try:
         train_counts = split_report["class_counts"]["train"]
     except (KeyError, TypeError):

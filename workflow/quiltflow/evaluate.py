@@ -18,6 +18,7 @@ import pandas as pd
 
 from quiltflow.errors import UserError
 from quiltflow.metrics import (
+    read_json,
     METRICS_SCHEMA_VERSION,
     build_metrics_document,
     compute_metrics,
@@ -108,16 +109,6 @@ def _make_test_dataset(index_path: str, batch_size: int) -> Any:
     return make_dataset(index_path, batch_size, training=False, with_ids=True)
 
 
-def _read_json(path: str | Path, what: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-
-
 def _require(mapping: Mapping[str, Any], key: str, source: str) -> Any:
     if key not in mapping:
         raise UserError(f"{source}: missing key {key}")
@@ -149,13 +140,13 @@ def evaluate_model(
         pass
     import keras
 
-    label_map = _read_json(label_map_path, "label map")
+    label_map = read_json(label_map_path, "label map")
     class_names = [str(c) for c in _require(label_map, "classes", f"label map {label_map_path}")]
-    info = _read_json(info_path, "train_info")
+    info = read_json(info_path, "train_info")
     info_model = info.get("model")
     if info_model is not None and info_model != model_name:
         raise UserError(f"train_info {info_path}: key model is {info_model!r}, expected {model_name!r}")
-    index = _read_json(test_index_path, "test index")
+    index = read_json(test_index_path, "test index")
     skipped = {str(k): int(v) for k, v in index.get("skipped_by_reason", {}).items()}
 
     manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])

@@ -41,7 +41,8 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,15 +135,72 @@ _MAX_PATHOLOGY_CHARS = 4096  # literal_eval on a huge cell is slow; no real list
 
 def _encode_arrow(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Dictionary-encode a string column: (int64 codes, -1 for null/empty; distinct values)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if not pa.types.is_string(arr.type):
-        arr = arr.cast(pa.string())
-    enc = arr.dictionary_encode()
-    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    empty = np.flatnonzero(pc.equal(enc.dictionary, "").to_numpy(zero_copy_only=False))
+    if not pa.types.is_string(col.type):
+        col = col.cast(pa.string())
+    # A chunked column is encoded chunk by chunk against one shared, final dictionary: no copy
+    # of the strings into one array first.
+    enc = col.dictionary_encode()
+    if isinstance(enc, pa.ChunkedArray):
+        chunks = enc.chunks
+        if not chunks:
+            return np.zeros(0, dtype=np.int64), pa.array([], type=pa.string())
+        dictionary = chunks[-1].dictionary
+        indices = [c.indices for c in chunks]
+    else:
+        dictionary, indices = enc.dictionary, [enc.indices]
+    codes = np.concatenate(
+        [pc.fill_null(i, -1).to_numpy(zero_copy_only=False).astype(np.int64) for i in indices]
+    )
+    empty = np.flatnonzero(pc.equal(dictionary, "").to_numpy(zero_copy_only=False))
     if len(empty):
         codes[np.isin(codes, empty)] = -1
-    return codes, enc.dictionary
+    return codes, dictionary
+
+
+def _value_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 bytes of all values, int64 offsets relative to them) of a string array."""
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    offsets = offsets.astype(np.int64)
+    data = (
+        np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        if bufs[2] is not None and len(arr)
+        else np.zeros(0, dtype=np.uint8)
+    )
+    return data, offsets - offsets[0]
+
+
+def _has_byte(arr: pa.Array, chars: str) -> bool:
+    """Whether any value of a string array holds one of the ASCII ``chars`` (one memory scan;
+    bytes under null slots may give a harmless false positive)."""
+    data, _ = _value_bytes(arr)
+    return any(bool((data == ord(ch)).any()) for ch in chars) if data.size else False
+
+
+class _Background:
+    """Run ``fn(*args)`` in a thread (Arrow kernels and directory reads release the GIL);
+    ``result()`` joins and re-raises the thread's exception in the caller."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._fn, self._args = fn, args
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _encode(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -187,8 +245,17 @@ def _normalize_paths(paths: pa.Array) -> tuple[pa.Array, np.ndarray, bool]:
     """Make distinct raw paths safe: (normalised paths, null where unsafe; reason per path
     (0 = ok); whether any path changed). One regex pass; Python only for the rare odd paths."""
     reason = np.zeros(len(paths), dtype=np.int8)
-    odd = pc.match_substring_regex(paths, r"^(/|\\|[A-Za-z]:)|(^|/)\.{1,2}(/|$)|//|/$")
-    idx = np.flatnonzero(pc.fill_null(odd, False).to_numpy(zero_copy_only=False))
+    if not _has_byte(paths, "/\\:"):
+        # No separator, backslash or drive colon anywhere (flat Quilt names): only a whole
+        # "." or ".." can be odd, and those are at most two bytes long.
+        _, offsets = _value_bytes(paths)
+        idx = np.flatnonzero(np.diff(offsets) <= 2)
+        if len(idx):
+            short = paths.take(pa.array(idx)).to_pylist()
+            idx = idx[np.array([v in (".", "..") for v in short], dtype=bool)]
+    else:
+        odd = pc.match_substring_regex(paths, r"^(/|\\|[A-Za-z]:)|(^|/)\.{1,2}(/|$)|//|/$")
+        idx = np.flatnonzero(pc.fill_null(odd, False).to_numpy(zero_copy_only=False))
     if len(idx) == 0:
         return paths, reason, False
     fixed: list[str | None] = []
@@ -211,11 +278,20 @@ def _normalize_paths(paths: pa.Array) -> tuple[pa.Array, np.ndarray, bool]:
     )
 
 
-def _list_files(image_root: Path, rel_paths: pa.Array) -> pa.Array:
+def _list_root(image_root: Path) -> pa.Array:
+    """Names in ``image_root`` itself (one listing, no stat per file)."""
+    return pa.array(os.listdir(image_root), type=pa.string())
+
+
+def _list_files(image_root: Path, rel_paths: pa.Array, root: pa.Array | None = None) -> pa.Array:
     """Relative POSIX paths present under ``image_root``: one listing of the root (flat Quilt
-    folder) plus one of each sub-folder the paths use. No stat per file."""
-    listed = [pa.array(os.listdir(image_root), type=pa.string())]
-    nested = rel_paths.filter(pc.fill_null(pc.match_substring(rel_paths, "/"), False))
+    folder; ``root`` if already listed) plus one of each sub-folder the paths use."""
+    listed = [_list_root(image_root) if root is None else root]
+    nested = (
+        rel_paths.filter(pc.fill_null(pc.match_substring(rel_paths, "/"), False))
+        if _has_byte(rel_paths, "/")
+        else rel_paths[:0]
+    )
     if len(nested):
         for parent in pc.unique(pc.replace_substring_regex(nested, r"/[^/]*$", "")).to_pylist():
             try:
@@ -336,8 +412,10 @@ def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Tabl
         types = {c: (pa.string() if c in string_cols else pa.float64()) for c in wanted}
         return pacsv.read_csv(
             path,
-            # Captions may hold quoted newlines (tell the chunker); 8 MiB blocks go in parallel.
-            read_options=pacsv.ReadOptions(block_size=1 << 23),
+            # Captions may hold quoted newlines (tell the chunker). One thread: the quote-aware
+            # chunker is serial, so extra parse threads cost more CPU than they save on 2 cores,
+            # and the image folder is listed meanwhile in a background thread.
+            read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 include_columns=wanted, column_types=types, strings_can_be_null=True
@@ -516,6 +594,8 @@ def filter_metadata(
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
+    # The root listing (a flat Quilt folder: ~10^6 names) is read while the metadata parses.
+    root_listing = _Background(_list_root, image_root)
     if fmt == "quilt":
         if metadata_path is None:
             raise UserError("dataset.metadata: required for format 'quilt'")
@@ -548,6 +628,8 @@ def filter_metadata(
     # Path safety on the distinct paths, mapped back with the codes.
     n_paths = len(rows.paths)
     norm_paths, path_reason, changed = _normalize_paths(rows.paths)
+    # Sort order of the image ids (for the output table), ranked while the filters run.
+    path_rank = _Background(_dense_rank, norm_paths)
     safe_code = np.concatenate([path_reason, [_REASON_CODE["empty_path"]]])
     pcode = np.where(rows.path_code < 0, n_paths, rows.path_code)  # n_paths = "no path" slot
     if rows.pre_reason is not None and not (reason == 0).any():
@@ -577,7 +659,7 @@ def filter_metadata(
     drop("no_label", rows.label_code < 0)
 
     # Existence: one listing per folder used, then one hashed set-membership pass.
-    listing = _list_files(image_root, norm_paths)
+    listing = _list_files(image_root, norm_paths, root_listing.result())
     exists = pc.fill_null(pc.is_in(norm_paths, value_set=listing), False).to_numpy(
         zero_copy_only=False
     )
@@ -648,7 +730,7 @@ def filter_metadata(
 
     keep_units = unit_reason == 0
     kept_rows = unit_rows[keep_units]
-    table = _build_table(rows, kept_rows, norm_paths, counts[keep_units])
+    table = _build_table(rows, kept_rows, norm_paths, counts[keep_units], path_rank.result())
     dropped_counts = np.bincount(reason, minlength=len(DROP_REASONS) + 1)
     kept_sizes = np.bincount(unit_label[keep_units], minlength=len(rows.classes))
     report = {
@@ -678,14 +760,35 @@ def filter_metadata(
     return table, report
 
 
+def _dense_rank(values: pa.Array) -> np.ndarray:
+    """Rank of each string in byte order, equal strings sharing one rank (nulls last)."""
+    return pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative int keys; O(n) when all distinct."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    slot = np.full(int(keys.max()) + 1, -1, dtype=np.int64)
+    slot[keys] = np.arange(len(keys))
+    order = slot[slot >= 0]
+    return order if len(order) == len(keys) else np.argsort(keys, kind="stable")
+
+
 def _build_table(
-    rows: _Rows, kept: np.ndarray, norm_paths: pa.Array, n_captions: np.ndarray
+    rows: _Rows,
+    kept: np.ndarray,
+    norm_paths: pa.Array,
+    n_captions: np.ndarray,
+    path_rank: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id."""
-    image_id = norm_paths.take(pa.array(rows.path_code[kept]))
-    order = pc.sort_indices(image_id).to_numpy()  # stable: ties keep file order (dedupe: false)
+    """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id
+    (stable: rows of one image keep file order, for ``dedupe: false``)."""
+    if path_rank is None:
+        path_rank = _dense_rank(norm_paths)
+    order = _stable_order(path_rank[rows.path_code[kept]])
     kept, n_captions = kept[order], n_captions[order]
-    image_id = image_id.take(pa.array(order))
+    image_id = norm_paths.take(pa.array(rows.path_code[kept]))
     label = pa.array(rows.classes, type=pa.string()).take(pa.array(rows.label_code[kept]))
     subset = pa.array(rows.subsets, type=pa.string()).take(pa.array(rows.subset_code[kept]))
 
@@ -696,7 +799,7 @@ def _build_table(
         return pa.array(values, type=pa.string()).take(pa.array(c, mask=c < 0))
 
     # Group: YouTube id for Quilt-subset images, else the configured column, else the file stem.
-    nested = pc.any(pc.match_substring(image_id, "/")).as_py()
+    nested = _has_byte(image_id, "/") and pc.any(pc.match_substring(image_id, "/")).as_py()
     base = pc.replace_substring_regex(image_id, r"^.*/", "") if nested else image_id
     group = pa.nulls(len(kept), type=pa.string())
     if rows.quilt:

@@ -45,6 +45,17 @@ PREDICTIONS_ARROW_SCHEMA = pa.schema(
 _PROB_SUM_TOLERANCE = 1e-3
 
 
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a JSON input; a missing or malformed file is a one-line UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file (the dataset fingerprint of a test manifest)."""
     digest = hashlib.sha256()
