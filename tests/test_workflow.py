@@ -178,3 +178,16 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, overlay, expect
     lines = [line for line in output.splitlines() if line.startswith("config key ")]
     assert len(lines) == 1 and expected in lines[0], output[-2000:]
     assert not (workdir / "results").exists()
+
+
+def test_report_html_bundles_every_plot(finished_run):
+    snakemake(finished_run, "--report", "results/report.html")
+    html = (finished_run / "results/report.html").read_text(errors="ignore")
+    for name in (
+        "comparison.md",
+        "filter_report.json",
+        "metrics.png",
+        "training_curves.png",
+        *(f"confusion_{m}.png" for m in (*MODELS, "resnet50_finetune")),
+    ):
+        assert name in html, name
