@@ -104,7 +104,7 @@ def make_bad_input_dataset(root: Path, seed: int = 0) -> dict:
             table[column] = "" if column.endswith("text") or column == "med_umls_ids" else 0
     table["Unnamed: 0"] = range(len(table))
     lookup = root / "lookup.csv"
-    table[QUILT_COLUMNS].to_csv(lookup, index=False)
+    table[list(QUILT_COLUMNS)].to_csv(lookup, index=False)
     return {
         "lookup": lookup,
         "image_root": images,
