@@ -27,7 +27,6 @@ config.clear()
 config.update(_validated)
 validate(config, SCHEMA)  # Snakemake's own check, for tools that expect it (passes here).
 
-SPLITS = ["train", "val", "test"]
 MODELS = sorted(config["models"])
 FROZEN = frozen_models(config)
 DATASET = config["dataset"]
