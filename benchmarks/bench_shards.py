@@ -12,8 +12,12 @@ On the same generated H&E-like JPEGs (512^2 and 1024^2 by default) it measures:
         resizes the same source images with PIL, as a loader without shards would
         (target >= 10x); a PIL generator over the shard JPEGs is shown for reference.
 
-Numbers are medians over ``--repeats`` runs. Run it on a quiet machine: sharing the cores with
-other work makes (b) and (c) meaningless.
+Each comparison runs its two sides alternately (A B, B A, A B, ...) and reports the median of
+the per-round ratios, so drift in the machine's speed (other tenants, turbo) hits both sides
+alike. (b) also runs the bare loop in one and two processes: that is the machine's own limit
+for two parallel jobs, printed beside the shard figure. Jobs are ~2 s or longer (``--n``
+images each) because shorter ones measure process scheduling more than work. Run it on a quiet
+machine all the same: sharing the cores with other work makes (b) and (c) meaningless.
 """
 
 from __future__ import annotations
@@ -127,6 +131,33 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def paired(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
+    """(median time of a, median time of b, median of per-round a/b), sides run alternately."""
+    times_a, times_b, ratios = [], [], []
+    for r in range(repeats):
+        order = ((fn_a, times_a), (fn_b, times_b))
+        for fn, times in order if r % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        ratios.append(times_a[-1] / times_b[-1])
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+
+
+def bare_job(root: str, ids: list[str], size: int, quality: int) -> float:
+    """The bare loop in a worker process; returns its own wall time."""
+    t = time.perf_counter()
+    bare_loop(Path(root), ids, size, quality)
+    return time.perf_counter() - t
+
+
+def peak_rss_mib(_: int = 0) -> float:
+    """Peak resident memory of this (worker) process so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def pil_generator(root: Path, ids: list[str], size: int, batch: int):
     """What a loader without shards does: decode + resize each source image in Python."""
     images, labels = [], []
@@ -165,16 +196,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
-    ap.add_argument("--n", type=int, default=200, help="images per source size")
+    ap.add_argument("--n", type=int, default=500, help="images per source size (and per job)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="source image sides")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--quality", type=int, default=90)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds per comparison (median)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.repeats, args.batch = 12, 1, 4
+        args.n, args.repeats, args.batch = 12, 2, 4
     S, Q = args.image_size, args.quality
 
     results: dict = {
@@ -217,31 +248,35 @@ def main() -> None:
                 out = str(tmp / f"s{side}.tfrecord")
 
                 # (a) one core: write_shard vs the bare loop, on the same files.
-                bare = timed(lambda: bare_loop(root, ids, S, Q), args.repeats)
-                shard = timed(lambda: shard_job(manifest, str(root), 0, 1, S, Q, out), args.repeats)
+                bare, shard, ratio = paired(
+                    lambda: bare_loop(root, ids, S, Q),
+                    lambda: shard_job(manifest, str(root), 0, 1, S, Q, out),
+                    args.repeats,
+                )
                 check(f"{side}^2 bare PIL loop (img/s/core)", args.n / bare, None)
                 check(f"{side}^2 write_shard (img/s/core)", args.n / shard, None)
-                check(f"(a) {side}^2 write_shard / bare loop", bare / shard, 0.85)
+                check(f"(a) {side}^2 write_shard / bare loop", ratio, 0.85)
 
-                # (b) one job alone vs two jobs at once, each over all n images, in workers.
-                def one():
-                    pool.submit(shard_job, manifest, str(root), 0, 1, S, Q, out + ".p0").result()
+                # (b) one job alone vs two jobs at once, each over all n images, in workers;
+                # the same for the bare loop gives what two cores of this machine can do.
+                def submit_shard(k: int):
+                    return pool.submit(shard_job, manifest, str(root), 0, 1, S, Q, out + f".p{k}")
 
-                def two():
-                    fs = [
-                        pool.submit(shard_job, manifest, str(root), 0, 1, S, Q, out + f".p{k}")
-                        for k in (0, 1)
-                    ]
-                    [f.result() for f in fs]
+                def submit_bare(k: int):
+                    return pool.submit(bare_job, str(root), ids, S, Q)
 
-                t1 = timed(one, args.repeats)
-                t2 = timed(two, args.repeats)
-                check(
-                    f"(b) {side}^2 two processes / one (throughput)",
-                    (2 * args.n / t2) / (args.n / t1),
-                    1.7,
-                    "x",
-                )
+                for name, submit, target in (
+                    ("write_shard", submit_shard, 1.7),
+                    ("bare loop (machine limit, ref)", submit_bare, None),
+                ):
+                    t1, t2, _ = paired(
+                        lambda: submit(0).result(),
+                        lambda: [f.result() for f in [submit(0), submit(1)]],
+                        args.repeats,
+                    )
+                    check(f"(b) {side}^2 two processes / one, {name}", 2 * t1 / t2, target, "x")
+            rss = max(pool.map(peak_rss_mib, range(4)))
+            check("shard worker peak RSS (MiB, ref)", rss, None)
 
         # (c) reading: tf.data over the shards vs PIL decoding the same source images.
         import tensorflow as tf
@@ -266,14 +301,14 @@ def main() -> None:
             ds = make_dataset(index, args.batch, training=False)
             count = lambda: sum(int(b[1].shape[0]) for b in ds)  # noqa: E731
             assert count() == args.n  # warm-up, and a check that nothing is lost
-            t_tf = timed(count, args.repeats)
-            t_pil = timed(
+            t_pil, t_tf, ratio = paired(
                 lambda: sum(len(b[1]) for b in pil_generator(root, ids, S, args.batch)),
+                count,
                 args.repeats,
             )
             check(f"{side}^2 make_dataset tf.data (img/s)", args.n / t_tf, None)
             check(f"{side}^2 PIL generator over sources (img/s)", args.n / t_pil, None)
-            check(f"(c) {side}^2 tf.data / PIL source generator", t_pil / t_tf, 10.0, "x")
+            check(f"(c) {side}^2 tf.data / PIL source generator", ratio, 10.0, "x")
             if side == args.sizes[0]:
                 aug = make_dataset(index, args.batch, training=True, augment=True, seed=0)
                 t_aug = timed(lambda: sum(int(b[1].shape[0]) for b in aug), args.repeats)

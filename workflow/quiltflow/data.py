@@ -22,6 +22,8 @@ FEATURES = {
     "image/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "image/group": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
+# What training reads: parsing the id strings it never uses costs ~5 % of read throughput.
+_TRAINING_FEATURES = {k: FEATURES[k] for k in ("image/encoded", "image/label")}
 
 # Record-level shuffle buffer cap: serialized records are ~10-20 KB, so 10k of them is
 # ~100-200 MB; shard-order shuffling plus interleaving mixes beyond that.
@@ -144,14 +146,19 @@ def make_dataset(
         buffer = max(1, min(int(index["num_records"]), SHUFFLE_BUFFER_CAP))
         ds = ds.shuffle(buffer, seed=_derived(seed, 2), reshuffle_each_iteration=True)
 
-    def decode(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        ex = tf.io.parse_single_example(record, FEATURES)
+    features = FEATURES if with_ids else _TRAINING_FEATURES
+
+    def decode(record: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        ex = tf.io.parse_single_example(record, features)
         image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
         if size != stored:
             image = tf.image.resize(image, [size, size], antialias=True)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
         image = tf.ensure_shape(image, [size, size, 3])
-        return image, tf.cast(ex["image/label"], tf.int32), ex["image/id"]
+        label = tf.cast(ex["image/label"], tf.int32)
+        # Ids ride along only when asked for: every extra map stage or string feature costs
+        # throughput on short epochs (benchmarks/bench_shards.py, check (c)).
+        return (image, label, ex["image/id"]) if with_ids else (image, label)
 
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=False)
@@ -163,16 +170,15 @@ def make_dataset(
         table = tf.constant(_dihedral_table(size))
 
         def augment_batch(batch, pair):
-            images, labels, ids = batch
+            images, *rest = batch
             pair = tf.random.experimental.stateless_split(pair, num=2)
-            return _colour_jitter(_random_dihedral(images, pair[0], table), pair[1]), labels, ids
+            images = _colour_jitter(_random_dihedral(images, pair[0], table), pair[1])
+            return (images, *rest)
 
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             augment_batch, num_parallel_calls=autotune, deterministic=deterministic
         )
 
-    if not with_ids:
-        ds = ds.map(lambda images, labels, ids: (images, labels), num_parallel_calls=autotune)
     ds = ds.prefetch(autotune)
     options = tf.data.Options()
     options.deterministic = deterministic
