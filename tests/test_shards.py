@@ -374,6 +374,34 @@ def test_all_broken_shard_is_empty_but_valid(tmp_path: Path, caplog):
     assert "every one" in caplog.text
 
 
+def test_sharding_and_indexing_never_import_tensorflow(dataset):
+    """A shard worker stays ~85 MiB because TensorFlow (~630 MB) is never imported on its path."""
+    import subprocess
+    import textwrap
+
+    workflow = Path(shards.__file__).resolve().parents[1]
+    out = dataset["tmp"] / "notf" / "train-00000-of-00001.tfrecord"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(workflow)!r})
+        from quiltflow.smk import setup_logging
+        from quiltflow.shards import write_shard, write_index, plan_shards
+        out = {str(out)!r}
+        write_shard({str(dataset["manifest"])!r}, {str(dataset["root"])!r}, 0, 1, 32, 90,
+                    out, out + ".report.json")
+        write_index("train", 32, 3, [out], [out + ".report.json"], out + ".index.json")
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        assert not leaked, leaked
+        print("OK")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "OK"
+    assert out.stat().st_size > 0
+
+
 def test_manifest_without_needed_column_is_a_user_error(tmp_path: Path):
     pq.write_table(pa.table({"image_id": ["a.jpg"], "group": ["g"]}), tmp_path / "m.parquet")
     with pytest.raises(UserError, match="label_index"):
