@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,3 +90,16 @@ def planned_jobs(workdir: Path, *args: str, **kwargs) -> set[str]:
 
 def rules_of(jobs: set[str]) -> set[str]:
     return {job.split("[", 1)[0] for job in jobs}
+
+
+def run_without_tensorflow(code: str, timeout: int = 120) -> None:
+    """Run ``code`` in a fresh interpreter with workflow/ on sys.path; fail if it raises or if
+    TensorFlow or Keras got imported on the way (stages that need neither must not pay ~630 MB)."""
+    script = (
+        f"import sys\nsys.path.insert(0, {str(REPO / 'workflow')!r})\n{textwrap.dedent(code)}\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not leaked, leaked\nprint('OK')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("OK"), result.stdout[-2000:]
