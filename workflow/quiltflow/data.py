@@ -22,7 +22,8 @@ FEATURES = {
     "image/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "image/group": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
-# What training reads: parsing the id strings it never uses costs ~5 % of read throughput.
+# What training reads: parsing id strings it never uses, then a map stage to drop them, cost
+# ~15 % of read throughput on short epochs (bench_shards.py: ~2,450 vs ~2,890 img/s).
 _TRAINING_FEATURES = {k: FEATURES[k] for k in ("image/encoded", "image/label")}
 
 # Record-level shuffle buffer cap: serialized records are ~10-20 KB, so 10k of them is
