@@ -40,6 +40,7 @@ import pyarrow.csv as pacsv
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "workflow"))
 
+from quiltflow.demo import _ID_ALPHABET, LOOKUP_COLUMNS  # noqa: E402
 from quiltflow.metadata import SUBSPECIALTIES  # noqa: E402
 
 # Rows per subset in the real lookup.
@@ -47,7 +48,6 @@ SUBSET_ROWS = {"quilt": 802_148, "openpath": 133_511, "pubmed": 59_371, "laion":
 TARGETS = {"fast_seconds": 5.0, "speedup": 5.0, "peak_mb": 2048.0}
 FILTERS = {"min_per_class": 100}
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
-_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
 _WORDS = (
     "nuclei stroma gland mitotic atypia fibrosis necrosis lymphocytes carcinoma benign "
     "eosinophilic basophilic cytoplasm chromatin nucleoli architecture infiltrate margin"
@@ -85,7 +85,7 @@ def make_quilt_fixture(
     subset_of_img = rng.choice(len(subsets), images, p=share / share.sum())
     quilt = np.flatnonzero(subset_of_img == 0)
     n_videos = max(4, len(quilt) // 100)
-    vids = ["".join(v) for v in rng.choice(_ALPHABET, (n_videos, 11))]
+    vids = ["".join(v) for v in rng.choice(_ID_ALPHABET, (n_videos, 11))]
     video_of_img = np.full(images, -1)
     video_of_img[quilt] = rng.integers(0, n_videos, len(quilt))
 
@@ -141,7 +141,7 @@ def make_quilt_fixture(
             "not_histology": not_hist[row_img],
             "single_wsi": rng.integers(0, 2, rows),
         }
-    )
+    ).select(list(LOOKUP_COLUMNS))  # the real export's columns, in its order (KeyError if not)
     pacsv.write_csv(table, lookup)
 
     present = rng.random(images) >= 0.03

@@ -15,15 +15,10 @@ WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
 from quiltflow.compare import compare_models  # noqa: E402
-from workflow_runner import run_without_tensorflow  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.metrics import (  # noqa: E402
-    build_metrics_document,
-    compute_metrics,
-    sha256_file,
-    write_json,
-    write_predictions,
-)
+from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
+from quiltflow.metrics import build_metrics_document, compute_metrics, write_predictions  # noqa: E402
+from workflow_runner import run_without_tensorflow  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
 TRAIN_COUNTS = {"adeno": 500, "benign": 300, "squamous": 200}
@@ -231,7 +226,7 @@ def test_compare_script_wiring(tmp_path, monkeypatch):
                      split_report=paths["split_report"], label_map=paths["label_map"]),
         output=_Named(json=out["json_path"], csv=out["csv_path"], md=out["md_path"], metrics_plot=out["metrics_plot"],
                       curves_plot=out["curves_plot"], confusion=out["confusion_plots"]),
-        params=_Named(seed=0, bootstrap_samples=50, alpha=0.05),
+        params=_Named(seed=0, bootstrap_samples=50, alpha=0.05, synthetic=False),  # as compare.smk passes
     )
     # setup_logging redirects stdout/stderr to the job log: restore them (and the logger) afterwards.
     monkeypatch.setattr(sys, "stdout", sys.stdout)

@@ -24,6 +24,15 @@ def test_default_config_is_valid_and_defaults_are_filled():
     assert config["evaluation"]["top_k"] == 3
 
 
+def test_unset_weights_take_the_architecture_default():
+    config = base_config()
+    for model in config["models"].values():
+        model.pop("weights")
+    models = validate_config(config)["models"]
+    assert models["custom_cnn"]["weights"] == "none"
+    assert models["resnet50_frozen"]["weights"] == models["resnet50_finetune"]["weights"] == "imagenet"
+
+
 def test_every_schema_key_has_a_description():
     def walk(schema: dict, path: str) -> None:
         for key, sub in schema.get("properties", {}).items():
@@ -48,6 +57,7 @@ def test_every_schema_key_has_a_description():
         (lambda c: c["dataset"]["demo"].update(enabled=False), "dataset.metadata"),
         (lambda c: c["models"]["resnet50_frozen"].update(weights="no/such/file.h5"), "models.resnet50_frozen.weights"),
         (lambda c: c["models"]["custom_cnn"].update(weights="imagenet"), "models.custom_cnn.weights"),
+        (lambda c: c["dataset"]["demo"].update(classes=["only_one"]), "dataset.demo.classes"),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(tmp_path, change, key):

@@ -22,10 +22,9 @@ from quiltflow.metrics import (  # noqa: E402
     compute_metrics,
     load_metrics_document,
     read_predictions,
-    sha256_file,
-    write_json,
     write_predictions,
 )
+from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
 # Six images. Misclassified: img1 (true 0 -> 1, true class 2nd) and img5 (true 2 -> 0, true class last).

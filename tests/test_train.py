@@ -64,6 +64,9 @@ def test_settings_defaults_per_architecture():
     # null (the config schema's default) means "the architecture's default".
     nulls = resolve_settings(cnn_settings(augment=None, finetune_learning_rate=None, dropout=None), "cnn")
     assert nulls["augment"] is True and nulls["finetune_learning_rate"] == pytest.approx(1e-4)
+    assert resolve_settings(cnn_settings(weights=None), "cnn")["weights"] == "none"
+    resnet = resolve_settings(cnn_settings(architecture="resnet50_finetune", weights=None), "ft")
+    assert resnet["weights"] == "imagenet"
 
 
 @pytest.mark.parametrize(
@@ -71,6 +74,7 @@ def test_settings_defaults_per_architecture():
     [
         ({"learnig_rate": 1}, r"models\.m: unknown key"),
         ({"epochs": 0}, r"models\.m\.epochs"),
+        ({"dropout": 0.95}, r"models\.m\.dropout: must be in \[0, 0\.9\]"),
         ({"batch_size": "8"}, r"models\.m\.batch_size"),
         ({"learning_rate": -1}, r"models\.m\.learning_rate"),
         ({"class_weights": "yes"}, r"models\.m\.class_weights"),
@@ -82,6 +86,9 @@ def test_settings_defaults_per_architecture():
 def test_bad_settings_name_the_key(bad, match):
     with pytest.raises(UserError, match=match):
         resolve_settings(cnn_settings(**bad), "m")
+
+
+def test_missing_required_setting_is_named():
     with pytest.raises(UserError, match=r"models\.m\.epochs: missing"):
         resolve_settings({"architecture": "custom_cnn", "batch_size": 1, "learning_rate": 1}, "m")
 

@@ -10,13 +10,14 @@ module must never import TensorFlow (tests check it in a fresh interpreter).
 ``alpha``, ``ci_level``, ``rows`` (one per model then ``majority_baseline``, ``stratified_baseline``:
 ``name, kind, accuracy, accuracy_ci, f1_macro, f1_macro_ci, balanced_accuracy, f1_weighted, weights,
 n_test`` + extras), ``pairwise`` and ``vs_majority`` (McNemar: ``a, b, a_correct_b_wrong,
-a_wrong_b_correct, n_discordant, p_value, p_value_holm, significant, better, verdict``), ``caveats``.
+a_wrong_b_correct, n_discordant, p_value, p_value_holm, significant, better, verdict``; plus
+``accuracy_difference, accuracy_difference_ci`` in ``pairwise`` and ``better_than_majority`` in
+``vs_majority``), ``caveats``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Sequence
 from itertools import combinations
@@ -28,13 +29,8 @@ from sklearn.metrics import f1_score
 
 from quiltflow import plots, stats
 from quiltflow.errors import UserError
-from quiltflow.metrics import (
-    balanced_accuracy,
-    load_metrics_document,
-    read_json,
-    read_predictions,
-    write_json,
-)
+from quiltflow.jsonio import read_json, write_json
+from quiltflow.metrics import balanced_accuracy, load_metrics_document, read_predictions
 
 log = logging.getLogger("quiltflow.compare")
 

@@ -15,6 +15,10 @@ import yaml
 
 from quiltflow.errors import UserError
 
+# Backbone weights when a model sets none (schema null): the study trained the CNN from scratch
+# and used ImageNet ResNet50s.
+DEFAULT_WEIGHTS = {"custom_cnn": "none", "resnet50_frozen": "imagenet", "resnet50_finetune": "imagenet"}
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_PATH = PACKAGE_DIR.parent / "schemas" / "config.schema.yaml"
 
@@ -81,6 +85,8 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     if not demo and not (base_dir / dataset["image_root"]).is_dir():
         raise UserError(f"config key dataset.image_root: folder not found: {dataset['image_root']}")
     for name, model in config["models"].items():
+        if model["weights"] is None:  # the schema's null: this architecture's default
+            model["weights"] = DEFAULT_WEIGHTS[model["architecture"]]
         weights = model["weights"]
         if model["architecture"] == "custom_cnn" and weights not in ("none",):
             raise UserError(f"config key models.{name}.weights: custom_cnn trains from scratch; use none")

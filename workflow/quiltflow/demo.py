@@ -361,7 +361,7 @@ def generate_demo(
     n_videos = max(4, round(images_per_class / 8))  # >= 4 so small classes reach every split
     vids = _video_ids(rng, n_videos * len(classes))
     n_other = max(1, images_per_class // 12)  # openpath/pubmed single images per class
-    video_of_class: dict[str, list[tuple[str, str, str, Stain, TissueStyle]]] = {}
+    first_videos: list[tuple[str, str, str, Stain, TissueStyle]] = []  # one per class, for dirt
     for ci, cls in enumerate(classes):
         videos = []
         for vid in vids[ci * n_videos : (ci + 1) * n_videos]:
@@ -375,7 +375,7 @@ def generate_demo(
                     _video_style(rng, tissue_style(cls)),
                 )
             )
-        video_of_class[cls] = videos
+        first_videos.append(videos[0])
         n_quilt = images_per_class - n_other
         per_video = rng.multinomial(n_quilt - n_videos, np.ones(n_videos) / n_videos) + 1
         for (vid, path, split, stain, style), k in zip(videos, per_video):
@@ -402,7 +402,6 @@ def generate_demo(
                 _video_stain(rng),
             )
     # Dirt, spread over the classes.
-    first_videos = [video_of_class[c][0] for c in classes]
     n_dirt = max(2, len(classes) * images_per_class // 40)
     for j in range(n_dirt):
         vid, path, split, _, _ = first_videos[j % len(first_videos)]

@@ -6,24 +6,20 @@ saved predictions table so that they can be recomputed, and compared, without a 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from quiltflow.errors import UserError
+from quiltflow.jsonio import read_json, sha256_file, write_json
 from quiltflow.metrics import (
-    read_json,
     METRICS_SCHEMA_VERSION,
     build_metrics_document,
     compute_metrics,
-    sha256_file,
-    write_json,
     write_predictions,
 )
 

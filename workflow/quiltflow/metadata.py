@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import logging
 import os
 import posixpath
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from quiltflow.errors import UserError
+from quiltflow.jsonio import write_json
 
 log = logging.getLogger("quiltflow.metadata")
 
@@ -179,28 +179,9 @@ def _has_byte(arr: pa.Array, chars: str) -> bool:
     return any(bool((data == ord(ch)).any()) for ch in chars) if data.size else False
 
 
-class _Background:
-    """Run ``fn(*args)`` in a thread (Arrow kernels and directory reads release the GIL);
-    ``result()`` joins and re-raises the thread's exception in the caller."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._fn, self._args = fn, args
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn(*self._args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+# Arrow kernels and directory reads release the GIL: the root listing and the id ranking run
+# here while the main thread parses and filters. Idle threads cost nothing; none start until used.
+_BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="quiltflow-metadata")
 
 
 def _encode(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -279,14 +260,16 @@ def _normalize_paths(paths: pa.Array) -> tuple[pa.Array, np.ndarray, bool]:
 
 
 def _list_root(image_root: Path) -> pa.Array:
-    """Names in ``image_root`` itself (one listing, no stat per file)."""
-    return pa.array(os.listdir(image_root), type=pa.string())
+    """Names of the files in ``image_root`` itself (one listing; the entry type comes with it,
+    so no stat per file on common file systems). A folder is not an image."""
+    with os.scandir(image_root) as it:
+        return pa.array([e.name for e in it if e.is_file()], type=pa.string())
 
 
-def _list_files(image_root: Path, rel_paths: pa.Array, root: pa.Array | None = None) -> pa.Array:
-    """Relative POSIX paths present under ``image_root``: one listing of the root (flat Quilt
-    folder; ``root`` if already listed) plus one of each sub-folder the paths use."""
-    listed = [_list_root(image_root) if root is None else root]
+def _list_files(image_root: Path, rel_paths: pa.Array, root: pa.Array) -> pa.Array:
+    """Relative POSIX paths present under ``image_root``: ``root`` (the listing of the flat
+    Quilt folder, from :func:`_list_root`) plus one listing of each sub-folder the paths use."""
+    listed = [root]
     nested = (
         rel_paths.filter(pc.fill_null(pc.match_substring(rel_paths, "/"), False))
         if _has_byte(rel_paths, "/")
@@ -595,7 +578,7 @@ def filter_metadata(
     if not image_root.is_dir():
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
     # The root listing (a flat Quilt folder: ~10^6 names) is read while the metadata parses.
-    root_listing = _Background(_list_root, image_root)
+    root_listing = _BACKGROUND.submit(_list_root, image_root)
     if fmt == "quilt":
         if metadata_path is None:
             raise UserError("dataset.metadata: required for format 'quilt'")
@@ -629,7 +612,7 @@ def filter_metadata(
     n_paths = len(rows.paths)
     norm_paths, path_reason, changed = _normalize_paths(rows.paths)
     # Sort order of the image ids (for the output table), ranked while the filters run.
-    path_rank = _Background(_dense_rank, norm_paths)
+    path_rank = _BACKGROUND.submit(_dense_rank, norm_paths)
     safe_code = np.concatenate([path_reason, [_REASON_CODE["empty_path"]]])
     pcode = np.where(rows.path_code < 0, n_paths, rows.path_code)  # n_paths = "no path" slot
     if rows.pre_reason is not None and not (reason == 0).any():
@@ -677,14 +660,13 @@ def filter_metadata(
         img_code = np.append(img_of_path.astype(np.int64), -1)[pcode]
     else:
         img_code = rows.path_code
-    n_img = n_paths
 
     alive = np.flatnonzero(reason == 0)
     codes_alive = img_code[alive]
-    count_of_img = np.bincount(codes_alive, minlength=n_img)
+    count_of_img = np.bincount(codes_alive, minlength=n_paths)
     if f["dedupe"]:
         # First surviving row of each image, without sorting: O(rows).
-        first_of_img = np.full(n_img, len(alive), dtype=np.int64)
+        first_of_img = np.full(n_paths, len(alive), dtype=np.int64)
         np.minimum.at(first_of_img, codes_alive, np.arange(len(alive)))
         present = count_of_img > 0
         first_pos = first_of_img[present]
@@ -780,12 +762,11 @@ def _build_table(
     kept: np.ndarray,
     norm_paths: pa.Array,
     n_captions: np.ndarray,
-    path_rank: np.ndarray | None = None,
+    path_rank: np.ndarray,
 ) -> pd.DataFrame:
     """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id
-    (stable: rows of one image keep file order, for ``dedupe: false``)."""
-    if path_rank is None:
-        path_rank = _dense_rank(norm_paths)
+    (stable: rows of one image keep file order, for ``dedupe: false``); ``path_rank`` is
+    :func:`_dense_rank` of ``norm_paths``."""
     order = _stable_order(path_rank[rows.path_code[kept]])
     kept, n_captions = kept[order], n_captions[order]
     image_id = norm_paths.take(pa.array(rows.path_code[kept]))
@@ -799,7 +780,7 @@ def _build_table(
         return pa.array(values, type=pa.string()).take(pa.array(c, mask=c < 0))
 
     # Group: YouTube id for Quilt-subset images, else the configured column, else the file stem.
-    nested = _has_byte(image_id, "/") and pc.any(pc.match_substring(image_id, "/")).as_py()
+    nested = _has_byte(image_id, "/")  # exact here: ids come from take(), no null slots
     base = pc.replace_substring_regex(image_id, r"^.*/", "") if nested else image_id
     group = pa.nulls(len(kept), type=pa.string())
     if rows.quilt:
@@ -852,19 +833,12 @@ def write_parquet_stable(df: pd.DataFrame, path: str | Path, schema: pa.Schema) 
     pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=low_card)
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    """Sorted keys, indent 2, trailing newline: stable bytes for stable content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 def write_filtered(
     table: pd.DataFrame, report: dict, table_path: str | Path, report_path: str | Path
 ) -> None:
     """Write the filtered table (Parquet) and its report (JSON)."""
     write_parquet_stable(table, table_path, FILTERED_SCHEMA)
-    write_json(report, report_path)
+    write_json(report, report_path, sort_keys=True)  # stable bytes for stable content
 
 
 def read_filtered(path: str | Path) -> pd.DataFrame:

@@ -6,7 +6,6 @@ never imports TensorFlow (the comparison stage relies on that).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from sklearn.metrics import (
 )
 
 from quiltflow.errors import UserError
+from quiltflow.jsonio import read_json
 
 METRICS_SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "metrics.schema.json"
@@ -43,26 +43,6 @@ PREDICTIONS_ARROW_SCHEMA = pa.schema(
 )
 # Softmax outputs stored as float32 sum to 1 within ~1e-6; anything further off is not a distribution.
 _PROB_SUM_TOLERANCE = 1e-3
-
-
-def read_json(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a JSON input; a missing or malformed file is a one-line UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (the dataset fingerprint of a test manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
@@ -277,13 +257,7 @@ def validate_metrics_document(document: dict[str, Any], *, source: str = "metric
 
 def load_metrics_document(path: str | Path) -> dict[str, Any]:
     """Read and validate a metrics JSON (refuses other schema versions with a clear message)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"metrics file not found: {path}")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"metrics file {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    document = read_json(path, "metrics file")
     version = document.get("schema_version") if isinstance(document, dict) else None
     if version != METRICS_SCHEMA_VERSION:
         raise UserError(
@@ -294,7 +268,3 @@ def load_metrics_document(path: str | Path) -> dict[str, Any]:
     return document
 
 
-def write_json(document: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")

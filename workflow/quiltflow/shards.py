@@ -1,40 +1,36 @@
 """Split manifests -> TFRecord shards of resized JPEGs, and the per-split shard index.
 
 Sharding workers use PIL only (no TensorFlow: ~50 MB per worker instead of ~630 MB). The
-Snakefile imports :func:`shard_count` and :func:`shard_bounds` while building the DAG, so this
-module imports only the standard library, numpy and PIL at the top; pyarrow is imported where
-the manifest is read.
+Snakefile imports :func:`shard_names` while building the DAG, so this module imports only the
+standard library, numpy and PIL at the top; pyarrow is imported where a manifest is read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import os
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
-from .tfrecord_io import TFRecordWriter, encode_example, iter_records, decode_example
+from .jsonio import read_json, write_json
+from .tfrecord_io import TFRecordWriter, decode_example, encode_example, iter_records
 
 log = logging.getLogger(__name__)
 
 # 8K UHD frames are 33 MP; nothing in Quilt-1M comes near 50 MP, and a PNG that claims more is
-# far likelier a decompression bomb (PIL would need >150 MB to decode it). PIL warns above this
-# and refuses above twice this; prepare_image turns both into a counted skip.
+# far likelier a decompression bomb (PIL would need >150 MB to decode it). prepare_image checks
+# the header's size against this before decoding and counts the file as a skip.
 MAX_PIXELS = 50_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 DEFAULT_JPEG_QUALITY = 90
 MANIFEST_COLUMNS = ("image_id", "label_index", "group")
@@ -192,27 +188,25 @@ def prepare_image(
     path = Path(path)
     data = _read_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            width, height = im.size
-            if width * height > max_pixels:
-                raise BadImage(DECOMPRESSION_BOMB, f"{width}x{height} pixels > {max_pixels}")
-            if width < 1 or height < 1:
-                raise BadImage(CORRUPT, f"size {width}x{height}")
-            im.draft("RGB", (image_size, image_size))  # no-op for non-JPEG formats
-            im.load()  # decode now, so broken data raises here and not in a later accessor
-            orientation = _orientation(im)
-            rgb = _to_rgb(im)
-            w, h = rgb.size
-            side = min(w, h)
-            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-            out = rgb.resize(
-                (image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0
-            )
+        im = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = im.size
+        if width * height > max_pixels:
+            raise BadImage(DECOMPRESSION_BOMB, f"{width}x{height} pixels > {max_pixels}")
+        if width < 1 or height < 1:
+            raise BadImage(CORRUPT, f"size {width}x{height}")
+        im.draft("RGB", (image_size, image_size))  # no-op for non-JPEG formats
+        im.load()  # decode now, so broken data raises here and not in a later accessor
+        orientation = _orientation(im)
+        rgb = _to_rgb(im)
+        w, h = rgb.size
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        out = rgb.resize(
+            (image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0
+        )
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:  # PIL's own limit, for formats it sizes late
         raise BadImage(DECOMPRESSION_BOMB, str(e)) from None
     except UnidentifiedImageError:
         reason = CORRUPT if data.startswith(_IMAGE_MAGIC) else NOT_AN_IMAGE
@@ -235,7 +229,8 @@ def prepare_image(
 def _read_manifest_rows(
     manifest_path: Path, num_shards: int, shard_index: int
 ) -> tuple[int, int, int, dict[str, list]]:
-    """(total rows, start, stop, columns) of one shard, reading only the row groups it needs."""
+    """(total rows, start, stop, columns) of one shard. The three small columns of the whole
+    manifest are read and sliced: milliseconds, next to seconds of image work per shard."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -249,25 +244,8 @@ def _read_manifest_rows(
             raise UserError(f"{manifest_path}: manifest has no column {col!r}")
     total = pf.metadata.num_rows
     start, stop = shard_bounds(total, num_shards, shard_index)
-    groups, first_row, offset = [], 0, 0
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        if offset < stop and offset + n > start:
-            if not groups:
-                first_row = offset
-            groups.append(g)
-        offset += n
-    if not groups:
-        return total, start, stop, {c: [] for c in MANIFEST_COLUMNS}
-    table = pf.read_row_groups(groups, columns=list(MANIFEST_COLUMNS))
-    table = table.slice(start - first_row, stop - start)
+    table = pf.read(columns=list(MANIFEST_COLUMNS)).slice(start, stop - start)
     return total, start, stop, {c: table.column(c).to_pylist() for c in MANIFEST_COLUMNS}
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def write_shard(
@@ -360,7 +338,7 @@ def write_shard(
         "jpeg_quality": int(jpeg_quality),
     }
     assert report["kept"] + len(skipped) == n_rows, "shard counts do not reconcile"
-    _atomic_write_json(report, report_path)
+    write_json(report, report_path)
     rate = n_rows / seconds if seconds > 0 else float("nan")
     log.info(
         "shard %d/%d: kept %d of %d rows, skipped %s; %d bytes in %.1f s (%.0f images/s)",
@@ -389,15 +367,6 @@ def write_shard(
 INDEX_KEYS = ("split", "image_size", "num_records", "num_classes", "shards", "skipped_by_reason")
 
 
-def _sha256_file(path: Path) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def write_index(
     split: str,
     image_size: int,
@@ -405,15 +374,14 @@ def write_index(
     shard_paths: Sequence[str | os.PathLike],
     report_paths: Sequence[str | os.PathLike],
     index_path: str | os.PathLike,
-    *,
-    verify: bool = True,
 ) -> dict:
     """Write the split index JSON from the shards and their reports; return it.
 
-    Each shard is read back (pure Python, no TensorFlow): its size and SHA-256 must match its
-    report, and with ``verify`` every record's CRCs are checked and its label counted, so the
-    index's record and class counts are exact. A mismatch (stale or damaged shard) is a
-    UserError naming the file.
+    Each shard is read back once (pure Python, no TensorFlow): its size and SHA-256 must match
+    its report, and its records are walked to count labels, so the index's record and class
+    counts are exact. The SHA-256 already proves the bytes are those the writer framed, so the
+    walk skips the per-record CRCs. A mismatch (stale or damaged shard) is a UserError naming
+    the file.
     """
     index_path = Path(index_path)
     if len(shard_paths) != len(report_paths):
@@ -424,10 +392,7 @@ def write_index(
     class_counts = [0] * int(num_classes)
     total_rows = 0
     for shard, report_file in zip(map(Path, shard_paths), map(Path, report_paths)):
-        try:
-            report = json.loads(report_file.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{report_file}: cannot read shard report ({e})") from None
+        report = read_json(report_file, "shard report")
         for key in ("rows", "kept", "skipped_by_reason", "bytes", "sha256"):
             if key not in report:
                 raise UserError(f"{report_file}: shard report has no key {key!r}")
@@ -435,22 +400,21 @@ def write_index(
             raise UserError(f"{report_file}: report is for {report['file']}, not {shard.name}")
         if not shard.is_file():
             raise UserError(f"{shard}: shard file is missing")
-        size, sha = _sha256_file(shard)
+        data = shard.read_bytes()
+        size, sha = len(data), hashlib.sha256(data).hexdigest()
         if size != report["bytes"] or sha != report["sha256"]:
             raise UserError(f"{shard}: size/sha256 differ from {report_file.name} (stale shard?)")
-        records = report["kept"]
-        if verify:
-            records = 0
-            for record in iter_records(shard):
-                label = decode_example(record).get("image/label", [-1])[0]
-                if not 0 <= label < num_classes:
-                    raise UserError(
-                        f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}"
-                    )
-                class_counts[label] += 1
-                records += 1
-            if records != report["kept"]:
-                raise UserError(f"{shard}: {records} records but its report says {report['kept']}")
+        records = 0
+        for record in iter_records(io.BytesIO(data), verify=False):
+            label = decode_example(record).get("image/label", [-1])[0]
+            if not 0 <= label < num_classes:
+                raise UserError(
+                    f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}"
+                )
+            class_counts[label] += 1
+            records += 1
+        if records != report["kept"]:
+            raise UserError(f"{shard}: {records} records but its report says {report['kept']}")
         if report["rows"] != report["kept"] + sum(report["skipped_by_reason"].values()):
             raise UserError(f"{report_file}: rows != kept + skipped")
         total_rows += report["rows"]
@@ -469,10 +433,10 @@ def write_index(
         "shards": shards,
         "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
         "rows": total_rows,
-        "class_counts": class_counts if verify else None,
+        "class_counts": class_counts,
     }
     index_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(index, index_path)
+    write_json(index, index_path)
     log.info(
         "%s: %d records in %d shards (%d manifest rows, skipped %s)",
         split,
@@ -493,21 +457,15 @@ def index_split(
     index_path: str | os.PathLike,
 ) -> dict:
     """:func:`write_index` with ``num_classes`` taken from ``label_map.json``."""
-    label_map_path = Path(label_map_path)
-    try:
-        classes = json.loads(label_map_path.read_text())["classes"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{label_map_path}: cannot read 'classes' ({e})") from None
+    classes = read_json(label_map_path, "label map").get("classes")
+    if not classes:
+        raise UserError(f"{label_map_path}: 'classes' missing or empty")
     return write_index(split, image_size, len(classes), shard_paths, report_paths, index_path)
 
 
 def load_index(index_path: str | os.PathLike) -> dict:
     """Read and check a split index JSON (no TensorFlow needed)."""
-    index_path = Path(index_path)
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{index_path}: cannot read split index ({e})") from None
+    index = read_json(index_path, "split index")
     for key in INDEX_KEYS:
         if key not in index:
             raise UserError(f"{index_path}: split index has no key {key!r}")

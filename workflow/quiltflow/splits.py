@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quiltflow.errors import UserError
-from quiltflow.metadata import FILTERED_SCHEMA, write_json, write_parquet_stable
+from quiltflow.jsonio import write_json
+from quiltflow.metadata import FILTERED_SCHEMA, write_parquet_stable
 
 log = logging.getLogger("quiltflow.splits")
 
@@ -140,10 +141,7 @@ def make_splits(
     # The filtered table is already sorted: sorting is then skipped.
     ids = pa.array(table["image_id"], type=pa.string())
     if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
-        order = pc.sort_indices(
-            pa.table({"id": ids, "pos": np.arange(len(ids))}),
-            sort_keys=[("id", "ascending"), ("pos", "ascending")],
-        ).to_numpy()
+        order = pc.sort_indices(ids).to_numpy()  # stable: equal ids keep their row order
         table, ids = table.iloc[order].reset_index(drop=True), ids.take(pa.array(order))
     if table["label"].isna().any():
         raise UserError("filtered table has rows without a label")
@@ -177,13 +175,8 @@ def make_splits(
     group_split = _assign_groups(strata, sizes, fixed, weights, len(classes), rng)
     row_split = group_split[group_codes]
 
-    # The one property that must hold: no group (video) and no image in two splits.
-    seen = np.full(n_groups, -1, dtype=np.int64)
-    seen[group_codes] = row_split
-    bad = np.flatnonzero(seen[group_codes] != row_split)
-    if len(bad):
-        raise RuntimeError(f"group {table['group'].iloc[bad[0]]!r} straddles two splits")
-    # Rows of one image are adjacent (sorted ids): with ``dedupe: false`` they must agree too.
+    # No group (video) is in two splits by construction (one split per group). No image may
+    # be either: its rows are adjacent (sorted ids), and with ``dedupe: false`` they must agree.
     same = (
         pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
         if len(ids) > 1
@@ -243,5 +236,5 @@ def write_splits(
     """Write one Parquet manifest per split plus ``label_map.json`` and ``split_report.json``."""
     for name in SPLITS:
         write_parquet_stable(manifests[name], split_paths[name], MANIFEST_SCHEMA)
-    write_json(label_map, label_map_path)
-    write_json(report, report_path)
+    write_json(label_map, label_map_path, sort_keys=True)
+    write_json(report, report_path, sort_keys=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from quiltflow.config import DEFAULT_WEIGHTS
 from quiltflow.errors import UserError
+from quiltflow.jsonio import read_json
 from quiltflow.models import (
     ARCHITECTURES,
     build_model,
@@ -50,7 +50,8 @@ OPTIONAL_KEYS = (
 )
 # Augment images we train on; the frozen head trains on cached features, so it never can.
 DEFAULT_AUGMENT = {"custom_cnn": True, "resnet50_frozen": False, "resnet50_finetune": True}
-DEFAULT_WEIGHTS = {"custom_cnn": "none", "resnet50_frozen": "imagenet", "resnet50_finetune": "imagenet"}
+# Same bound as the config schema (models.*.dropout), for callers that skip the schema.
+MAX_DROPOUT = 0.9
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def resolve_settings(settings: Mapping[str, Any], model_name: str) -> dict[str, 
     s["epochs"] = _int(s, "epochs", where, minimum=1)
     s["batch_size"] = _int(s, "batch_size", where, minimum=1)
     s["learning_rate"] = _positive_float(s, "learning_rate", where)
-    s["weights"] = resolve_weights_name(s.get("weights", DEFAULT_WEIGHTS[arch]))
+    s["weights"] = resolve_weights_name(s.get("weights") or DEFAULT_WEIGHTS[arch])
     s["patience"] = _int({"patience": s.get("patience", 3)}, "patience", where, minimum=0)
     s["class_weights"] = _bool(s, "class_weights", where, default=True)
     s["augment"] = _bool(s, "augment", where, default=DEFAULT_AUGMENT[arch])
@@ -80,9 +81,9 @@ def resolve_settings(settings: Mapping[str, Any], model_name: str) -> dict[str, 
     s["jit_compile"] = _bool(s, "jit_compile", where, default=False)
     s["dropout"] = s.get("dropout")
     if s["dropout"] is not None and not (
-        isinstance(s["dropout"], (int, float)) and 0 <= s["dropout"] < 1
+        isinstance(s["dropout"], (int, float)) and 0 <= s["dropout"] <= MAX_DROPOUT
     ):
-        raise UserError(f"{where}.dropout: must be in [0, 1), got {s['dropout']!r}")
+        raise UserError(f"{where}.dropout: must be in [0, {MAX_DROPOUT}], got {s['dropout']!r}")
     if arch == "resnet50_frozen" and s["augment"]:
         raise UserError(f"{where}.augment: resnet50_frozen trains on cached features; set false")
     s["warmup_epochs"] = _int({"warmup_epochs": s.get("warmup_epochs", 1)}, "warmup_epochs", where, minimum=0)
@@ -281,12 +282,10 @@ class _Run:
                 str(self.best), monitor="val_loss", save_best_only=True, initial_value_threshold=best
             ),
         ]
-        if importlib.util.find_spec("tensorboard") is not None:
-            callbacks.append(
-                keras.callbacks.TensorBoard(str(self.tensorboard), write_graph=False, profile_batch=0)
-            )
-        else:  # tf.summary needs the tensorboard package; training must not depend on it
-            log.warning("tensorboard package not installed: no logs in %s", self.tensorboard)
+        # tensorboard is a pinned dependency (requirements.lock, envs/train.yaml).
+        callbacks.append(
+            keras.callbacks.TensorBoard(str(self.tensorboard), write_graph=False, profile_batch=0)
+        )
         if patience is not None:
             callbacks.append(
                 _ResumableEarlyStopping(
@@ -319,7 +318,8 @@ def _fit(model, run: _Run, train_ds, val_ds, *, phase_dir: Path, initial_epoch: 
         initial_epoch=initial_epoch,
         epochs=epochs,
         class_weight=class_weight,
-        shuffle=False,  # datasets arrive shuffled (seeded) by their reader
+        # The readers shuffle (seeded); Keras ignores shuffle for a Dataset but warns if it is True.
+        shuffle=False,
         callbacks=run.callbacks(phase_dir, patience),
         verbose=2,  # one progress line per epoch in the log
     )
@@ -519,13 +519,6 @@ def train_frozen_head(
 # --- workflow entry point ----------------------------------------------------------------------
 
 
-def _read_json(path: str | Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read {what} ({exc})") from None
-
-
 def train_from_files(
     *,
     train_index: str | Path,
@@ -545,10 +538,10 @@ def train_from_files(
     ``features`` = (train.npz, val.npz) for ``resnet50_frozen`` (head trained on the cache).
     """
     s = resolve_settings(settings, model_name)
-    classes = _read_json(label_map, "label map").get("classes")
+    classes = read_json(label_map, "label map").get("classes")
     if not classes:
         raise UserError(f"{label_map}: 'classes' missing or empty")
-    train_counts = _read_json(split_report, "split report").get("class_counts", {}).get("train")
+    train_counts = read_json(split_report, "split report").get("class_counts", {}).get("train")
     if train_counts is None:
         raise UserError(f"{split_report}: class_counts.train missing")
     unknown = sorted(set(train_counts) - set(classes))

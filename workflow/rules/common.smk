@@ -1,8 +1,7 @@
-import math
+import json
 import sys
 from pathlib import Path
 
-import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 

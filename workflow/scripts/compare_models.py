@@ -19,8 +19,7 @@ document = compare_models(
     seed=snakemake.params.seed,  # noqa: F821
     bootstrap_samples=snakemake.params.bootstrap_samples,  # noqa: F821
     alpha=snakemake.params.alpha,  # noqa: F821
-    # Optional param (caveat line in the report); the rule passes the demo flag when it has one.
-    synthetic=bool(snakemake.params.get("synthetic", False)),  # noqa: F821
+    synthetic=bool(snakemake.params.synthetic),  # noqa: F821  (demo data: a caveat line)
     json_path=snakemake.output.json,  # noqa: F821
     csv_path=snakemake.output.csv,  # noqa: F821
     md_path=snakemake.output.md,  # noqa: F821

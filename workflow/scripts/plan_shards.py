@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
+from quiltflow.jsonio import write_json  # noqa: E402
 from quiltflow.shards import plan_shards  # noqa: E402
 from quiltflow.smk import setup_logging  # noqa: E402
 
@@ -14,5 +15,5 @@ plan = plan_shards(
     {split: snakemake.input[split] for split in ("train", "val", "test")},  # noqa: F821
     snakemake.params.images_per_shard,  # noqa: F821
 )
-Path(snakemake.output.plan).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")  # noqa: F821
+write_json(plan, snakemake.output.plan, sort_keys=True)  # noqa: F821
 log.info("shard plan: %s", json.dumps(plan["splits"], sort_keys=True))
