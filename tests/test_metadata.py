@@ -259,6 +259,18 @@ def test_quilt_parquet_input(tmp_path: Path, root: Path) -> None:
     assert report["dropped"] == {"image_missing": 1}
 
 
+def test_a_folder_named_like_an_image_is_missing_not_kept(tmp_path: Path, root: Path) -> None:
+    touch(root, "a.jpg")
+    (root / "b.jpg").mkdir()  # at the root (one listing) and below it (per-folder listing)
+    (root / "x").mkdir()
+    (root / "x" / "c.jpg").mkdir()
+    rows = [{"image_path": p} for p in ("a.jpg", "b.jpg", "x/c.jpg")]
+    table, report = filter_metadata("quilt", write_lookup(tmp_path / "l.csv", rows), root, {}, None)
+    check(report, table)
+    assert table["image_id"].tolist() == ["a.jpg"]
+    assert report["dropped"] == {"image_missing": 2}
+
+
 def test_empty_results_name_the_filter(tmp_path: Path, root: Path) -> None:
     touch(root, "a.jpg", "b.jpg")
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}, {"image_path": "b.jpg"}])
