@@ -137,25 +137,21 @@ class _Named(dict):
     __getattr__ = dict.__getitem__
 
 
-LC25000 = Path(__file__).resolve().parents[1].parent / "shared/data/lc25000-lung-dev"
 
 
-def test_evaluate_script_on_real_tiles(tmp_path, monkeypatch):
+def test_evaluate_script_on_real_tiles(tmp_path, monkeypatch, lc25000):
     """Real H&E tiles -> TFRecord shard (one missing image) -> evaluate_model.py -> reconciled metrics."""
     import logging
     import runpy
     import types
 
-    if not LC25000.is_dir():
-        print(f"skipping: real tiles not found at {LC25000}")
-        pytest.skip(f"real H&E tiles not found at {LC25000}")
     from quiltflow.shards import index_split, write_shard
 
     classes = ["lung_aca", "lung_n", "lung_scc"]
     rows = [
         {"image_id": f"{c}/{f.name}", "label_index": i, "group": f.stem, "label": c}
         for i, c in enumerate(classes)
-        for f in sorted((LC25000 / c).glob("*.jpeg"))[:4]
+        for f in sorted((lc25000 / c).glob("*.jpeg"))[:4]
     ]
     rows.append({"image_id": "lung_n/missing.jpeg", "label_index": 1, "group": "g", "label": "lung_n"})
     manifest = tmp_path / "test.parquet"
@@ -163,7 +159,7 @@ def test_evaluate_script_on_real_tiles(tmp_path, monkeypatch):
     label_map = tmp_path / "label_map.json"
     label_map.write_text(json.dumps({"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}}))
     shard, report = tmp_path / "test-00000-of-00001.tfrecord", tmp_path / "test-00000-of-00001.tfrecord.report.json"
-    write_shard(manifest, LC25000, 0, 1, 32, 90, shard, report)
+    write_shard(manifest, lc25000, 0, 1, 32, 90, shard, report)
     index_split("test", 32, [shard], [report], label_map, tmp_path / "test.index.json")
 
     inputs = keras.Input((32, 32, 3), dtype="uint8")

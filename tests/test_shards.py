@@ -31,7 +31,6 @@ from quiltflow.shards import (
 from quiltflow.tfrecord_io import iter_records, read_examples
 from workflow_runner import run_without_tensorflow
 
-LC25000 = Path(__file__).resolve().parents[1].parent / "shared/data/lc25000-lung-dev"
 S = 32  # output size used by most tests: small keeps them fast
 
 
@@ -452,23 +451,20 @@ def test_load_index_names_missing_key(tmp_path: Path):
 # ------------------------------------------------------------------------------- real tiles
 
 
-def test_real_he_tiles_round_trip(tmp_path: Path):
-    if not LC25000.is_dir():
-        print(f"skipping: {LC25000} not present")
-        pytest.skip(f"real tiles not found at {LC25000}")
-    classes = sorted(p.name for p in LC25000.iterdir() if p.is_dir())
+def test_real_he_tiles_round_trip(tmp_path: Path, lc25000: Path):
+    classes = sorted(p.name for p in lc25000.iterdir() if p.is_dir())
     ids, labels = [], []
     for k, c in enumerate(classes):
-        for f in sorted((LC25000 / c).glob("*.jpeg"))[:3] + sorted((LC25000 / c).glob("*.jpg"))[:3]:
+        for f in sorted((lc25000 / c).glob("*.jpeg"))[:3] + sorted((lc25000 / c).glob("*.jpg"))[:3]:
             ids.append(f"{c}/{f.name}")
             labels.append(k)
     assert ids, "no JPEG tiles found"
     manifest = write_manifest(tmp_path / "m.parquet", ids, labels)
     out = tmp_path / "real.tfrecord"
-    report = write_shard(manifest, LC25000, 0, 1, 112, 90, out, tmp_path / "real.json")
+    report = write_shard(manifest, lc25000, 0, 1, 112, 90, out, tmp_path / "real.json")
     assert report["kept"] == len(ids) and not report["skipped"]
     for e in read_examples(out):
-        src = np.asarray(Image.open(LC25000 / e["image/id"][0].decode()).convert("RGB"))
+        src = np.asarray(Image.open(lc25000 / e["image/id"][0].decode()).convert("RGB"))
         assert np.abs(decode(e["image/encoded"][0]) - reference(src, 112)).mean() < 6
 
 

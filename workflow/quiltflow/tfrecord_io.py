@@ -304,6 +304,9 @@ class TFRecordWriter:
 def iter_records(source: str | os.PathLike | BinaryIO, *, verify: bool = True) -> Iterator[bytes]:
     """Yield the raw records of a TFRecord file, checking both CRCs unless ``verify=False``.
 
+    ``source`` is a path or a buffered binary file (``open(..., "rb")``, ``io.BytesIO``): a raw
+    stream may return short reads, which would read as truncation.
+
     Raises :class:`TFRecordCorruptError` naming the file and byte offset of the first bad record.
     """
     if isinstance(source, (str, os.PathLike)):
@@ -311,10 +314,9 @@ def iter_records(source: str | os.PathLike | BinaryIO, *, verify: bool = True) -
             yield from iter_records(f, verify=verify)
         return
     name = getattr(source, "name", "<stream>")
-    f = source
     offset = 0
     while True:
-        head = f.read(12)
+        head = source.read(12)
         if not head:
             return
         if len(head) < 12:
@@ -322,7 +324,7 @@ def iter_records(source: str | os.PathLike | BinaryIO, *, verify: bool = True) -
         (length,) = struct.unpack_from("<Q", head)
         if verify and struct.unpack_from("<I", head, 8)[0] != masked_crc32c(head[:8]):
             raise TFRecordCorruptError(f"{name}: bad length checksum at byte {offset}")
-        body = f.read(length + 4)
+        body = source.read(length + 4)
         if len(body) < length + 4:
             raise TFRecordCorruptError(f"{name}: truncated record data at byte {offset}")
         data = body[:length]
