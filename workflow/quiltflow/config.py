@@ -28,12 +28,12 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(fh)
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
+def key_path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"
 
 
-def _fill_defaults(schema: dict, value: Any) -> Any:
+def fill_defaults(schema: dict, value: Any) -> Any:
     """Fill schema defaults recursively (properties and additionalProperties of objects)."""
     if not isinstance(value, dict) or schema.get("type") not in ("object", None):
         return value
@@ -41,12 +41,12 @@ def _fill_defaults(schema: dict, value: Any) -> Any:
         if key not in value and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
         if key in value:
-            value[key] = _fill_defaults(sub, value[key])
+            value[key] = fill_defaults(sub, value[key])
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key in value:
             if key not in schema.get("properties", {}):
-                value[key] = _fill_defaults(extra, value[key])
+                value[key] = fill_defaults(extra, value[key])
     return value
 
 
@@ -59,11 +59,11 @@ def validate_config(config: dict, schema: dict | None = None, base_dir: Path | s
     schema = schema or load_schema()
     config = copy.deepcopy(config)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), key_path(e)))
     if errors:
         err = errors[0]
-        raise UserError(f"config key {_key_path(err)}: {err.message}")
-    config = _fill_defaults(schema, config)
+        raise UserError(f"config key {key_path(err)}: {err.message}")
+    config = fill_defaults(schema, config)
     _check_semantics(config, Path(base_dir))
     return config
 
