@@ -43,3 +43,17 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_label_map(path: str | os.PathLike) -> list[str]:
+    """Class names of ``label_map.json`` in index order; the one reader every stage uses.
+
+    A missing file, a missing ``classes`` key or fewer than two classes is a one-line UserError.
+    """
+    label_map = read_json(path, "label map")
+    classes = label_map.get("classes") if isinstance(label_map, dict) else None
+    if not isinstance(classes, list):
+        raise UserError(f"label map {path}: missing key classes")
+    if len(classes) < 2:
+        raise UserError(f"label map {path}: need at least 2 classes, got {len(classes)}")
+    return [str(name) for name in classes]
