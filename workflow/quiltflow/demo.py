@@ -289,23 +289,84 @@ def _tile_shape(rng: np.random.Generator, t: int) -> tuple[int, int]:
     ][kind]
 
 
-def _pathology(rng: np.random.Generator, primary: str) -> str:
+def _pathology_string(rng: np.random.Generator, primary: str) -> str:
+    """A video's ``pathology`` cell: its class first, then 0-2 other subspecialties."""
     others = [s for s in SUBSPECIALTIES if s != primary]
     extra = list(rng.choice(others, int(rng.integers(0, 3)), replace=False))
     return repr([primary, *map(str, extra)])
 
 
-def generate_demo(
-    lookup_path: str | Path,
-    image_dir: str | Path,
-    *,
-    seed: int,
-    images_per_class: int,
-    tile_size: int,
-    classes: list[str] | None = None,
-) -> dict[str, Any]:
-    """Write the synthetic lookup CSV and image folder; return counts of what was written."""
-    classes = list(DEFAULT_CLASSES if classes is None else classes)
+@dataclass(frozen=True)
+class _Video:
+    """One Quilt video of a class: all its images share the pathology, split, stain and style."""
+
+    video_id: str
+    pathology: str
+    split: str
+    stain: Stain
+    style: TissueStyle
+
+
+@dataclass(frozen=True)
+class _DemoImage:
+    """One image of the lookup: a file to write, or (kind ``missing``) one that must not exist."""
+
+    name: str
+    subset: str
+    pathology: Any  # the lookup's cell: a list repr, a malformed string or NaN
+    split: str
+    kind: str  # tile, not_histology, missing, truncated, zero_byte or not_jpeg
+    style: TissueStyle | None
+    stain: Stain | None
+    magnification: float
+    height: int
+    width: int
+
+
+class _ImagePlan:
+    """The demo's images in order. ``add`` draws each image's shape from the shared generator,
+    after the caller's own draws for its arguments, which keeps the demo's random sequence."""
+
+    def __init__(self, rng: np.random.Generator, tile_size: int) -> None:
+        self.rng = rng
+        self.tile_size = tile_size
+        self.images: list[_DemoImage] = []
+
+    def quilt_name(self, video_id: str) -> str:
+        return f"{video_id}_image_{uuid.UUID(bytes=self.rng.bytes(16), version=4)}.jpg"
+
+    def single_name(self, subset: str) -> str:
+        """File name of an openpath / pubmed / laion image (no video)."""
+        return f"{subset}_{self.rng.bytes(6).hex()}.jpg"
+
+    def add(
+        self,
+        name: str,
+        subset: str,
+        pathology: Any,
+        split: str,
+        kind: str,
+        style: TissueStyle | None = None,
+        stain: Stain | None = None,
+        magnification: float = np.nan,
+    ) -> None:
+        height, width = _tile_shape(self.rng, self.tile_size)
+        self.images.append(
+            _DemoImage(
+                name, subset, pathology, split, kind, style, stain, magnification, height, width
+            )
+        )
+
+    def add_video_image(
+        self, name: str, video: _Video, kind: str, magnification: float, *, tissue: bool = True
+    ) -> None:
+        """A Quilt image of ``video``; ``tissue=False`` for kinds that draw no tissue."""
+        style, stain = (video.style, video.stain) if tissue else (None, None)
+        self.add(name, "quilt", video.pathology, video.split, kind, style, stain, magnification)
+
+
+def _check_demo_params(classes: list[str], images_per_class: Any, tile_size: Any) -> None:
+    """Config values come from YAML: reject what would make a broken or misleading demo."""
     if (
         len(classes) < 2
         or len(set(classes)) != len(classes)
@@ -322,206 +383,190 @@ def generate_demo(
         raise UserError(f"demo.images_per_class={images_per_class!r}: expected an integer >= 4")
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or not 32 <= tile_size <= 1024:
         raise UserError(f"demo.tile_size={tile_size!r}: expected an integer in [32, 1024]")
+
+
+def _class_videos(rng: np.random.Generator, cls: str, video_ids: list[str]) -> list[_Video]:
+    """The videos of one class; about 15% of them go to the Quilt ``val`` split."""
+    videos = []
+    for video_id in video_ids:
+        split = "val" if rng.random() < 0.15 else "train"
+        pathology = _pathology_string(rng, cls)
+        stain = _video_stain(rng)
+        style = _video_style(rng, tissue_style(cls))
+        videos.append(_Video(video_id, pathology, split, stain, style))
+    return videos
+
+
+def _add_class_images(
+    plan: _ImagePlan, cls: str, video_ids: list[str], images_per_class: int
+) -> _Video:
+    """One class's tiles: most from its videos (each at least one), a few openpath/pubmed singles.
+    Return the class's first video, which the dirt reuses."""
+    rng = plan.rng
+    n_videos = len(video_ids)
+    n_single = max(1, images_per_class // 12)
+    videos = _class_videos(rng, cls, video_ids)
+    n_quilt = images_per_class - n_single
+    per_video = rng.multinomial(n_quilt - n_videos, np.ones(n_videos) / n_videos) + 1
+    for video, n_images in zip(videos, per_video):
+        for _ in range(n_images):
+            name = plan.quilt_name(video.video_id)  # drawn before the magnification
+            plan.add_video_image(name, video, "tile", float(rng.integers(0, 3)))
+    for j in range(n_single):
+        subset = "openpath" if j % 2 == 0 else "pubmed"
+        name = plan.single_name(subset)
+        style = _video_style(rng, tissue_style(cls))
+        stain = _video_stain(rng)
+        plan.add(name, subset, repr([cls]), "train", "tile", style, stain)
+    return videos[0]
+
+
+def _add_bad_quilt_images(plan: _ImagePlan, first_videos: list[_Video], n_dirt: int) -> None:
+    """Quilt rows the filters must drop: not-histology frames, missing files, corrupt files."""
+    for j in range(n_dirt):
+        video = first_videos[j % len(first_videos)]
+        for kind in ("not_histology", "missing"):
+            plan.add_video_image(plan.quilt_name(video.video_id), video, kind, 1.0, tissue=False)
+    for j, kind in enumerate(("truncated", "zero_byte", "not_jpeg", "truncated")):
+        video = first_videos[(j + 1) % len(first_videos)]
+        plan.add_video_image(plan.quilt_name(video.video_id), video, kind, 2.0)
+
+
+def _add_other_subset_images(plan: _ImagePlan, classes: list[str], n_dirt: int) -> None:
+    """Non-Quilt rows: missing openpath files, malformed pathology strings, laion rows without
+    a pathology, and the tiny tail class."""
+    rng = plan.rng
+    for j in range(n_dirt):
+        name = plan.single_name("openpath")
+        plan.add(name, "openpath", repr([classes[j % len(classes)]]), "train", "missing")
+    for malformed in ("['Renal', 'Pulmonary'", "Renal; Bone", "[Renal]", "['Bone', 3]"):
+        name, stain = plan.single_name("pubmed"), _video_stain(rng)
+        plan.add(name, "pubmed", malformed, "train", "tile", tissue_style(classes[0]), stain)
+    for j in range(3):
+        name, stain = plan.single_name("laion"), _video_stain(rng)
+        pathology = np.nan if j else "[]"
+        style = tissue_style(classes[j % len(classes)])
+        plan.add(name, "laion", pathology, "train", "tile", style, stain)
+    for _ in range(3):
+        name, stain = plan.single_name("pubmed"), _video_stain(rng)
+        style = tissue_style(TAIL_CLASS)
+        plan.add(name, "pubmed", repr([TAIL_CLASS]), "train", "tile", style, stain)
+
+
+_COUNTED_AS = {
+    "tile": "tiles",
+    "not_histology": "not_histology",
+    "truncated": "corrupt",
+    "zero_byte": "corrupt",
+    "not_jpeg": "corrupt",
+}
+
+
+def _image_bytes(rng: np.random.Generator, image: _DemoImage) -> bytes:
+    """The file content of an image that is not ``missing``; corrupt kinds spoil a real tile."""
+    if image.kind == "not_histology":
+        return _jpeg(_not_histology_tile(rng, image.height, image.width))
+    full = _jpeg(render_tile(rng, image.style, image.stain, image.height, image.width))
+    if image.kind == "truncated":
+        return full[: len(full) // 3]
+    if image.kind == "zero_byte":
+        return b""
+    if image.kind == "not_jpeg":
+        return b"SYNTHETIC DEMO: not a JPEG\n"
+    return full
+
+
+def _write_images(
+    rng: np.random.Generator, images: list[_DemoImage], image_dir: Path
+) -> dict[str, int]:
+    """Write (or remove, for ``missing``) every image file; return counts by outcome."""
+    counts = {"tiles": 0, "not_histology": 0, "corrupt": 0, "missing": 0}
+    for image in images:
+        file_path = image_dir / image.name
+        if image.kind == "missing":
+            file_path.unlink(missing_ok=True)
+            counts["missing"] += 1
+            continue
+        file_path.write_bytes(_image_bytes(rng, image))
+        counts[_COUNTED_AS[image.kind]] += 1
+    return counts
+
+
+def generate_demo(
+    lookup_path: str | Path,
+    image_dir: str | Path,
+    *,
+    seed: int,
+    images_per_class: int,
+    tile_size: int,
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Write the synthetic lookup CSV and image folder; return counts of what was written."""
+    classes = list(DEFAULT_CLASSES if classes is None else classes)
+    _check_demo_params(classes, images_per_class, tile_size)
     lookup_path, image_dir = Path(lookup_path), Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
     lookup_path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
-    images: list[dict[str, Any]] = []  # one per image file (or missing file)
-
-    def new_image(
-        name: str,
-        subset: str,
-        pathology: Any,
-        split: str,
-        kind: str,
-        style: TissueStyle | None,
-        stain: Stain | None,
-        mag: float = np.nan,
-    ) -> None:
-        h, w = _tile_shape(rng, tile_size)
-        images.append(
-            dict(
-                name=name,
-                subset=subset,
-                pathology=pathology,
-                split=split,
-                kind=kind,
-                style=style,
-                stain=stain,
-                mag=mag,
-                h=h,
-                w=w,
-            )
-        )
-
-    def uid() -> str:
-        return str(uuid.UUID(bytes=rng.bytes(16), version=4))
-
+    # The order of the steps is the order of the random draws: changing it changes the data.
     n_videos = max(4, round(images_per_class / 8))  # >= 4 so small classes reach every split
-    vids = _video_ids(rng, n_videos * len(classes))
-    n_other = max(1, images_per_class // 12)  # openpath/pubmed single images per class
-    first_videos: list[tuple[str, str, str, Stain, TissueStyle]] = []  # one per class, for dirt
-    for ci, cls in enumerate(classes):
-        videos = []
-        for vid in vids[ci * n_videos : (ci + 1) * n_videos]:
-            split = "val" if rng.random() < 0.15 else "train"
-            videos.append(
-                (
-                    vid,
-                    _pathology(rng, cls),
-                    split,
-                    _video_stain(rng),
-                    _video_style(rng, tissue_style(cls)),
-                )
-            )
-        first_videos.append(videos[0])
-        n_quilt = images_per_class - n_other
-        per_video = rng.multinomial(n_quilt - n_videos, np.ones(n_videos) / n_videos) + 1
-        for (vid, path, split, stain, style), k in zip(videos, per_video):
-            for _ in range(k):
-                new_image(
-                    f"{vid}_image_{uid()}.jpg",
-                    "quilt",
-                    path,
-                    split,
-                    "tile",
-                    style,
-                    stain,
-                    float(rng.integers(0, 3)),
-                )
-        for j in range(n_other):
-            subset = "openpath" if j % 2 == 0 else "pubmed"
-            new_image(
-                f"{subset}_{rng.bytes(6).hex()}.jpg",
-                subset,
-                repr([cls]),
-                "train",
-                "tile",
-                _video_style(rng, tissue_style(cls)),
-                _video_stain(rng),
-            )
-    # Dirt, spread over the classes.
-    n_dirt = max(2, len(classes) * images_per_class // 40)
-    for j in range(n_dirt):
-        vid, path, split, _, _ = first_videos[j % len(first_videos)]
-        new_image(
-            f"{vid}_image_{uid()}.jpg", "quilt", path, split, "not_histology", None, None, 1.0
-        )
-        new_image(f"{vid}_image_{uid()}.jpg", "quilt", path, split, "missing", None, None, 1.0)
-    for j, kind in enumerate(("truncated", "zero_byte", "not_jpeg", "truncated")):
-        vid, path, split, stain, style = first_videos[(j + 1) % len(first_videos)]
-        new_image(f"{vid}_image_{uid()}.jpg", "quilt", path, split, kind, style, stain, 2.0)
-    for j in range(n_dirt):
-        new_image(
-            f"openpath_{rng.bytes(6).hex()}.jpg",
-            "openpath",
-            repr([classes[j % len(classes)]]),
-            "train",
-            "missing",
-            None,
-            None,
-        )
-    for bad in ("['Renal', 'Pulmonary'", "Renal; Bone", "[Renal]", "['Bone', 3]"):
-        new_image(
-            f"pubmed_{rng.bytes(6).hex()}.jpg",
-            "pubmed",
-            bad,
-            "train",
-            "tile",
-            tissue_style(classes[0]),
-            _video_stain(rng),
-        )
-    for j in range(3):
-        new_image(
-            f"laion_{rng.bytes(6).hex()}.jpg",
-            "laion",
-            np.nan if j else "[]",
-            "train",
-            "tile",
-            tissue_style(classes[j % len(classes)]),
-            _video_stain(rng),
-        )
-    for j in range(3):
-        new_image(
-            f"pubmed_{rng.bytes(6).hex()}.jpg",
-            "pubmed",
-            repr([TAIL_CLASS]),
-            "train",
-            "tile",
-            tissue_style(TAIL_CLASS),
-            _video_stain(rng),
-        )
+    video_ids = _video_ids(rng, n_videos * len(classes))
+    plan = _ImagePlan(rng, tile_size)
+    first_videos = [
+        _add_class_images(plan, cls, video_ids[i * n_videos : (i + 1) * n_videos], images_per_class)
+        for i, cls in enumerate(classes)
+    ]
+    n_dirt = max(2, len(classes) * images_per_class // 40)  # dirt is spread over the classes
+    _add_bad_quilt_images(plan, first_videos, n_dirt)
+    _add_other_subset_images(plan, classes, n_dirt)
+    counts = _write_images(rng, plan.images, image_dir)
+    lookup = _lookup_rows(rng, plan.images)
+    lookup.to_csv(lookup_path, index=False, float_format="%.1f")
 
-    # Write the files: tiles are vectorised numpy, one JPEG encode each.
-    counts = {"tiles": 0, "not_histology": 0, "corrupt": 0, "missing": 0}
-    for im in images:
-        path = image_dir / im["name"]
-        kind = im["kind"]
-        if kind == "missing":
-            path.unlink(missing_ok=True)
-            counts["missing"] += 1
-            continue
-        if kind == "not_histology":
-            data = _jpeg(_not_histology_tile(rng, im["h"], im["w"]))
-            counts["not_histology"] += 1
-        elif kind in ("truncated", "zero_byte", "not_jpeg"):
-            full = _jpeg(render_tile(rng, im["style"], im["stain"], im["h"], im["w"]))
-            data = {
-                "truncated": full[: len(full) // 3],
-                "zero_byte": b"",
-                "not_jpeg": b"SYNTHETIC DEMO: not a JPEG\n",
-            }[kind]
-            counts["corrupt"] += 1
-        else:
-            data = _jpeg(render_tile(rng, im["style"], im["stain"], im["h"], im["w"]))
-            counts["tiles"] += 1
-        path.write_bytes(data)
-
-    rows = _lookup_rows(rng, images)
-    rows.to_csv(lookup_path, index=False, float_format="%.1f")
     summary = {
         "seed": seed,
         "classes": classes,
-        "videos": len(vids),
-        "images": len(images),
-        "rows": len(rows),
+        "videos": len(video_ids),
+        "images": len(plan.images),
+        "rows": len(lookup),
         "tiles": counts["tiles"],
         "not_histology_images": counts["not_histology"],
         "corrupt_files": counts["corrupt"],
         "missing_images": counts["missing"],
-        "other_subset_rows": int((rows["subset"] != "quilt").sum()),
+        "other_subset_rows": int((lookup["subset"] != "quilt").sum()),
     }
     log.info("synthetic demo: %s", summary)
     return summary
 
 
-def _lookup_rows(rng: np.random.Generator, images: list[dict[str, Any]]) -> pd.DataFrame:
+def _lookup_rows(rng: np.random.Generator, images: list[_DemoImage]) -> pd.DataFrame:
     """1-4 caption rows per image plus three bad-path rows, shuffled; all 15 Quilt columns."""
     records = []
-    for im in images:
+    for image in images:
         n_rows = int(rng.choice([1, 1, 2, 2, 3, 4]))
-        label = "tissue" if im["style"] else "slide"
+        label = "tissue" if image.style is not None else "slide"
+        quilt = image.subset == "quilt"
+        has_size = image.kind != "missing" or quilt  # Quilt rows always state the image size
         for k in range(n_rows):
             caption = f"SYNTHETIC DEMO caption {k}: {label}"
             if rng.random() < 0.1:
                 caption += ', with "quotes", a comma\nand a line break'
-            quilt = im["subset"] == "quilt"
             records.append(
                 {
                     "caption": caption,
-                    "image_path": im["name"],
-                    "subset": im["subset"],
-                    "split": im["split"],
-                    "pathology": im["pathology"],
+                    "image_path": image.name,
+                    "subset": image.subset,
+                    "split": image.split,
+                    "pathology": image.pathology,
                     "roi_text": "['SYNTHETIC DEMO region']" if quilt else np.nan,
                     "noisy_text": caption.lower() if quilt else np.nan,
                     "corrected_text": caption if quilt else np.nan,
                     "med_umls_ids": "[['C0000000'], ['C0000001']]",
-                    "magnification": im["mag"] if quilt else np.nan,
-                    "height": float(im["h"]) if im["kind"] != "missing" or quilt else np.nan,
-                    "width": float(im["w"]) if im["kind"] != "missing" or quilt else np.nan,
-                    "not_histology": int(im["kind"] == "not_histology"),
+                    "magnification": image.magnification if quilt else np.nan,
+                    "height": float(image.height) if has_size else np.nan,
+                    "width": float(image.width) if has_size else np.nan,
+                    "not_histology": int(image.kind == "not_histology"),
                     "single_wsi": int(rng.integers(0, 2)),
                 }
             )
