@@ -22,14 +22,14 @@ import logging
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import f1_score
 
 from quiltflow import plots, stats
 from quiltflow.errors import UserError
-from quiltflow.jsonio import read_json, write_json
+from quiltflow.jsonio import read_json, read_label_map, write_json
 from quiltflow.metrics import balanced_accuracy, load_metrics_document, read_predictions
 
 log = logging.getLogger("quiltflow.compare")
@@ -43,62 +43,94 @@ CSV_COLUMNS = [
 ]
 
 
+class _TestSet(NamedTuple):
+    """What one model was evaluated on, and the files that say so."""
+
+    metrics_path: str
+    predictions_path: str
+    manifest_sha256: str
+    image_ids: np.ndarray
+    y_true: np.ndarray
+
+
+def _read_predictions_of(
+    doc: dict[str, Any], metrics_path: str, predictions_path: str, class_names: list[str]
+) -> tuple[_TestSet, np.ndarray]:
+    """A model's predictions sorted by image_id, checked against its metrics document and the
+    label map; return (its test set, y_pred)."""
+    if doc["metrics"]["class_names"] != class_names:
+        raise UserError(
+            f"metrics file {metrics_path}: class_names differ from the label map (stale file?)"
+        )
+    frame = read_predictions(predictions_path).sort_values("image_id", kind="stable")
+    if len(frame) != doc["metrics"]["n_test"]:
+        raise UserError(
+            f"predictions file {predictions_path}: {len(frame)} rows but {metrics_path} says "
+            f"n_test={doc['metrics']['n_test']} (stale file?)"
+        )
+    ids = frame["image_id"].astype(str).to_numpy()
+    y_true = frame["true_label"].to_numpy(np.int64)
+    y_pred = frame["pred_label"].to_numpy(np.int64)
+    if ((y_pred < 0) | (y_pred >= len(class_names))).any():
+        raise UserError(f"predictions file {predictions_path}: pred_label outside the label map")
+    test_set = _TestSet(metrics_path, predictions_path, doc["dataset"]["sha256"], ids, y_true)
+    return test_set, y_pred
+
+
+def _check_same_test_set(first: _TestSet, other: _TestSet) -> None:
+    """McNemar pairs outcomes image by image: every model must have seen the same test images."""
+    if len(other.image_ids) != len(first.image_ids) or not np.array_equal(
+        other.image_ids, first.image_ids
+    ):
+        diff = sorted(set(other.image_ids).symmetric_difference(first.image_ids))
+        where = f"e.g. image_id {diff[0]}" if diff else "a duplicated image_id"
+        raise UserError(
+            f"predictions file {other.predictions_path}: test images differ from "
+            f"{first.predictions_path} ({where})"
+        )
+    if not np.array_equal(other.y_true, first.y_true):
+        row = int(np.flatnonzero(other.y_true != first.y_true)[0])
+        raise UserError(
+            f"predictions file {other.predictions_path}: true_label of image_id "
+            f"{other.image_ids[row]} differs"
+        )
+    if other.manifest_sha256 != first.manifest_sha256:
+        raise UserError(
+            f"metrics file {other.metrics_path}: test manifest fingerprint differs from "
+            f"{first.metrics_path} (models evaluated on different test sets)"
+        )
+
+
 def _load_models(
     metrics_paths: Sequence[str], predictions_paths: Sequence[str], class_names: list[str]
-) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Load each model's metrics + predictions, aligned on image_id; return (models, image_ids, y_true)."""
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Load each model's metrics + predictions, aligned on image_id; return (models, y_true)."""
     if not metrics_paths:
         raise UserError("compare_models: no models to compare (config models is empty?)")
     if len(metrics_paths) != len(predictions_paths):
         raise UserError(
-            f"compare_models: {len(metrics_paths)} metrics files but {len(predictions_paths)} predictions files"
+            f"compare_models: {len(metrics_paths)} metrics files but "
+            f"{len(predictions_paths)} predictions files"
         )
     models: list[dict[str, Any]] = []
-    ids_ref = y_ref = None
+    test_sets: list[_TestSet] = []
     for metrics_path, predictions_path in zip(metrics_paths, predictions_paths):
         doc = load_metrics_document(metrics_path)
         name = doc["model"]
         if any(m["name"] == name for m in models):
             raise UserError(f"metrics file {metrics_path}: model {name!r} listed twice")
-        if doc["metrics"]["class_names"] != class_names:
-            raise UserError(f"metrics file {metrics_path}: class_names differ from the label map (stale file?)")
-        frame = read_predictions(predictions_path).sort_values("image_id", kind="stable")
-        if len(frame) != doc["metrics"]["n_test"]:
-            raise UserError(
-                f"predictions file {predictions_path}: {len(frame)} rows but {metrics_path} says "
-                f"n_test={doc['metrics']['n_test']} (stale file?)"
-            )
-        ids = frame["image_id"].astype(str).to_numpy()
-        y_true = frame["true_label"].to_numpy(np.int64)
-        y_pred = frame["pred_label"].to_numpy(np.int64)
-        if ((y_pred < 0) | (y_pred >= len(class_names))).any():
-            raise UserError(f"predictions file {predictions_path}: pred_label outside the label map")
-        if ids_ref is None:
-            ids_ref, y_ref, first = ids, y_true, (metrics_path, doc)
-        else:
-            # McNemar pairs outcomes image by image: every model must have seen the same test images.
-            if len(ids) != len(ids_ref) or not np.array_equal(ids, ids_ref):
-                diff = sorted(set(ids).symmetric_difference(ids_ref))
-                where = f"e.g. image_id {diff[0]}" if diff else "a duplicated image_id"
-                raise UserError(
-                    f"predictions file {predictions_path}: test images differ from {predictions_paths[0]} ({where})"
-                )
-            if not np.array_equal(y_true, y_ref):
-                row = int(np.flatnonzero(y_true != y_ref)[0])
-                raise UserError(f"predictions file {predictions_path}: true_label of image_id {ids[row]} differs")
-            if doc["dataset"]["sha256"] != first[1]["dataset"]["sha256"]:
-                raise UserError(
-                    f"metrics file {metrics_path}: test manifest fingerprint differs from {first[0]} "
-                    "(models evaluated on different test sets)"
-                )
-        accuracy = stats.accuracy(y_true, y_pred)
+        test_set, y_pred = _read_predictions_of(doc, metrics_path, predictions_path, class_names)
+        if test_sets:
+            _check_same_test_set(test_sets[0], test_set)
+        test_sets.append(test_set)
+        accuracy = stats.accuracy(test_set.y_true, y_pred)
         if abs(accuracy - doc["metrics"]["accuracy"]) > 1e-9:
             raise UserError(
-                f"metrics file {metrics_path}: accuracy {doc['metrics']['accuracy']:.6f} does not match "
-                f"{predictions_path} ({accuracy:.6f}); re-run evaluate_model"
+                f"metrics file {metrics_path}: accuracy {doc['metrics']['accuracy']:.6f} does not "
+                f"match {predictions_path} ({accuracy:.6f}); re-run evaluate_model"
             )
         models.append({"name": name, "kind": "model", "doc": doc, "y_pred": y_pred})
-    return models, ids_ref, y_ref
+    return models, test_sets[0].y_true
 
 
 def _row(
@@ -138,6 +170,182 @@ def _test_dict(result: stats.McNemarResult, p_adjusted: float, alpha: float) -> 
     }
 
 
+def _read_train_counts(split_report_path: str) -> dict[str, Any]:
+    split_report = read_json(split_report_path, "split report")
+    try:
+        return split_report["class_counts"]["train"]
+    except (KeyError, TypeError):
+        message = f"split report {split_report_path}: missing key class_counts.train"
+        raise UserError(message) from None
+
+
+def _model_extras(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a model row carries beyond the metrics: architecture, loss and timings."""
+    return {
+        "architecture": doc["architecture"],
+        "loss": doc["metrics"]["loss"],
+        "train_seconds": doc["timing"]["train_seconds"],
+        "eval_seconds": doc["timing"]["eval_seconds"],
+    }
+
+
+def _metric_rows(
+    models: list[dict[str, Any]],
+    y_true: np.ndarray,
+    class_names: list[str],
+    train_counts: dict[str, Any],
+    bootstrap: dict[str, Any],
+) -> tuple[list[dict[str, Any]], np.ndarray, str]:
+    """One row per model, then the majority and stratified baselines (both fitted on the train
+    label distribution); also return the majority baseline's predictions and class name.
+    ``bootstrap`` holds the keyword arguments ``seed``, ``samples`` and ``level`` of ``_row``."""
+    k = len(class_names)
+
+    def row(name: str, kind: str, y_pred: np.ndarray, weights: str, extra: dict) -> dict:
+        return _row(name, kind, y_true, y_pred, k, weights=weights, **bootstrap, extra=extra)
+
+    majority_pred = stats.majority_predictions(y_true, train_counts, class_names)
+    majority_name = class_names[stats.majority_class(train_counts, class_names)]
+    stratified_pred = stats.stratified_predictions(
+        y_true, train_counts, class_names, seed=bootstrap["seed"]
+    )
+    expected = stats.stratified_expected_accuracy(y_true, train_counts, class_names)
+    rows = [
+        row(m["name"], "model", m["y_pred"], m["doc"]["weights"], _model_extras(m["doc"]))
+        for m in models
+    ]
+    rows.append(row(MAJORITY, "baseline", majority_pred, "none", {"predicts": majority_name}))
+    rows.append(
+        row(STRATIFIED, "baseline", stratified_pred, "none", {"expected_accuracy": expected})
+    )
+    return rows, majority_pred, majority_name
+
+
+def _pairwise_tests(
+    correct: dict[str, np.ndarray], alpha: float, bootstrap: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """McNemar between every two models (Holm within the family), with the accuracy difference."""
+    pairs = [
+        stats.mcnemar_exact(correct[a], correct[b], a=a, b=b) for a, b in combinations(correct, 2)
+    ]
+    pairwise = []
+    for result, p_adj in zip(pairs, stats.holm_adjust([r.p_value for r in pairs])):
+        entry = _test_dict(result, p_adj, alpha)
+        diff, diff_ci = stats.bootstrap_accuracy_difference(
+            correct[result.a], correct[result.b], **bootstrap
+        )
+        entry.update({"accuracy_difference": diff, "accuracy_difference_ci": list(diff_ci)})
+        pairwise.append(entry)
+    return pairwise
+
+
+def _majority_tests(
+    correct: dict[str, np.ndarray], majority_correct: np.ndarray, alpha: float
+) -> list[dict[str, Any]]:
+    """McNemar of every model against the majority-class baseline (Holm within the family)."""
+    tests = [stats.mcnemar_exact(correct[m], majority_correct, a=m, b=MAJORITY) for m in correct]
+    vs_majority = []
+    for result, p_adj in zip(tests, stats.holm_adjust([r.p_value for r in tests])):
+        entry = _test_dict(result, p_adj, alpha)
+        entry["better_than_majority"] = entry["better"] == result.a
+        vs_majority.append(entry)
+    return vs_majority
+
+
+def _caveats(
+    synthetic: bool, vs_majority: list[dict[str, Any]], majority_name: str, n_test: int
+) -> list[str]:
+    caveats = []
+    if synthetic:
+        caveats.append(
+            "These results come from the synthetic demo data set: they test the pipeline, not any "
+            "model's ability to classify histopathology."
+        )
+    for entry in vs_majority:
+        if not entry["better_than_majority"]:
+            caveats.append(
+                f"{entry['a']} is not significantly better than always predicting the majority "
+                f"class ({majority_name}): {entry['verdict']}."
+            )
+    if n_test < 100:
+        caveats.append(
+            f"Only {n_test} test images: confidence intervals are wide and tests have little power."
+        )
+    return caveats
+
+
+def build_comparison(
+    models: list[dict[str, Any]],
+    y_true: np.ndarray,
+    class_names: list[str],
+    train_counts: dict[str, Any],
+    *,
+    seed: int,
+    bootstrap_samples: int,
+    alpha: float,
+    synthetic: bool = False,
+) -> dict[str, Any]:
+    """The comparison document of loaded models (see the module docstring); reads and writes
+    nothing. ``models`` are ``{"name", "kind", "doc", "y_pred"}`` dicts on the test images
+    ``y_true``; CIs have level ``1 - alpha``."""
+    level = 1.0 - alpha
+    bootstrap = {"seed": seed, "samples": bootstrap_samples, "level": level}
+    rows, majority_pred, majority_name = _metric_rows(
+        models, y_true, class_names, train_counts, bootstrap
+    )
+    correct = {m["name"]: m["y_pred"] == y_true for m in models}
+    pairwise = _pairwise_tests(correct, alpha, bootstrap)
+    vs_majority = _majority_tests(correct, majority_pred == y_true, alpha)
+    test_counts = np.bincount(y_true, minlength=len(class_names)).astype(int).tolist()
+    return {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "n_test": len(y_true),
+        "class_names": class_names,
+        "test_class_counts": dict(zip(class_names, test_counts)),
+        "train_class_counts": {c: int(train_counts.get(c, 0)) for c in class_names},
+        "synthetic": bool(synthetic),
+        "seed": int(seed),
+        "bootstrap_samples": int(bootstrap_samples),
+        "alpha": float(alpha),
+        "ci_level": level,
+        "rows": rows,
+        "pairwise": pairwise,
+        "vs_majority": vs_majority,
+        "caveats": _caveats(synthetic, vs_majority, majority_name, len(y_true)),
+    }
+
+
+def _write_plots(
+    document: dict[str, Any],
+    models: list[dict[str, Any]],
+    history_paths: Sequence[str],
+    *,
+    metrics_plot: str | None,
+    curves_plot: str | None,
+    confusion_plots: Sequence[str] | None,
+) -> None:
+    """Metric bars with CIs, one row-normalised confusion matrix per model, training curves."""
+    if metrics_plot:
+        plots.plot_metric_bars(document["rows"], metrics_plot, level=document["ci_level"])
+    if confusion_plots is not None:
+        if len(confusion_plots) != len(models):
+            raise UserError(
+                f"compare_models: {len(confusion_plots)} confusion plot paths for "
+                f"{len(models)} models"
+            )
+        for model, path in zip(models, confusion_plots):
+            title = f"{model['name']}: confusion matrix (row-normalised)"
+            matrix = model["doc"]["metrics"]["confusion_matrix"]
+            plots.plot_confusion(matrix, document["class_names"], title, path)
+    if curves_plot:
+        if len(history_paths) != len(models):
+            raise UserError(
+                f"compare_models: {len(history_paths)} history files for {len(models)} models"
+            )
+        histories = {m["name"]: plots.read_history(p) for m, p in zip(models, history_paths)}
+        plots.plot_training_curves(histories, curves_plot)
+
+
 def compare_models(
     metrics_paths: Sequence[str],
     predictions_paths: Sequence[str],
@@ -158,113 +366,41 @@ def compare_models(
 ) -> dict[str, Any]:
     """Compare every model with each other and with baselines; write whichever outputs are given.
 
-    Files are matched by position: ``metrics_paths[i]``, ``predictions_paths[i]``, ``history_paths[i]``
-    and ``confusion_plots[i]`` belong to the same model. CIs have level ``1 - alpha``. Returns the
-    comparison document (also written to ``json_path``).
+    Files are matched by position: ``metrics_paths[i]``, ``predictions_paths[i]``,
+    ``history_paths[i]`` and ``confusion_plots[i]`` belong to the same model. CIs have level
+    ``1 - alpha``. Returns the comparison document (also written to ``json_path``).
     """
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
-    level = 1.0 - alpha
-    label_map = read_json(label_map_path, "label map")
-    if "classes" not in label_map:
-        raise UserError(f"label map {label_map_path}: missing key classes")
-    class_names = [str(c) for c in label_map["classes"]]
-    k = len(class_names)
-    split_report = read_json(split_report_path, "split report")
-    try:
-        train_counts = split_report["class_counts"]["train"]
-    except (KeyError, TypeError):
-        raise UserError(f"split report {split_report_path}: missing key class_counts.train") from None
-
-    models, _, y_true = _load_models(metrics_paths, predictions_paths, class_names)
-    n_test = len(y_true)
-    common = {"seed": seed, "samples": bootstrap_samples, "level": level}
-
-    majority_pred = stats.majority_predictions(y_true, train_counts, class_names)
-    majority_name = class_names[stats.majority_class(train_counts, class_names)]
-    stratified_pred = stats.stratified_predictions(y_true, train_counts, class_names, seed=seed)
-    rows = [
-        _row(m["name"], "model", y_true, m["y_pred"], k, weights=m["doc"]["weights"], **common,
-             extra={"architecture": m["doc"]["architecture"], "loss": m["doc"]["metrics"]["loss"],
-                    "train_seconds": m["doc"]["timing"]["train_seconds"],
-                    "eval_seconds": m["doc"]["timing"]["eval_seconds"]})
-        for m in models
-    ]
-    rows.append(_row(MAJORITY, "baseline", y_true, majority_pred, k, weights="none", **common,
-                     extra={"predicts": majority_name}))
-    rows.append(_row(STRATIFIED, "baseline", y_true, stratified_pred, k, weights="none", **common,
-                     extra={"expected_accuracy": stats.stratified_expected_accuracy(y_true, train_counts, class_names)}))
-
-    correct = {m["name"]: m["y_pred"] == y_true for m in models}
-    pairs = [stats.mcnemar_exact(correct[a], correct[b], a=a, b=b) for a, b in combinations(correct, 2)]
-    pairwise = []
-    for result, p_adj in zip(pairs, stats.holm_adjust([r.p_value for r in pairs])):
-        entry = _test_dict(result, p_adj, alpha)
-        diff, diff_ci = stats.bootstrap_accuracy_difference(
-            correct[result.a], correct[result.b], samples=bootstrap_samples, seed=seed, level=level
-        )
-        entry.update({"accuracy_difference": diff, "accuracy_difference_ci": list(diff_ci)})
-        pairwise.append(entry)
-
-    majority_correct = majority_pred == y_true
-    vs = [stats.mcnemar_exact(correct[m], majority_correct, a=m, b=MAJORITY) for m in correct]
-    vs_majority = []
-    for result, p_adj in zip(vs, stats.holm_adjust([r.p_value for r in vs])):
-        entry = _test_dict(result, p_adj, alpha)
-        entry["better_than_majority"] = entry["better"] == result.a
-        vs_majority.append(entry)
-
-    caveats = []
-    if synthetic:
-        caveats.append(
-            "These results come from the synthetic demo data set: they test the pipeline, not any model's "
-            "ability to classify histopathology."
-        )
-    for entry in vs_majority:
-        if not entry["better_than_majority"]:
-            caveats.append(
-                f"{entry['a']} is not significantly better than always predicting the majority class "
-                f"({majority_name}): {entry['verdict']}."
-            )
-    if n_test < 100:
-        caveats.append(f"Only {n_test} test images: confidence intervals are wide and tests have little power.")
-
-    document = {
-        "schema_version": COMPARISON_SCHEMA_VERSION,
-        "n_test": n_test,
-        "class_names": class_names,
-        "test_class_counts": dict(zip(class_names, np.bincount(y_true, minlength=k).astype(int).tolist())),
-        "train_class_counts": {c: int(train_counts.get(c, 0)) for c in class_names},
-        "synthetic": bool(synthetic),
-        "seed": int(seed),
-        "bootstrap_samples": int(bootstrap_samples),
-        "alpha": float(alpha),
-        "ci_level": level,
-        "rows": rows,
-        "pairwise": pairwise,
-        "vs_majority": vs_majority,
-        "caveats": caveats,
-    }
+    class_names = read_label_map(label_map_path)
+    train_counts = _read_train_counts(split_report_path)
+    models, y_true = _load_models(metrics_paths, predictions_paths, class_names)
+    document = build_comparison(
+        models,
+        y_true,
+        class_names,
+        train_counts,
+        seed=seed,
+        bootstrap_samples=bootstrap_samples,
+        alpha=alpha,
+        synthetic=synthetic,
+    )
+    # Tables first, then plots: the order the rule's outputs were always written in.
     if json_path:
         write_json(document, json_path)
     if csv_path:
-        write_csv(rows, csv_path)
+        write_csv(document["rows"], csv_path)
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
         Path(md_path).write_text(render_markdown(document))
-    if metrics_plot:
-        plots.plot_metric_bars(rows, metrics_plot, level=level)
-    if confusion_plots is not None:
-        if len(confusion_plots) != len(models):
-            raise UserError(f"compare_models: {len(confusion_plots)} confusion plot paths for {len(models)} models")
-        for model, path in zip(models, confusion_plots):
-            plots.plot_confusion(model["doc"]["metrics"]["confusion_matrix"], class_names,
-                                 f"{model['name']}: confusion matrix (row-normalised)", path)
-    if curves_plot:
-        if len(history_paths) != len(models):
-            raise UserError(f"compare_models: {len(history_paths)} history files for {len(models)} models")
-        histories = {m["name"]: plots.read_history(p) for m, p in zip(models, history_paths)}
-        plots.plot_training_curves(histories, curves_plot)
+    _write_plots(
+        document,
+        models,
+        history_paths,
+        metrics_plot=metrics_plot,
+        curves_plot=curves_plot,
+        confusion_plots=confusion_plots,
+    )
     return document
 
 
