@@ -68,5 +68,86 @@ def schema_bounds(section: str, key: str) -> tuple[Any, Any]:
 
 # --- data stages (filter_metadata, split_manifests, shards) -----------------------------------
 
+from dataclasses import asdict, dataclass  # noqa: E402  (kept inside this part on purpose)
+
+
+def top_level_value(key: str, value: Any) -> Any:
+    """A top-level scalar key (``seed``, ``image_size``) checked against its schema."""
+    errors = list(jsonschema.Draft202012Validator(section_schema(key)).iter_errors(value))
+    if errors:
+        raise UserError(f"config key {key}: {errors[0].message}")
+    return value
+
+
+def _frozen(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Lists become tuples: a frozen settings object cannot be changed through a field."""
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in values.items()}
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """The ``filters`` section: which rows and classes filter_metadata keeps."""
+
+    subsets: tuple[str, ...]
+    drop_not_histology: bool
+    magnifications: tuple[int | None, ...] | None  # None keeps every level, unknown included
+    min_image_side: int
+    dedupe: bool
+    label_policy: str
+    min_per_class: int
+    top_k_classes: int | None
+    exclude_classes: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None) -> FilterSettings:
+        """From a (possibly partial) ``filters`` section; the schema fills the rest."""
+        return cls(**_frozen(section_values("filters", values)))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON values (lists), as filter_report.json records them."""
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """The ``splits`` section and the top-level ``seed``: how split_manifests splits."""
+
+    fractions: dict[str, float]  # train, val, test
+    use_source_val: bool
+    seed: int
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None, *, seed: int) -> SplitSettings:
+        """From a (possibly partial) ``splits`` section and the seed."""
+        splits = section_values("splits", values)
+        fractions = {name: float(splits["fractions"][name]) for name in ("train", "val", "test")}
+        # A sum is no bound a schema can state; validate_config checks it too, but a section
+        # built here (a notebook, a test) never went through validate_config.
+        total = sum(fractions.values())
+        if abs(total - 1.0) > 1e-6:
+            raise UserError(
+                f"config key splits.fractions: train+val+test must sum to 1, got {total:g}"
+            )
+        return cls(fractions, splits["use_source_val"], top_level_value("seed", seed))
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """The ``tfrecords`` section and the top-level ``image_size``: how shards are written."""
+
+    image_size: int
+    jpeg_quality: int
+    images_per_shard: int
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None, *, image_size: int) -> ShardSettings:
+        """From a (possibly partial) ``tfrecords`` section and the image size."""
+        tfrecords = section_values("tfrecords", values)
+        return cls(
+            top_level_value("image_size", image_size),
+            tfrecords["jpeg_quality"],
+            tfrecords["images_per_shard"],
+        )
+
 
 # --- models (train_model, extract_features, evaluate_model) -----------------------------------
