@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "workflow"))
 
 from quiltflow.demo import _ID_ALPHABET, LOOKUP_COLUMNS  # noqa: E402
-from quiltflow.metadata import SUBSPECIALTIES  # noqa: E402
+from quiltflow.lookup import SUBSPECIALTIES  # noqa: E402
 
 # Rows per subset in the real lookup.
 SUBSET_ROWS = {"quilt": 802_148, "openpath": 133_511, "pubmed": 59_371, "laion": 22_682}
@@ -154,15 +154,19 @@ def make_quilt_fixture(
 
 def _fast(lookup: Path, image_root: Path, out: Path) -> dict:
     """The workflow's implementation, as the two rules run it."""
-    from quiltflow.metadata import filter_metadata, read_filtered, write_filtered
+    from quiltflow.metadata import filter_metadata
+    from quiltflow.settings import FilterSettings, SplitSettings
     from quiltflow.splits import make_splits, write_splits
+    from quiltflow.tables import read_filtered, write_filtered
 
     t0 = time.perf_counter()
-    table, report = filter_metadata("quilt", lookup, image_root, FILTERS, None)
+    filters = FilterSettings.from_config(FILTERS)
+    table, report = filter_metadata("quilt", lookup, image_root, filters, None)
     write_filtered(table, report, out / "filtered.parquet", out / "filter_report.json")
     t1 = time.perf_counter()
     manifests, label_map, split_report = make_splits(
-        read_filtered(out / "filtered.parquet"), fractions=FRACTIONS, seed=42
+        read_filtered(out / "filtered.parquet"),
+        SplitSettings.from_config({"fractions": FRACTIONS}, seed=42),
     )
     write_splits(
         manifests,

@@ -11,15 +11,10 @@ import pytest
 
 from quiltflow.errors import UserError
 from quiltflow.demo import LOOKUP_COLUMNS
-from quiltflow.metadata import (
-    DROP_REASONS,
-    FILTERED_SCHEMA,
-    filter_metadata,
-    parse_pathology,
-    read_filtered,
-    video_id,
-    write_filtered,
-)
+from quiltflow.lookup import parse_pathology
+from quiltflow.metadata import DROP_REASONS, filter_metadata
+from quiltflow.settings import FilterSettings, section_schema
+from quiltflow.tables import FILTERED_SCHEMA, read_filtered, write_filtered
 
 COLUMNS = list(LOOKUP_COLUMNS)
 
@@ -51,6 +46,13 @@ def write_lookup(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> 
     return path
 
 
+def run_filter(
+    fmt: str, metadata: Path | None, root: Path, filters: dict | None, columns: dict | None
+):
+    """filter_metadata with the filters section as a config gives it (validated by the schema)."""
+    return filter_metadata(fmt, metadata, root, FilterSettings.from_config(filters), columns)
+
+
 def touch(root: Path, *names: str) -> None:
     for n in names:
         p = root / n
@@ -76,13 +78,15 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
-    A, B, C, D = "AAAAAAAAAAA", "BBBBBBBBBBB", "CCCCCCCCCCC", "DDDDDDDDDDD"
+    A, B, C, D, E = "AAAAAAAAAAA", "BBBBBBBBBBB", "CCCCCCCCCCC", "DDDDDDDDDDD", "EEEEEEEEEEE"
     rows = [
         # Class Renal: 4 images in video A (one with two caption rows).
         *({"image_path": vid_name(A, i)} for i in range(4)),
         {"image_path": vid_name(A, 0), "caption": "second caption"},  # duplicate_row
         {"image_path": vid_name(B, 0), "pathology": "['Bone', 'Renal']"},  # Bone: 2 images
         {"image_path": vid_name(B, 1), "pathology": "['Bone']"},
+        # Pulmonary: 2 images, as many as Bone: the name decides the tie for the top 2.
+        *({"image_path": vid_name(E, i), "pathology": "['Pulmonary']"} for i in range(2)),
         {"image_path": vid_name(C, 0), "pathology": "['Cardiac']"},  # class_too_small
         {"image_path": vid_name(D, 0), "pathology": "['Breast']"},  # class_excluded
         {"image_path": ""},  # empty_path
@@ -100,6 +104,8 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
         *(vid_name(A, i) for i in (0, 1, 2, 3, 10, 11, 12, 13, 14)),
         vid_name(B, 0),
         vid_name(B, 1),
+        vid_name(E, 0),
+        vid_name(E, 1),
         vid_name(C, 0),
         vid_name(D, 0),
         "laion_1.jpg",
@@ -112,17 +118,19 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
         "min_image_side": 224,
         "exclude_classes": ["Breast"],
         "min_per_class": 2,
-        "top_k_classes": 1,
+        "top_k_classes": 2,
     }
-    table, report = filter_metadata("quilt", lookup, root, filters, None)
+    table, report = run_filter("quilt", lookup, root, filters, None)
     check(report, table)
     expected = {r: 1 for r in DROP_REASONS if r != "not_image_file"}
-    expected["class_not_top_k"] = 2  # Bone's two images
+    expected["class_not_top_k"] = 2  # Pulmonary's two images
     assert report["dropped"] == expected
     assert report["rows_in"] == len(rows)
-    assert table["image_id"].tolist() == [vid_name(A, i) for i in range(4)]
-    assert report["class_counts"] == {"Renal": 4}
-    assert table["group"].unique().tolist() == [A]
+    assert table["image_id"].tolist() == [vid_name(A, i) for i in range(4)] + [
+        vid_name(B, i) for i in range(2)
+    ]
+    assert report["class_counts"] == {"Renal": 4, "Bone": 2}
+    assert table["group"].unique().tolist() == [A, B]
 
 
 def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: Path) -> None:
@@ -135,7 +143,7 @@ def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: 
     ]
     touch(root, name, "other.jpg")
     lookup = write_lookup(tmp_path / "l.csv", rows)
-    table, report = filter_metadata("quilt", lookup, root, {}, None)
+    table, report = run_filter("quilt", lookup, root, {}, None)
     check(report, table)
     first = table.set_index("image_id").loc[name]
     assert first["label"] == "Renal" and first["n_captions"] == 3
@@ -144,7 +152,7 @@ def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: 
     assert report["rows_kept"] == report["images_kept"] == 2
     assert report["distinct_images_in"] == 2
 
-    table, report = filter_metadata("quilt", lookup, root, {"dedupe": False}, None)
+    table, report = run_filter("quilt", lookup, root, {"dedupe": False}, None)
     check(report, table)
     assert report["rows_kept"] == 4 and report["images_kept"] == 2 and report["dropped"] == {}
     assert table[table.image_id == name]["label"].tolist() == ["Renal", "Bone", "Bone"]
@@ -163,10 +171,9 @@ def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: 
 def test_video_id_regex(tmp_path: Path, root: Path, name: str, group: str) -> None:
     touch(root, name)
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": name}])
-    table, report = filter_metadata("quilt", lookup, root, {}, None)
+    table, report = run_filter("quilt", lookup, root, {}, None)
     check(report, table)
     assert table["group"].tolist() == [group]
-    assert (video_id(name) or Path(name).stem) == group
 
 
 def test_group_is_stem_outside_quilt_subset(tmp_path: Path, root: Path) -> None:
@@ -175,7 +182,7 @@ def test_group_is_stem_outside_quilt_subset(tmp_path: Path, root: Path) -> None:
     lookup = write_lookup(
         tmp_path / "l.csv", [{"image_path": name, "subset": "pubmed", "magnification": ""}]
     )
-    table, _ = filter_metadata("quilt", lookup, root, {}, None)
+    table, _ = run_filter("quilt", lookup, root, {}, None)
     assert table["group"].tolist() == [Path(name).stem]
     assert table["magnification"].isna().all()
 
@@ -199,7 +206,7 @@ def test_unsafe_paths_dropped_and_inner_dotdot_normalised(tmp_path: Path, root: 
         )
     ]
     lookup = write_lookup(tmp_path / "l.csv", rows)
-    table, report = filter_metadata("quilt", lookup, root, {}, None)
+    table, report = run_filter("quilt", lookup, root, {}, None)
     check(report, table)
     assert report["dropped"] == {"unsafe_path": 7, "duplicate_row": 1}
     assert table["image_id"].tolist() == ["ok.jpg", "sub/deep.jpg"]
@@ -234,7 +241,7 @@ def test_malformed_pathology_counted_not_crashing(tmp_path: Path, root: Path) ->
     rows = [{"image_path": f"{i}.jpg", "pathology": p} for i, p in enumerate(bad)]
     rows.append({"image_path": "good.jpg"})
     touch(root, "good.jpg", *(f"{i}.jpg" for i in range(len(bad))))
-    table, report = filter_metadata("quilt", write_lookup(tmp_path / "l.csv", rows), root, {}, None)
+    table, report = run_filter("quilt", write_lookup(tmp_path / "l.csv", rows), root, {}, None)
     check(report, table)
     assert report["dropped"] == {"malformed_pathology": len(bad)}
     assert table["image_id"].tolist() == ["good.jpg"]
@@ -244,7 +251,7 @@ def test_older_lookup_without_flag_columns(tmp_path: Path, root: Path) -> None:
     touch(root, "a.jpg")
     cols = [c for c in COLUMNS if c not in ("not_histology", "single_wsi")]
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}], columns=cols)
-    table, report = filter_metadata("quilt", lookup, root, {"drop_not_histology": True}, None)
+    table, report = run_filter("quilt", lookup, root, {"drop_not_histology": True}, None)
     check(report, table)
     assert len(table) == 1
 
@@ -254,7 +261,7 @@ def test_quilt_parquet_input(tmp_path: Path, root: Path) -> None:
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}, {"image_path": "b.jpg"}])
     pq_path = tmp_path / "l.parquet"
     pd.read_csv(lookup).to_parquet(pq_path)
-    table, report = filter_metadata("quilt", pq_path, root, {}, None)
+    table, report = run_filter("quilt", pq_path, root, {}, None)
     check(report, table)
     assert report["dropped"] == {"image_missing": 1}
 
@@ -265,7 +272,7 @@ def test_a_folder_named_like_an_image_is_missing_not_kept(tmp_path: Path, root: 
     (root / "x").mkdir()
     (root / "x" / "c.jpg").mkdir()
     rows = [{"image_path": p} for p in ("a.jpg", "b.jpg", "x/c.jpg")]
-    table, report = filter_metadata("quilt", write_lookup(tmp_path / "l.csv", rows), root, {}, None)
+    table, report = run_filter("quilt", write_lookup(tmp_path / "l.csv", rows), root, {}, None)
     check(report, table)
     assert table["image_id"].tolist() == ["a.jpg"]
     assert report["dropped"] == {"image_missing": 2}
@@ -275,35 +282,45 @@ def test_empty_results_name_the_filter(tmp_path: Path, root: Path) -> None:
     touch(root, "a.jpg", "b.jpg")
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}, {"image_path": "b.jpg"}])
     with pytest.raises(UserError, match=r"filters.min_per_class=50 .*largest class has 2"):
-        filter_metadata("quilt", lookup, root, {"min_per_class": 50}, None)
+        run_filter("quilt", lookup, root, {"min_per_class": 50}, None)
     with pytest.raises(UserError, match=r"filters.subsets=\['laion'\]"):
-        filter_metadata("quilt", lookup, root, {"subsets": ["laion"]}, None)
+        run_filter("quilt", lookup, root, {"subsets": ["laion"]}, None)
     with pytest.raises(UserError, match=r"filters.exclude_classes"):
-        filter_metadata("quilt", lookup, root, {"exclude_classes": ["Renal"]}, None)
+        run_filter("quilt", lookup, root, {"exclude_classes": ["Renal"]}, None)
     with pytest.raises(UserError, match=r"image_root .* is not a directory"):
-        filter_metadata("quilt", lookup, tmp_path / "l.csv", {}, None)
+        run_filter("quilt", lookup, tmp_path / "l.csv", {}, None)
     empty_root = tmp_path / "empty"
     empty_root.mkdir()
     with pytest.raises(UserError, match=r"no usable row points to an existing file .*'a.jpg'"):
-        filter_metadata("quilt", lookup, empty_root, {}, None)
+        run_filter("quilt", lookup, empty_root, {}, None)
 
 
 @pytest.mark.parametrize(
     "filters, key",
     [
-        ({"bogus": 1}, "filters.bogus"),
-        ({"min_per_class": 0}, "filters.min_per_class"),
-        ({"magnifications": [3]}, "filters.magnifications"),
-        ({"top_k_classes": 0}, "filters.top_k_classes"),
+        ({"bogus": 1}, "filters: Additional properties are not allowed ('bogus'"),
+        ({"min_per_class": 0}, "filters.min_per_class: 0 is less than the minimum of 1"),
+        ({"magnifications": [3]}, "filters.magnifications.0"),
+        ({"magnifications": [None, "2"]}, "filters.magnifications.1"),
+        ({"top_k_classes": 1}, "filters.top_k_classes: 1 is less than the minimum of 2"),
         ({"label_policy": "all"}, "filters.label_policy"),
         ({"subsets": "quilt"}, "filters.subsets"),
+        ({"subsets": None}, "filters.subsets"),
         ({"dedupe": "yes"}, "filters.dedupe"),
     ],
 )
-def test_bad_filters_raise_user_error(tmp_path: Path, root: Path, filters: dict, key: str) -> None:
-    lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}])
-    with pytest.raises(UserError, match=key):
-        filter_metadata("quilt", lookup, root, filters, None)
+def test_bad_filters_are_one_line_from_the_schema(filters: dict, key: str) -> None:
+    with pytest.raises(UserError) as err:
+        FilterSettings.from_config(filters)
+    message = str(err.value)
+    assert message.startswith(f"config key {key}") and "\n" not in message, message
+
+
+def test_filter_settings_defaults_come_from_the_schema() -> None:
+    schema = section_schema("filters")["properties"]
+    settings = FilterSettings.from_config(None)
+    assert settings.as_dict() == {key: prop["default"] for key, prop in schema.items()}
+    assert FilterSettings.from_config({"magnifications": [2, None]}).magnifications == (2, None)
 
 
 def test_missing_column_and_format_errors(tmp_path: Path, root: Path) -> None:
@@ -313,11 +330,11 @@ def test_missing_column_and_format_errors(tmp_path: Path, root: Path) -> None:
         columns=[c for c in COLUMNS if c != "pathology"],
     )
     with pytest.raises(UserError, match="'pathology' not found"):
-        filter_metadata("quilt", lookup, root, {}, None)
+        run_filter("quilt", lookup, root, {}, None)
     with pytest.raises(UserError, match="dataset.format"):
-        filter_metadata("tsv", lookup, root, {}, None)
+        run_filter("tsv", lookup, root, {}, None)
     with pytest.raises(UserError, match="does not exist"):
-        filter_metadata("quilt", tmp_path / "nope.csv", root, {}, None)
+        run_filter("quilt", tmp_path / "nope.csv", root, {}, None)
 
 
 def test_magnification_list_may_keep_unknown(tmp_path: Path, root: Path) -> None:
@@ -330,7 +347,7 @@ def test_magnification_list_may_keep_unknown(tmp_path: Path, root: Path) -> None
             {"image_path": "c.jpg", "magnification": 0},
         ],
     )
-    table, report = filter_metadata("quilt", lookup, root, {"magnifications": [2, None]}, None)
+    table, report = run_filter("quilt", lookup, root, {"magnifications": [2, None]}, None)
     check(report, table)
     assert table["image_id"].tolist() == ["a.jpg", "b.jpg"]
     assert report["dropped"] == {"magnification": 1}
@@ -347,7 +364,7 @@ def test_csv_adapter(tmp_path: Path, root: Path) -> None:
     )
     df.to_csv(tmp_path / "meta.csv", index=False)
     cols = {"path": "file", "label": "dx", "group": "patient"}
-    table, report = filter_metadata("csv", tmp_path / "meta.csv", root, {}, cols)
+    table, report = run_filter("csv", tmp_path / "meta.csv", root, {}, cols)
     check(report, table)
     assert table["image_id"].tolist() == ["c.png", "x/a.png", "x/b.png"]
     assert table["group"].tolist() == ["c", "p1", "p1"]  # missing group -> file stem
@@ -355,15 +372,15 @@ def test_csv_adapter(tmp_path: Path, root: Path) -> None:
     assert report["dropped"] == {"no_label": 1, "image_missing": 1, "unsafe_path": 1}
     # Parquet input and no group column give the same images, grouped by stem.
     df.to_parquet(tmp_path / "meta.parquet")
-    t2, r2 = filter_metadata(
+    t2, r2 = run_filter(
         "csv", tmp_path / "meta.parquet", root, {}, {"path": "file", "label": "dx", "group": None}
     )
     check(r2, t2)
     assert t2["group"].tolist() == ["c", "a", "b"]
     with pytest.raises(UserError, match="columns.label"):
-        filter_metadata("csv", tmp_path / "meta.csv", root, {}, {"path": "file"})
+        run_filter("csv", tmp_path / "meta.csv", root, {}, {"path": "file"})
     with pytest.raises(UserError, match="'label_col' not found"):
-        filter_metadata(
+        run_filter(
             "csv", tmp_path / "meta.csv", root, {}, {"path": "file", "label": "label_col"}
         )
 
@@ -379,7 +396,7 @@ def test_folder_adapter(tmp_path: Path, root: Path) -> None:
         "normal/.hidden.jpg",
         "stray.jpg",
     )
-    table, report = filter_metadata("folder", None, root, {"min_per_class": 1}, None)
+    table, report = run_filter("folder", None, root, {"min_per_class": 1}, None)
     check(report, table)
     assert table["image_id"].tolist() == [
         "normal/n1.jpg",
@@ -394,7 +411,7 @@ def test_folder_adapter(tmp_path: Path, root: Path) -> None:
 
 
 def test_folder_adapter_on_real_tiles(lc25000: Path) -> None:
-    table, report = filter_metadata("folder", None, lc25000, {}, None)
+    table, report = run_filter("folder", None, lc25000, {}, None)
     check(report, table)
     assert len(report["class_counts"]) == 3
     assert min(report["class_counts"].values()) >= 100
@@ -410,7 +427,7 @@ def test_write_filtered_is_byte_identical(tmp_path: Path, root: Path) -> None:
     lookup = write_lookup(tmp_path / "l.csv", rows + rows[::-1])
     outs = []
     for k in range(2):
-        table, report = filter_metadata("quilt", lookup, root, {}, None)
+        table, report = run_filter("quilt", lookup, root, {}, None)
         write_filtered(table, report, tmp_path / f"t{k}.parquet", tmp_path / f"r{k}.json")
         outs.append(
             ((tmp_path / f"t{k}.parquet").read_bytes(), (tmp_path / f"r{k}.json").read_bytes())

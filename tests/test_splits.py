@@ -10,12 +10,19 @@ import pandas as pd
 import pytest
 
 from quiltflow.errors import UserError
-from quiltflow.metadata import FILTERED_SCHEMA, arrow_to_pandas, read_filtered
+from quiltflow.settings import SplitSettings
 from quiltflow.splits import SPLITS, make_splits, write_splits
+from quiltflow.tables import FILTERED_SCHEMA, arrow_to_pandas, read_filtered
 
 import pyarrow as pa
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def settings(seed: int, fractions: dict = FRACTIONS, use_source_val: bool = False) -> SplitSettings:
+    return SplitSettings.from_config(
+        {"fractions": fractions, "use_source_val": use_source_val}, seed=seed
+    )
 
 
 def make_table(n_groups: int = 200, seed: int = 0, singles: int = 300) -> pd.DataFrame:
@@ -56,7 +63,7 @@ def assert_no_leak(manifests: dict[str, pd.DataFrame], table: pd.DataFrame) -> N
 
 def test_no_group_crosses_splits_and_fractions_hold() -> None:
     table = make_table()
-    manifests, label_map, report = make_splits(table, fractions=FRACTIONS, seed=3)
+    manifests, label_map, report = make_splits(table, settings(3))
     assert_no_leak(manifests, table)
     n = len(table)
     for s in SPLITS:
@@ -80,7 +87,7 @@ def test_same_seed_and_input_give_identical_bytes(tmp_path: Path) -> None:
     for k, t in enumerate(
         [table, table.sample(frac=1.0, random_state=1)]
     ):  # row order must not matter
-        manifests, label_map, report = make_splits(t, fractions=FRACTIONS, seed=7)
+        manifests, label_map, report = make_splits(t, settings(7))
         paths = {s: tmp_path / f"{k}" / f"{s}.parquet" for s in SPLITS}
         write_splits(
             manifests,
@@ -92,7 +99,7 @@ def test_same_seed_and_input_give_identical_bytes(tmp_path: Path) -> None:
         )
         outputs.append([p.read_bytes() for p in sorted((tmp_path / f"{k}").iterdir())])
     assert outputs[0] == outputs[1]
-    other, _, _ = make_splits(table, fractions=FRACTIONS, seed=8)
+    other, _, _ = make_splits(table, settings(8))
     first = read_filtered(tmp_path / "0" / "test.parquet")
     assert sorted(other["test"]["image_id"]) != sorted(first["image_id"])  # the seed matters
     report = json.loads((tmp_path / "0" / "split_report.json").read_text())
@@ -102,7 +109,7 @@ def test_same_seed_and_input_give_identical_bytes(tmp_path: Path) -> None:
 
 def test_use_source_val_puts_whole_groups_in_val() -> None:
     table = make_table(n_groups=80, singles=40)
-    manifests, _, report = make_splits(table, fractions=FRACTIONS, seed=1, use_source_val=True)
+    manifests, _, report = make_splits(table, settings(1, use_source_val=True))
     assert_no_leak(manifests, table)
     val_groups = set(table.loc[table["source_split"] == "val", "group"])
     assert set(manifests["val"]["group"]) == val_groups
@@ -113,7 +120,7 @@ def test_use_source_val_puts_whole_groups_in_val() -> None:
     g = mixed["group"].iloc[0]
     idx = mixed.index[mixed["group"] == g]
     mixed.loc[idx[:1], "source_split"] = "val"
-    m2, _, _ = make_splits(mixed, fractions=FRACTIONS, seed=1, use_source_val=True)
+    m2, _, _ = make_splits(mixed, settings(1, use_source_val=True))
     assert g in set(m2["val"]["group"]) and g not in set(m2["train"]["group"])
 
 
@@ -123,9 +130,7 @@ def test_small_classes_kept_with_warning() -> None:
     extra["image_id"] = ["zz_rare_1.jpg", "zz_rare_2.jpg"]
     extra["group"] = "rareVideo01"
     extra["label"] = "Ophthalmic"
-    manifests, label_map, report = make_splits(
-        pd.concat([table, extra]), fractions=FRACTIONS, seed=0
-    )
+    manifests, label_map, report = make_splits(pd.concat([table, extra]), settings(0))
     assert "Ophthalmic" in label_map["classes"]
     assert sum(int((m["label"] == "Ophthalmic").sum()) for m in manifests.values()) == 2
     assert any("Ophthalmic" in w for w in report["warnings"])
@@ -150,36 +155,45 @@ def test_tiny_classes_reach_every_split_when_they_can() -> None:
         magnification=np.nan,
         n_captions=1,
     )
-    manifests, _, report = make_splits(df, fractions=FRACTIONS, seed=5)
+    manifests, _, report = make_splits(df, settings(5))
     assert report["warnings"] == []
     for s in SPLITS:
         assert set(manifests[s]["label"]) == {"Renal", "Bone"}
     assert report["counts"]["train"] == 16
 
 
-def test_zero_test_fraction_gives_empty_test() -> None:
+def test_use_source_val_gives_val_only_the_source_val_groups() -> None:
+    """val's weight is 0 for the groups left to place: nothing but source val goes to val."""
     table = make_table(n_groups=30, singles=20)
-    manifests, _, report = make_splits(
-        table, fractions={"train": 0.8, "val": 0.2, "test": 0}, seed=0
-    )
-    assert report["counts"]["test"] == 0 and len(manifests["test"]) == 0
-    assert list(manifests["test"].columns) == [*FILTERED_SCHEMA.names, "label_index"]
+    table["source_split"] = "train"
+    manifests, _, report = make_splits(table, settings(0, use_source_val=True))
+    assert report["counts"]["val"] == 0 and len(manifests["val"]) == 0
+    assert list(manifests["val"].columns) == [*FILTERED_SCHEMA.names, "label_index"]
 
 
 @pytest.mark.parametrize(
-    "fractions, key",
+    "fractions, message",
     [
-        ({"train": 0.5, "val": 0.2, "test": 0.2}, "sum to 1"),
-        ({"train": 0.7, "val": 0.3, "holdout": 0.0}, "holdout"),
-        ({"train": 1.2, "val": -0.2, "test": 0.0}, "fractions.train"),
-        ({"train": 0.0, "val": 0.5, "test": 0.5}, "train must be > 0"),
+        ({"train": 0.5, "val": 0.2, "test": 0.2}, "splits.fractions: train+val+test must sum to 1"),
+        ({"train": 0.7, "val": 0.3, "holdout": 0.0}, "splits.fractions: Additional properties"),
+        ({"train": 1.2, "val": -0.2, "test": 0.0}, "splits.fractions.test: 0.0 is less than"),
+        ({"train": 0.0, "val": 0.5, "test": 0.5}, "splits.fractions.train: 0.0 is less than"),
+        ({"train": 0.8, "val": 0, "test": 0.2}, "splits.fractions.val: 0 is less than"),
+        ({"train": 0.7, "val": 0.3}, "splits.fractions: train+val+test must sum to 1, got 1.15"),
     ],
 )
-def test_bad_fractions(fractions: dict, key: str) -> None:
-    with pytest.raises(UserError, match=key):
-        make_splits(make_table(n_groups=5, singles=5), fractions=fractions, seed=0)
+def test_bad_fractions_are_one_line_from_the_schema(fractions: dict, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        settings(0, fractions)
+    assert str(err.value).startswith(f"config key {message}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_seed_names_the_key() -> None:
+    with pytest.raises(UserError, match=r"^config key seed: 'x' is not of type 'integer'"):
+        settings("x")
 
 
 def test_empty_table_is_user_error() -> None:
     with pytest.raises(UserError, match="no rows"):
-        make_splits(make_table(n_groups=3, singles=0).iloc[:0], fractions=FRACTIONS, seed=0)
+        make_splits(make_table(n_groups=3, singles=0).iloc[:0], settings(0))

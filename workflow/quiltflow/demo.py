@@ -28,7 +28,7 @@ from PIL import Image
 from scipy import ndimage
 
 from quiltflow.errors import UserError
-from quiltflow.metadata import SUBSPECIALTIES
+from quiltflow.lookup import SUBSPECIALTIES
 
 log = logging.getLogger("quiltflow.demo")
 

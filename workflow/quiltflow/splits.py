@@ -13,6 +13,7 @@ fractions and fast on 10^5 groups):
 ``use_source_val`` first puts every group with a ``source_split == "val"`` row into val; the
 other groups are shared between train and test in the ratio of their fractions.
 A class with too few groups to reach every split is kept and reported under ``warnings``.
+Fractions, ``use_source_val`` and the seed come as a ``quiltflow.settings.SplitSettings``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,31 +29,12 @@ import pyarrow.compute as pc
 
 from quiltflow.errors import UserError
 from quiltflow.jsonio import write_json
-from quiltflow.metadata import FILTERED_SCHEMA, write_parquet_stable
+from quiltflow.settings import SplitSettings
+from quiltflow.tables import FILTERED_SCHEMA, MANIFEST_SCHEMA, write_parquet_stable
 
 log = logging.getLogger("quiltflow.splits")
 
 SPLITS = ("train", "val", "test")
-MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32()))
-
-
-def _check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
-    """Validate ``fractions`` (train/val/test, each >= 0, summing to 1; train > 0)."""
-    fractions = dict(fractions or {})
-    unknown = sorted(set(fractions) - set(SPLITS))
-    if unknown:
-        raise UserError(f"splits.fractions.{unknown[0]}: unknown split (expected train, val, test)")
-    out: dict[str, float] = {}
-    for name in SPLITS:
-        v = fractions.get(name, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise UserError(f"splits.fractions.{name}={v!r}: expected a number in [0, 1]")
-        out[name] = float(v)
-    if abs(sum(out.values()) - 1.0) > 1e-6:
-        raise UserError(f"splits.fractions={out}: must sum to 1 (sum is {sum(out.values()):.4f})")
-    if out["train"] <= 0:
-        raise UserError("splits.fractions.train must be > 0")
-    return out
 
 
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
@@ -68,115 +49,163 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     return base
 
 
+def _room(target: float, placed: float, size: int) -> float:
+    """Relative room a split has left once half the group is in: a big group does not
+    overshoot a small split, and a split still empty gets the next group that fits."""
+    return (target - placed - size / 2) / target if target > 0 else -np.inf
+
+
+def _place_multi_image_groups(
+    split: np.ndarray,
+    groups: np.ndarray,
+    strata: np.ndarray,
+    sizes: np.ndarray,
+    targets: np.ndarray,
+    have: np.ndarray,
+    open_splits: list[int],
+) -> None:
+    """Give each of ``groups`` (in order) the split of its stratum with most relative room;
+    ``split`` and ``have`` (images per stratum and split) are updated in place."""
+    split_of = split.tolist()  # Python lists: ~10^5 small steps, numpy indexing would dominate
+    have_of = have.tolist()
+    target_of = targets.tolist()
+    for group, stratum, size in zip(
+        groups.tolist(), strata[groups].tolist(), sizes[groups].tolist()
+    ):
+        target, placed = target_of[stratum], have_of[stratum]
+        best = max(open_splits, key=lambda i: (_room(target[i], placed[i], size), -i))
+        split_of[group] = best
+        placed[best] += size
+    split[:] = split_of
+    have[:] = have_of
+
+
+def _place_single_image_groups(
+    split: np.ndarray,
+    singles: np.ndarray,
+    strata: np.ndarray,
+    targets: np.ndarray,
+    have: np.ndarray,
+    weights: np.ndarray,
+) -> None:
+    """Fill each stratum's remaining need with its single-image ``singles`` (already shuffled),
+    one slice per split (largest-remainder rounding); ``split`` is updated in place."""
+    n_strata = len(targets)
+    active = weights > 0
+    singles = singles[np.argsort(strata[singles], kind="stable")]
+    bounds = np.searchsorted(strata[singles], np.arange(n_strata + 1))
+    for stratum in range(n_strata):
+        members = singles[bounds[stratum] : bounds[stratum + 1]]
+        if len(members) == 0:
+            continue
+        need = np.clip(targets[stratum] - have[stratum], 0, None) * active
+        if need.sum() <= 0:
+            need = np.where(active, weights, 0).astype(np.float64)
+        counts = _largest_remainder(len(members), need)
+        split[members] = np.repeat(np.arange(3), counts)
+
+
 def _assign_groups(
     strata: np.ndarray,
     sizes: np.ndarray,
-    fixed: np.ndarray,
+    pinned: np.ndarray,
     weights: np.ndarray,
     n_strata: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Split index (0..2) per group; ``fixed >= 0`` pins a group, ``weights`` are split shares."""
-    n_groups = len(sizes)
-    split = fixed.copy()
+    """Split index (0..2) per group; ``pinned >= 0`` fixes a group, ``weights`` are split shares."""
+    split = pinned.copy()
     have = np.zeros((n_strata, 3), dtype=np.float64)
     np.add.at(have, (strata[split >= 0], split[split >= 0]), sizes[split >= 0])
     free = split < 0
     totals = np.bincount(strata[free], weights=sizes[free], minlength=n_strata)
     active = weights > 0
     # Targets count only the groups still to place, on top of what is pinned (source val).
-    target = have + totals[:, None] * np.where(active, weights, 0)[None, :] / weights[active].sum()
+    targets = have + totals[:, None] * np.where(active, weights, 0)[None, :] / weights[active].sum()
 
     # Multi-image groups: largest first (power-of-two buckets), seeded order inside a bucket.
     multi = np.flatnonzero(free & (sizes > 1))
     multi = multi[rng.permutation(len(multi))]
     multi = multi[np.argsort(-np.floor(np.log2(sizes[multi])), kind="stable")]
-    tgt = target.tolist()
-    hv = have.tolist()
-    act = [i for i in range(3) if active[i]]
-    out = split.tolist()
-    for g, s, n in zip(multi.tolist(), strata[multi].tolist(), sizes[multi].tolist()):
-        t, h = tgt[s], hv[s]
-        # Relative room left once half the group is in: a big group does not overshoot a
-        # small split, and a split still empty gets the next group that fits.
-        best = max(act, key=lambda i: ((t[i] - h[i] - n / 2) / t[i] if t[i] > 0 else -np.inf, -i))
-        out[g] = best
-        h[best] += n
-    split = np.array(out, dtype=np.int64)
-    have = np.array(hv)
+    open_splits = [i for i in range(3) if active[i]]
+    _place_multi_image_groups(split, multi, strata, sizes, targets, have, open_splits)
 
-    # Single-image groups: fill each stratum's remaining need in one shuffled slice per split.
-    single = np.flatnonzero(free & (sizes == 1))
-    single = single[rng.permutation(len(single))]
-    single = single[np.argsort(strata[single], kind="stable")]
-    bounds = np.searchsorted(strata[single], np.arange(n_strata + 1))
-    for s in range(n_strata):
-        members = single[bounds[s] : bounds[s + 1]]
-        if len(members) == 0:
-            continue
-        need = np.clip(target[s] - have[s], 0, None) * active
-        if need.sum() <= 0:
-            need = np.where(active, weights, 0).astype(np.float64)
-        counts = _largest_remainder(len(members), need)
-        split[members] = np.repeat(np.arange(3), counts)
-    assert (split >= 0).all() and n_groups == len(split)
+    singles = np.flatnonzero(free & (sizes == 1))
+    singles = singles[rng.permutation(len(singles))]
+    _place_single_image_groups(split, singles, strata, targets, have, weights)
+    assert (split >= 0).all() and len(sizes) == len(split)
     return split
 
 
-def make_splits(
-    table: pd.DataFrame,
-    *,
-    fractions: Mapping[str, Any],
-    seed: int,
-    use_source_val: bool = False,
-) -> tuple[dict[str, pd.DataFrame], dict, dict]:
-    """Split the filtered table: ({split: manifest}, label_map, report)."""
-    fr = _check_fractions(fractions)
+def _canonical_order(table: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array]:
+    """The table sorted by image_id (stable), so the result ignores row order; and its ids.
+    The filtered table is already sorted: sorting is then skipped."""
     missing = [c for c in FILTERED_SCHEMA.names if c not in table.columns]
     if missing:
         raise UserError(f"filtered table lacks column {missing[0]!r}")
     if len(table) == 0:
         raise UserError("filtered table has no rows: nothing to split")
-    # Canonical input order (image_id, then original order) so the result ignores row order.
-    # The filtered table is already sorted: sorting is then skipped.
     ids = pa.array(table["image_id"], type=pa.string())
     if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
         order = pc.sort_indices(ids).to_numpy()  # stable: equal ids keep their row order
         table, ids = table.iloc[order].reset_index(drop=True), ids.take(pa.array(order))
+    return table, ids
+
+
+def _label_indices(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """(sorted class names, class index of every row)."""
     if table["label"].isna().any():
         raise UserError("filtered table has rows without a label")
     labels = pa.array(table["label"], type=pa.string())
     classes = sorted(pc.unique(labels).to_pylist())
-    class_to_index = {c: i for i, c in enumerate(classes)}
-    label_idx = (
+    label_index = (
         pc.index_in(labels, value_set=pa.array(classes, type=pa.string()))
         .to_numpy()
         .astype(np.int64)
     )
+    return classes, label_index
 
-    group_codes, group_names = pd.factorize(table["group"].astype(str), sort=True)
-    n_groups = len(group_names)
-    # Stratum of a group = its most frequent label (ties -> smallest label index).
-    n_cls = max(len(classes), 1)
-    pair, n_of = np.unique(group_codes.astype(np.int64) * n_cls + label_idx, return_counts=True)
-    g_of, l_of = pair // n_cls, pair % n_cls
-    order = np.lexsort((l_of, -n_of, g_of))
-    first = np.unique(g_of[order], return_index=True)[1]
-    strata = l_of[order][first]
-    sizes = np.bincount(group_codes, minlength=n_groups)
 
-    fixed = np.full(n_groups, -1, dtype=np.int64)
-    weights = np.array([fr[s] for s in SPLITS])
-    if use_source_val:
+def _group_strata(
+    table: pd.DataFrame, label_index: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group code of every row, stratum of every group, images of every group).
+    A group's stratum is its most frequent label (ties: smallest label index)."""
+    group_code, group_names = pd.factorize(table["group"].astype(str), sort=True)
+    n_classes = max(n_classes, 1)
+    pair, pair_rows = np.unique(
+        group_code.astype(np.int64) * n_classes + label_index, return_counts=True
+    )
+    group_of_pair, label_of_pair = pair // n_classes, pair % n_classes
+    order = np.lexsort((label_of_pair, -pair_rows, group_of_pair))
+    first = np.unique(group_of_pair[order], return_index=True)[1]
+    strata = label_of_pair[order][first]
+    sizes = np.bincount(group_code, minlength=len(group_names))
+    return group_code, strata, sizes
+
+
+def _split_groups(
+    table: pd.DataFrame,
+    group_code: np.ndarray,
+    strata: np.ndarray,
+    sizes: np.ndarray,
+    n_classes: int,
+    settings: SplitSettings,
+) -> np.ndarray:
+    """Split index per group; with ``use_source_val`` val is exactly the source's val groups."""
+    pinned = np.full(len(sizes), -1, dtype=np.int64)
+    weights = np.array([settings.fractions[name] for name in SPLITS])
+    if settings.use_source_val:
         is_val = (table["source_split"].astype(object) == "val").to_numpy(dtype=bool)
-        fixed[np.unique(group_codes[is_val])] = SPLITS.index("val")
-        weights[SPLITS.index("val")] = 0.0  # val is exactly the source's val groups
-    rng = np.random.default_rng(seed)
-    group_split = _assign_groups(strata, sizes, fixed, weights, len(classes), rng)
-    row_split = group_split[group_codes]
+        pinned[np.unique(group_code[is_val])] = SPLITS.index("val")
+        weights[SPLITS.index("val")] = 0.0
+    rng = np.random.default_rng(settings.seed)
+    return _assign_groups(strata, sizes, pinned, weights, n_classes, rng)
 
-    # No group (video) is in two splits by construction (one split per group). No image may
-    # be either: its rows are adjacent (sorted ids), and with ``dedupe: false`` they must agree.
+
+def _check_one_split_per_image(ids: pa.Array, row_split: np.ndarray) -> None:
+    """No group (video) is in two splits by construction (one split per group). No image may
+    be either: its rows are adjacent (sorted ids), and with ``dedupe: false`` they must agree."""
     same = (
         pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
         if len(ids) > 1
@@ -189,38 +218,70 @@ def make_splits(
             "splits: give each image one group"
         )
 
-    table = table.assign(label_index=label_idx.astype(np.int32))
+
+def _manifests(
+    table: pd.DataFrame, row_split: np.ndarray, label_index: np.ndarray, seed: int
+) -> dict[str, pd.DataFrame]:
+    """One manifest per split, rows in a seeded order so contiguous shards are class-mixed."""
+    table = table.assign(label_index=label_index.astype(np.int32))
     manifests: dict[str, pd.DataFrame] = {}
     for i, name in enumerate(SPLITS):
         rows = np.flatnonzero(row_split == i)
-        # Seeded permutation so contiguous shards are class-mixed; one stream per split.
-        rows = rows[np.random.default_rng([seed, i]).permutation(len(rows))]
+        rows = rows[np.random.default_rng([seed, i]).permutation(len(rows))]  # one stream each
         manifests[name] = table.take(rows).reset_index(drop=True)
+    return manifests
 
-    label_map = {"classes": classes, "class_to_index": class_to_index}
-    per = np.zeros((3, len(classes)), dtype=np.int64)
-    np.add.at(per, (row_split, label_idx), 1)
+
+def _split_report(
+    manifests: Mapping[str, pd.DataFrame],
+    classes: list[str],
+    row_split: np.ndarray,
+    label_index: np.ndarray,
+    group_split: np.ndarray,
+    settings: SplitSettings,
+) -> dict:
+    """split_report.json: counts per split and class, and a warning per split lacking a class."""
+    per_split = np.zeros((3, len(classes)), dtype=np.int64)
+    np.add.at(per_split, (row_split, label_index), 1)
     class_counts = {
-        s: {c: int(per[i, j]) for j, c in enumerate(classes) if per[i, j]}
-        for i, s in enumerate(SPLITS)
+        name: {c: int(per_split[i, j]) for j, c in enumerate(classes) if per_split[i, j]}
+        for i, name in enumerate(SPLITS)
     }
     warnings = []
-    for s in SPLITS:
-        if fr[s] > 0 or (s == "val" and use_source_val):
-            lacking = [c for c in classes if c not in class_counts[s]]
+    for name in SPLITS:
+        if settings.fractions[name] > 0 or (name == "val" and settings.use_source_val):
+            lacking = [c for c in classes if c not in class_counts[name]]
             if lacking:
-                warnings.append(f"split {s} has no images of class(es) {lacking} (too few groups)")
-    for w in warnings:
-        log.warning(w)
-    report = {
-        "seed": int(seed),
-        "fractions": fr,
-        "use_source_val": bool(use_source_val),
-        "counts": {s: len(m) for s, m in manifests.items()},
+                warnings.append(
+                    f"split {name} has no images of class(es) {lacking} (too few groups)"
+                )
+    for warning in warnings:
+        log.warning(warning)
+    groups_per_split = np.bincount(group_split, minlength=3)
+    return {
+        "seed": int(settings.seed),
+        "fractions": dict(settings.fractions),
+        "use_source_val": bool(settings.use_source_val),
+        "counts": {name: len(m) for name, m in manifests.items()},
         "class_counts": class_counts,
-        "groups": {s: int(n) for s, n in zip(SPLITS, np.bincount(group_split, minlength=3))},
+        "groups": {name: int(n) for name, n in zip(SPLITS, groups_per_split)},
         "warnings": warnings,
     }
+
+
+def make_splits(
+    table: pd.DataFrame, settings: SplitSettings
+) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    """Split the filtered table: ({split: manifest}, label_map, report)."""
+    table, ids = _canonical_order(table)
+    classes, label_index = _label_indices(table)
+    group_code, strata, sizes = _group_strata(table, label_index, len(classes))
+    group_split = _split_groups(table, group_code, strata, sizes, len(classes), settings)
+    row_split = group_split[group_code]
+    _check_one_split_per_image(ids, row_split)
+    manifests = _manifests(table, row_split, label_index, settings.seed)
+    label_map = {"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}}
+    report = _split_report(manifests, classes, row_split, label_index, group_split, settings)
     log.info("split %d rows into %s", len(table), report["counts"])
     return manifests, label_map, report
 

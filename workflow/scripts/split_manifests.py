@@ -8,14 +8,17 @@ from quiltflow.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])  # noqa: F821
 
-from quiltflow.metadata import read_filtered  # noqa: E402
+from quiltflow.settings import SplitSettings  # noqa: E402
 from quiltflow.splits import make_splits, write_splits  # noqa: E402
+from quiltflow.tables import read_filtered  # noqa: E402
 
+params = snakemake.params  # noqa: F821
+settings = SplitSettings.from_config(
+    {"fractions": dict(params.fractions), "use_source_val": params.use_source_val},
+    seed=params.seed,
+)
 manifests, label_map, report = make_splits(
-    read_filtered(snakemake.input.table),  # noqa: F821
-    fractions=dict(snakemake.params.fractions),  # noqa: F821
-    seed=int(snakemake.params.seed),  # noqa: F821
-    use_source_val=bool(snakemake.params.use_source_val),  # noqa: F821
+    read_filtered(snakemake.input.table), settings  # noqa: F821
 )
 out = snakemake.output  # noqa: F821
 write_splits(
