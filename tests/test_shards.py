@@ -18,10 +18,12 @@ from PIL import Image, ImageOps
 
 from quiltflow import shards
 from quiltflow.errors import UserError
+from quiltflow.settings import ShardSettings
 from quiltflow.shards import (
     BadImage,
     index_shard_files,
     load_index,
+    plan_shards,
     prepare_image,
     shard_bounds,
     shard_count,
@@ -32,6 +34,10 @@ from quiltflow.tfrecord_io import iter_records, read_examples
 from workflow_runner import run_without_tensorflow
 
 S = 32  # output size used by most tests: small keeps them fast
+
+
+def settings(image_size: int = S, jpeg_quality: int = 90) -> ShardSettings:
+    return ShardSettings.from_config({"jpeg_quality": jpeg_quality}, image_size=image_size)
 
 
 def he_like(w: int, h: int, seed: int = 0) -> np.ndarray:
@@ -153,8 +159,43 @@ def test_shard_count_formula():
     assert shard_count(1, 100) == 1
     assert shard_count(100, 100) == 1
     assert shard_count(101, 100) == 2
-    with pytest.raises(UserError, match="images_per_shard"):
-        shard_count(10, 0)
+
+
+@pytest.mark.parametrize(
+    "tfrecords, image_size, message",
+    [
+        ({"jpeg_quality": 10}, S, "tfrecords.jpeg_quality: 10 is less than the minimum of 50"),
+        ({"jpeg_quality": 101}, S, "tfrecords.jpeg_quality: 101 is greater than the maximum"),
+        ({"images_per_shard": 0}, S, "tfrecords.images_per_shard: 0 is less than the minimum"),
+        ({"image_size": S}, S, "tfrecords: Additional properties are not allowed"),
+        ({}, 8, "image_size: 8 is less than the minimum of 32"),
+    ],
+)
+def test_shard_settings_bounds_come_from_the_schema(tfrecords, image_size, message):
+    with pytest.raises(UserError) as err:
+        ShardSettings.from_config(tfrecords, image_size=image_size)
+    assert str(err.value).startswith(f"config key {message}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_shard_settings_defaults_come_from_the_schema():
+    assert ShardSettings.from_config(None, image_size=64) == ShardSettings(64, 90, 1000)
+
+
+def test_plan_counts_rows_from_the_footers(tmp_path: Path):
+    paths = {}
+    for split, rows in (("train", 7), ("val", 2), ("test", 0)):
+        ids = ["a.jpg"] * rows
+        paths[split] = str(write_manifest(tmp_path / f"{split}.parquet", ids, [0] * rows))
+    plan = plan_shards(paths, ShardSettings.from_config({"images_per_shard": 3}, image_size=S))
+    assert plan == {
+        "images_per_shard": 3,
+        "splits": {
+            "test": {"rows": 0, "num_shards": 1},
+            "train": {"rows": 7, "num_shards": 3},
+            "val": {"rows": 2, "num_shards": 1},
+        },
+    }
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 7, 10, 99, 100, 101, 1000, 1001, 4567])
@@ -190,7 +231,7 @@ def test_prepare_image_resizes_short_side_and_centre_crops(tmp_path: Path):
 
 
 def test_prepare_image_upscales_small_images(tmp_path: Path):
-    out = prepare_image(save_jpeg(tmp_path / "s.jpg", he_like(20, 30)), 48)
+    out = prepare_image(save_jpeg(tmp_path / "s.jpg", he_like(20, 30)), 48, 90)
     assert decode(out).shape == (48, 48, 3)
 
 
@@ -261,7 +302,7 @@ def _mode_image(mode: str, tmp_path: Path) -> tuple[Path, tuple[int, int, int]]:
 )
 def test_every_mode_becomes_rgb(tmp_path: Path, mode: str):
     path, rgb = _mode_image(mode, tmp_path)
-    out = Image.open(io.BytesIO(prepare_image(path, S)))
+    out = Image.open(io.BytesIO(prepare_image(path, S, 90)))
     assert out.mode == "RGB" and out.size == (S, S) and out.format == "JPEG"
     centre = (
         np.asarray(out)[S // 2 - 2 : S // 2 + 2, S // 2 - 2 : S // 2 + 2].reshape(-1, 3).mean(0)
@@ -272,15 +313,15 @@ def test_every_mode_becomes_rgb(tmp_path: Path, mode: str):
 def test_bad_files_raise_their_reason(dataset):
     for image_id, reason in dataset["bad"].items():
         with pytest.raises(BadImage) as info:
-            prepare_image(dataset["root"] / image_id, S)
+            prepare_image(dataset["root"] / image_id, S, 90)
         assert info.value.reason == reason, image_id
 
 
 def test_max_pixels_is_a_parameter(tmp_path: Path):
     path = save_jpeg(tmp_path / "big.jpg", he_like(100, 100))
     with pytest.raises(BadImage, match="decompression_bomb"):
-        prepare_image(path, S, max_pixels=100 * 99)
-    assert prepare_image(path, S, max_pixels=100 * 100)
+        prepare_image(path, S, 90, max_pixels=100 * 99)
+    assert prepare_image(path, S, 90, max_pixels=100 * 100)
 
 
 # ------------------------------------------------------------------------------- shards
@@ -288,9 +329,9 @@ def test_max_pixels_is_a_parameter(tmp_path: Path):
 
 def _shard(ds: dict, index: int, n: int, name: str = "out", quality: int = 90) -> tuple[dict, Path]:
     out = ds["tmp"] / name / f"train-{index:05d}-of-{n:05d}.tfrecord"
-    report = write_shard(
-        ds["manifest"], ds["root"], index, n, S, quality, out, out.with_suffix(".report.json")
-    )
+    report_path = out.with_suffix(".report.json")
+    shard_settings = settings(S, quality)
+    report = write_shard(ds["manifest"], ds["root"], index, n, shard_settings, out, report_path)
     return report, out
 
 
@@ -366,7 +407,7 @@ def test_all_broken_shard_is_empty_but_valid(tmp_path: Path, caplog):
     manifest = write_manifest(tmp_path / "m.parquet", list(bad), [0] * len(bad))
     out = tmp_path / "s" / "x-00000-of-00001.tfrecord"
     with caplog.at_level(logging.WARNING, logger="quiltflow"):
-        report = write_shard(manifest, root, 0, 1, S, 90, out, tmp_path / "s" / "x.report.json")
+        report = write_shard(manifest, root, 0, 1, settings(), out, out.with_suffix(".json"))
     assert out.exists() and out.stat().st_size == 0
     assert list(iter_records(out)) == []
     assert report["kept"] == 0 and len(report["skipped"]) == report["rows"] == len(bad)
@@ -380,9 +421,11 @@ def test_sharding_and_indexing_never_import_tensorflow(dataset):
     run_without_tensorflow(
         f"""
         from quiltflow.smk import setup_logging
+        from quiltflow.settings import ShardSettings
         from quiltflow.shards import write_shard, write_index, plan_shards
         out = {str(out)!r}
-        write_shard({str(dataset["manifest"])!r}, {str(dataset["root"])!r}, 0, 1, 32, 90,
+        settings = ShardSettings.from_config({{"jpeg_quality": 90}}, image_size=32)
+        write_shard({str(dataset["manifest"])!r}, {str(dataset["root"])!r}, 0, 1, settings,
                     out, out + ".report.json")
         write_index("train", 32, 3, [out], [out + ".report.json"], out + ".index.json")
         """
@@ -398,8 +441,7 @@ def test_manifest_without_needed_column_is_a_user_error(tmp_path: Path):
             tmp_path,
             0,
             1,
-            S,
-            90,
+            settings(),
             tmp_path / "o.tfrecord",
             tmp_path / "o.json",
         )
@@ -461,7 +503,7 @@ def test_real_he_tiles_round_trip(tmp_path: Path, lc25000: Path):
     assert ids, "no JPEG tiles found"
     manifest = write_manifest(tmp_path / "m.parquet", ids, labels)
     out = tmp_path / "real.tfrecord"
-    report = write_shard(manifest, lc25000, 0, 1, 112, 90, out, tmp_path / "real.json")
+    report = write_shard(manifest, lc25000, 0, 1, settings(112), out, tmp_path / "real.json")
     assert report["kept"] == len(ids) and not report["skipped"]
     for e in read_examples(out):
         src = np.asarray(Image.open(lc25000 / e["image/id"][0].decode()).convert("RGB"))

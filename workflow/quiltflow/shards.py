@@ -16,7 +16,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +27,9 @@ from .errors import UserError
 from .jsonio import read_json, write_json
 from .tfrecord_io import TFRecordWriter, decode_example, encode_example, iter_records
 
+if TYPE_CHECKING:  # settings imports jsonschema and the schema; the DAG build needs neither
+    from .settings import ShardSettings
+
 log = logging.getLogger(__name__)
 
 # 8K UHD frames are 33 MP; nothing in Quilt-1M comes near 50 MP, and a PNG that claims more is
@@ -32,7 +37,6 @@ log = logging.getLogger(__name__)
 # the header's size against this before decoding and counts the file as a skip.
 MAX_PIXELS = 50_000_000
 
-DEFAULT_JPEG_QUALITY = 90
 MANIFEST_COLUMNS = ("image_id", "label_index", "group")
 
 # Skip reasons (keys of ``skipped_by_reason``).
@@ -64,12 +68,11 @@ class BadImage(Exception):
 
 
 def shard_count(rows: int, images_per_shard: int) -> int:
-    """Number of shards for a split: ``max(1, ceil(rows / images_per_shard))``."""
-    if int(images_per_shard) < 1:
-        raise UserError(f"tfrecords.images_per_shard must be >= 1, got {images_per_shard!r}")
+    """Number of shards for a split: ``max(1, ceil(rows / images_per_shard))``
+    (``images_per_shard`` >= 1, as ShardSettings guarantees)."""
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
-    return max(1, math.ceil(rows / int(images_per_shard)))
+    return max(1, math.ceil(rows / images_per_shard))
 
 
 def shard_bounds(rows: int, num_shards: int, index: int) -> tuple[int, int]:
@@ -83,7 +86,7 @@ def shard_bounds(rows: int, num_shards: int, index: int) -> tuple[int, int]:
     return min(index * per_shard, rows), min((index + 1) * per_shard, rows)
 
 
-def plan_shards(manifest_paths: dict[str, str], images_per_shard: int) -> dict:
+def plan_shards(manifest_paths: dict[str, str], settings: ShardSettings) -> dict:
     """Rows and shard count per split, read from the manifests' Parquet footers (no data read).
 
     The plan is the workflow's checkpoint: Snakemake reads it to know how many shard jobs to
@@ -94,8 +97,8 @@ def plan_shards(manifest_paths: dict[str, str], images_per_shard: int) -> dict:
     splits = {}
     for split, path in sorted(manifest_paths.items()):
         rows = pq.read_metadata(path).num_rows
-        splits[split] = {"rows": rows, "num_shards": shard_count(rows, images_per_shard)}
-    return {"images_per_shard": int(images_per_shard), "splits": splits}
+        splits[split] = {"rows": rows, "num_shards": shard_count(rows, settings.images_per_shard)}
+    return {"images_per_shard": settings.images_per_shard, "splits": splits}
 
 
 def shard_names(plan: dict, split: str, suffix: str = ".tfrecord") -> list[str]:
@@ -168,7 +171,7 @@ def _read_file(path: Path) -> bytes:
 def prepare_image(
     path: str | os.PathLike,
     image_size: int,
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    jpeg_quality: int,
     *,
     max_pixels: int = MAX_PIXELS,
 ) -> bytes:
@@ -248,13 +251,131 @@ def _read_manifest_rows(
     return total, start, stop, {c: table.column(c).to_pylist() for c in MANIFEST_COLUMNS}
 
 
+@dataclass
+class _ShardRows:
+    """The manifest rows of one shard: ``[start, stop)`` of ``total``, and their columns."""
+
+    manifest_path: Path
+    total: int
+    start: int
+    stop: int
+    columns: dict[str, list]
+
+
+def _write_records(
+    f: BinaryIO, rows: _ShardRows, image_root: Path, settings: ShardSettings
+) -> tuple[TFRecordWriter, list[dict[str, str]]]:
+    """Write one record per usable image of ``rows`` to ``f``: (writer, skipped images)."""
+    writer = TFRecordWriter(f)
+    skipped: list[dict[str, str]] = []
+    columns = rows.columns
+    for offset, (image_id, label, group) in enumerate(
+        zip(columns["image_id"], columns["label_index"], columns["group"])
+    ):
+        if image_id is None or label is None or int(label) < 0:
+            raise UserError(
+                f"{rows.manifest_path}: row {rows.start + offset} has a missing image_id or "
+                "invalid label_index"
+            )
+        try:
+            jpeg = prepare_image(image_root / image_id, settings.image_size, settings.jpeg_quality)
+        except BadImage as e:
+            skipped.append({"image_id": image_id, "reason": e.reason, "detail": e.detail})
+            continue
+        example = {
+            "image/encoded": jpeg,
+            "image/label": int(label),
+            "image/id": image_id,
+            "image/group": group if group is not None else "",
+        }
+        writer.write(encode_example(example))
+    return writer, skipped
+
+
+def _write_atomically(
+    out_path: Path, rows: _ShardRows, image_root: Path, settings: ShardSettings
+) -> tuple[TFRecordWriter, list[dict[str, str]]]:
+    """:func:`_write_records` into a temporary file beside ``out_path``, renamed only once
+    complete, so an interrupted job never leaves a file under the final name."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            result = _write_records(f, rows, image_root, settings)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _shard_report(
+    shard_index: int,
+    num_shards: int,
+    out_path: Path,
+    rows: _ShardRows,
+    writer: TFRecordWriter,
+    skipped: list[dict[str, str]],
+    settings: ShardSettings,
+) -> dict:
+    """The shard's report: rows, kept records, skips by reason, bytes and SHA-256."""
+    n_rows = rows.stop - rows.start
+    report = {
+        "shard": int(shard_index),
+        "num_shards": int(num_shards),
+        "file": out_path.name,
+        "row_range": [rows.start, rows.stop],
+        "rows": n_rows,
+        "kept": writer.records,
+        "skipped": skipped,
+        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "bytes": writer.bytes_written,
+        "sha256": writer.sha256,
+        "empty": writer.records == 0,  # true when every row was skipped (or there were none)
+        "image_size": settings.image_size,
+        "jpeg_quality": settings.jpeg_quality,
+    }
+    assert report["kept"] + len(skipped) == n_rows, "shard counts do not reconcile"
+    return report
+
+
+def _log_shard(report: dict, seconds: float, out_path: Path) -> None:
+    shard, num_shards, n_rows, kept = (
+        report["shard"],
+        report["num_shards"],
+        report["rows"],
+        report["kept"],
+    )
+    rate = n_rows / seconds if seconds > 0 else float("nan")
+    log.info(
+        "shard %d/%d: kept %d of %d rows, skipped %s; %d bytes in %.1f s (%.0f images/s)",
+        shard,
+        num_shards,
+        kept,
+        n_rows,
+        report["skipped_by_reason"] or "none",
+        report["bytes"],
+        seconds,
+        rate,
+    )
+    if n_rows and not kept:
+        log.warning(
+            "shard %d/%d: every one of its %d images was skipped; wrote an empty shard %s",
+            shard,
+            num_shards,
+            n_rows,
+            out_path,
+        )
+
+
 def write_shard(
     manifest_path: str | os.PathLike,
     image_root: str | os.PathLike,
     shard_index: int,
     num_shards: int,
-    image_size: int,
-    jpeg_quality: int,
+    settings: ShardSettings,
     out_path: str | os.PathLike,
     report_path: str | os.PathLike,
 ) -> dict:
@@ -267,11 +388,10 @@ def write_shard(
     """
     manifest_path, image_root = Path(manifest_path), Path(image_root)
     out_path, report_path = Path(out_path), Path(report_path)
-    if int(image_size) < 1:
-        raise UserError(f"tfrecords.image_size must be >= 1, got {image_size!r}")
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise UserError(f"tfrecords.jpeg_quality must be in 1..100, got {jpeg_quality!r}")
-    total, start, stop, rows = _read_manifest_rows(manifest_path, int(num_shards), int(shard_index))
+    total, start, stop, columns = _read_manifest_rows(
+        manifest_path, int(num_shards), int(shard_index)
+    )
+    rows = _ShardRows(manifest_path, total, start, stop, columns)
     log.info(
         "shard %d/%d: manifest rows [%d, %d) of %d from %s",
         shard_index,
@@ -281,90 +401,67 @@ def write_shard(
         total,
         manifest_path,
     )
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    skipped: list[dict[str, str]] = []
     t0 = time.perf_counter()
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            writer = TFRecordWriter(f)
-            for offset, (image_id, label, group) in enumerate(
-                zip(rows["image_id"], rows["label_index"], rows["group"])
-            ):
-                row = start + offset
-                if image_id is None or label is None or int(label) < 0:
-                    raise UserError(
-                        f"{manifest_path}: row {row} has a missing image_id or invalid label_index"
-                    )
-                try:
-                    jpeg = prepare_image(image_root / image_id, image_size, jpeg_quality)
-                except BadImage as e:
-                    skipped.append({"image_id": image_id, "reason": e.reason, "detail": e.detail})
-                    continue
-                writer.write(
-                    encode_example(
-                        {
-                            "image/encoded": jpeg,
-                            "image/label": int(label),
-                            "image/id": image_id,
-                            "image/group": group if group is not None else "",
-                        }
-                    )
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    writer, skipped = _write_atomically(out_path, rows, image_root, settings)
     seconds = time.perf_counter() - t0
-
-    n_rows = stop - start
-    report = {
-        "shard": int(shard_index),
-        "num_shards": int(num_shards),
-        "file": out_path.name,
-        "row_range": [start, stop],
-        "rows": n_rows,
-        "kept": writer.records,
-        "skipped": skipped,
-        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-        "bytes": writer.bytes_written,
-        "sha256": writer.sha256,
-        "empty": writer.records == 0,  # true when every row was skipped (or there were none)
-        "image_size": int(image_size),
-        "jpeg_quality": int(jpeg_quality),
-    }
-    assert report["kept"] + len(skipped) == n_rows, "shard counts do not reconcile"
+    report = _shard_report(shard_index, num_shards, out_path, rows, writer, skipped, settings)
     write_json(report, report_path)
-    rate = n_rows / seconds if seconds > 0 else float("nan")
-    log.info(
-        "shard %d/%d: kept %d of %d rows, skipped %s; %d bytes in %.1f s (%.0f images/s)",
-        shard_index,
-        num_shards,
-        writer.records,
-        n_rows,
-        report["skipped_by_reason"] or "none",
-        writer.bytes_written,
-        seconds,
-        rate,
-    )
-    if n_rows and not writer.records:
-        log.warning(
-            "shard %d/%d: every one of its %d images was skipped; wrote an empty shard %s",
-            shard_index,
-            num_shards,
-            n_rows,
-            out_path,
-        )
+    _log_shard(report, seconds, out_path)
     return report
 
 
 # ------------------------------------------------------------------------------ split index
 
 INDEX_KEYS = ("split", "image_size", "num_records", "num_classes", "shards", "skipped_by_reason")
+
+
+def _read_shard_report(report_file: Path, shard: Path) -> dict:
+    """A shard's report, checked for its keys and its file name (the shard must exist)."""
+    report = read_json(report_file, "shard report")
+    for key in ("rows", "kept", "skipped_by_reason", "bytes", "sha256"):
+        if key not in report:
+            raise UserError(f"{report_file}: shard report has no key {key!r}")
+    if report.get("file", shard.name) != shard.name:
+        raise UserError(f"{report_file}: report is for {report['file']}, not {shard.name}")
+    if not shard.is_file():
+        raise UserError(f"{shard}: shard file is missing")
+    return report
+
+
+def _count_labels(shard: Path, data: bytes, class_counts: list[int]) -> int:
+    """Walk a shard's records (``data``), adding each label to ``class_counts``; the count."""
+    num_classes = len(class_counts)
+    records = 0
+    for record in iter_records(io.BytesIO(data), verify=False):
+        label = decode_example(record).get("image/label", [-1])[0]
+        if not 0 <= label < num_classes:
+            raise UserError(
+                f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}"
+            )
+        class_counts[label] += 1
+        records += 1
+    return records
+
+
+def _index_entry(
+    shard: Path, report_file: Path, index_dir: Path, class_counts: list[int]
+) -> tuple[dict, dict]:
+    """(the shard's index entry, its report), once the shard's bytes and records match the
+    report; its labels are added to ``class_counts``."""
+    report = _read_shard_report(report_file, shard)
+    data = shard.read_bytes()
+    size, sha = len(data), hashlib.sha256(data).hexdigest()
+    if size != report["bytes"] or sha != report["sha256"]:
+        raise UserError(f"{shard}: size/sha256 differ from {report_file.name} (stale shard?)")
+    records = _count_labels(shard, data, class_counts)
+    if records != report["kept"]:
+        raise UserError(f"{shard}: {records} records but its report says {report['kept']}")
+    if report["rows"] != report["kept"] + sum(report["skipped_by_reason"].values()):
+        raise UserError(f"{report_file}: rows != kept + skipped")
+    rel = os.path.relpath(shard.resolve(), index_dir.resolve())
+    entry = {"path": Path(rel).as_posix(), "records": records, "bytes": size, "sha256": sha}
+    return entry, report
 
 
 def write_index(
@@ -392,37 +489,10 @@ def write_index(
     class_counts = [0] * int(num_classes)
     total_rows = 0
     for shard, report_file in zip(map(Path, shard_paths), map(Path, report_paths)):
-        report = read_json(report_file, "shard report")
-        for key in ("rows", "kept", "skipped_by_reason", "bytes", "sha256"):
-            if key not in report:
-                raise UserError(f"{report_file}: shard report has no key {key!r}")
-        if report.get("file", shard.name) != shard.name:
-            raise UserError(f"{report_file}: report is for {report['file']}, not {shard.name}")
-        if not shard.is_file():
-            raise UserError(f"{shard}: shard file is missing")
-        data = shard.read_bytes()
-        size, sha = len(data), hashlib.sha256(data).hexdigest()
-        if size != report["bytes"] or sha != report["sha256"]:
-            raise UserError(f"{shard}: size/sha256 differ from {report_file.name} (stale shard?)")
-        records = 0
-        for record in iter_records(io.BytesIO(data), verify=False):
-            label = decode_example(record).get("image/label", [-1])[0]
-            if not 0 <= label < num_classes:
-                raise UserError(
-                    f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}"
-                )
-            class_counts[label] += 1
-            records += 1
-        if records != report["kept"]:
-            raise UserError(f"{shard}: {records} records but its report says {report['kept']}")
-        if report["rows"] != report["kept"] + sum(report["skipped_by_reason"].values()):
-            raise UserError(f"{report_file}: rows != kept + skipped")
+        entry, report = _index_entry(shard, report_file, index_path.parent, class_counts)
+        shards.append(entry)
         total_rows += report["rows"]
         skipped_by_reason.update(report["skipped_by_reason"])
-        rel = os.path.relpath(shard.resolve(), index_path.parent.resolve())
-        shards.append(
-            {"path": Path(rel).as_posix(), "records": records, "bytes": size, "sha256": sha}
-        )
 
     num_records = sum(s["records"] for s in shards)
     index = {
@@ -450,17 +520,20 @@ def write_index(
 
 def index_split(
     split: str,
-    image_size: int,
+    settings: ShardSettings,
     shard_paths: Sequence[str | os.PathLike],
     report_paths: Sequence[str | os.PathLike],
     label_map_path: str | os.PathLike,
     index_path: str | os.PathLike,
 ) -> dict:
-    """:func:`write_index` with ``num_classes`` taken from ``label_map.json``."""
+    """:func:`write_index` with ``num_classes`` taken from ``label_map.json`` and the image
+    size of ``settings``."""
     classes = read_json(label_map_path, "label map").get("classes")
     if not classes:
         raise UserError(f"{label_map_path}: 'classes' missing or empty")
-    return write_index(split, image_size, len(classes), shard_paths, report_paths, index_path)
+    return write_index(
+        split, settings.image_size, len(classes), shard_paths, report_paths, index_path
+    )
 
 
 def load_index(index_path: str | os.PathLike) -> dict:

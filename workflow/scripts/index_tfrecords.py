@@ -8,11 +8,14 @@ from quiltflow.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])  # noqa: F821
 
+from quiltflow.settings import ShardSettings  # noqa: E402
 from quiltflow.shards import index_split  # noqa: E402
 
+params = snakemake.params  # noqa: F821
 index_split(
-    split=snakemake.params.split,  # noqa: F821
-    image_size=int(snakemake.params.image_size),  # noqa: F821
+    split=params.split,
+    # Only the image size is recorded in the index; the rest are the schema's defaults.
+    settings=ShardSettings.from_config({}, image_size=params.image_size),
     shard_paths=list(snakemake.input.shards),  # noqa: F821
     report_paths=list(snakemake.input.reports),  # noqa: F821
     label_map_path=snakemake.input.label_map,  # noqa: F821

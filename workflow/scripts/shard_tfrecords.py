@@ -8,15 +8,20 @@ from quiltflow.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])  # noqa: F821
 
+from quiltflow.settings import ShardSettings  # noqa: E402
 from quiltflow.shards import write_shard  # noqa: E402
 
+params = snakemake.params  # noqa: F821
+# The rule passes the keys this job uses; section_values fills the rest from the schema.
+settings = ShardSettings.from_config(
+    {"jpeg_quality": params.jpeg_quality}, image_size=params.image_size
+)
 write_shard(
     manifest_path=snakemake.input.manifest,  # noqa: F821
     image_root=snakemake.input.image_root,  # noqa: F821
-    shard_index=int(snakemake.params.shard_index),  # noqa: F821
-    num_shards=int(snakemake.params.num_shards),  # noqa: F821
-    image_size=int(snakemake.params.image_size),  # noqa: F821
-    jpeg_quality=int(snakemake.params.jpeg_quality),  # noqa: F821
+    shard_index=int(params.shard_index),
+    num_shards=int(params.num_shards),
+    settings=settings,
     out_path=snakemake.output.shard,  # noqa: F821
     report_path=snakemake.output.report,  # noqa: F821
 )
