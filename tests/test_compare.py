@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from quiltflow.compare import compare_models  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
 from quiltflow.metrics import build_metrics_document, compute_metrics, write_predictions  # noqa: E402
-from workflow_runner import run_without_tensorflow  # noqa: E402
+from workflow_runner import run_without_tensorflow, run_workflow_script  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
 TRAIN_COUNTS = {"adeno": 500, "benign": 300, "squamous": 200}
@@ -206,36 +207,25 @@ def test_compare_never_imports_tensorflow(tmp_path):
     assert Path(out["md_path"]).is_file()
 
 
-class _Named(dict):
-    """Stand-in for Snakemake's named lists: attribute access and .get."""
-
-    __getattr__ = dict.__getitem__
-
-
-def test_compare_script_wiring(tmp_path, monkeypatch):
+def test_compare_script_wiring(tmp_path):
     """workflow/scripts/compare_models.py unpacks the rule's names and prints the table to its log."""
-    import logging
-    import runpy
-    import types
-
     paths = make_run(tmp_path, {"good": MODELS["good"], "lazy": MODELS["lazy"]})
     out = outputs(tmp_path, ["good", "lazy"])
-    smk = types.SimpleNamespace(
-        scriptdir=str(WORKFLOW / "scripts"), log=[str(tmp_path / "compare.log")], threads=1,
-        input=_Named(metrics=paths["metrics"], predictions=paths["predictions"], histories=paths["histories"],
-                     split_report=paths["split_report"], label_map=paths["label_map"]),
-        output=_Named(json=out["json_path"], csv=out["csv_path"], md=out["md_path"], metrics_plot=out["metrics_plot"],
-                      curves_plot=out["curves_plot"], confusion=out["confusion_plots"]),
-        params=_Named(seed=0, bootstrap_samples=50, alpha=0.05, synthetic=False),  # as compare.smk passes
+    logger = logging.getLogger("quiltflow")
+    handlers_before, stdout_before, stderr_before = list(logger.handlers), sys.stdout, sys.stderr
+    run_workflow_script(
+        "compare_models.py",
+        input={"metrics": paths["metrics"], "predictions": paths["predictions"], "histories": paths["histories"],
+               "split_report": paths["split_report"], "label_map": paths["label_map"]},
+        output={"json": out["json_path"], "csv": out["csv_path"], "md": out["md_path"],
+                "metrics_plot": out["metrics_plot"], "curves_plot": out["curves_plot"],
+                "confusion": out["confusion_plots"]},
+        params={"seed": 0, "bootstrap_samples": 50, "alpha": 0.05, "synthetic": False},  # as compare.smk passes
+        log=tmp_path / "compare.log",
     )
-    # setup_logging redirects stdout/stderr to the job log: restore them (and the logger) afterwards.
-    monkeypatch.setattr(sys, "stdout", sys.stdout)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    try:
-        runpy.run_path(str(WORKFLOW / "scripts" / "compare_models.py"), init_globals={"snakemake": smk})
-    finally:
-        sys.stdout.flush()
-        logging.getLogger("quiltflow").handlers.clear()
+    # The script's setup_logging redirected the streams and replaced the handlers: all given back.
+    assert logger.handlers == handlers_before
+    assert sys.stdout is stdout_before and sys.stderr is stderr_before
     log_text = (tmp_path / "compare.log").read_text()
     assert "| good | model |" in log_text and "Caveat: lazy is not significantly better" in log_text
     for path in [out["json_path"], out["csv_path"], out["md_path"], out["metrics_plot"], out["curves_plot"],

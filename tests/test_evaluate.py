@@ -18,6 +18,7 @@ keras = pytest.importorskip("keras")
 from quiltflow import evaluate  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.metrics import METRICS_SCHEMA_VERSION, load_metrics_document, read_predictions  # noqa: E402
+from workflow_runner import run_workflow_script  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
 N = 10
@@ -131,20 +132,8 @@ def test_evaluate_model_counts_must_reconcile(tmp_path, monkeypatch):
     assert not Path(paths["metrics_path"]).exists()
 
 
-class _Named(dict):
-    """Stand-in for Snakemake's named lists: attribute access and .get."""
-
-    __getattr__ = dict.__getitem__
-
-
-
-
-def test_evaluate_script_on_real_tiles(tmp_path, monkeypatch, lc25000):
+def test_evaluate_script_on_real_tiles(tmp_path, lc25000):
     """Real H&E tiles -> TFRecord shard (one missing image) -> evaluate_model.py -> reconciled metrics."""
-    import logging
-    import runpy
-    import types
-
     from quiltflow.shards import index_split, write_shard
 
     classes = ["lung_aca", "lung_n", "lung_scc"]
@@ -167,19 +156,14 @@ def test_evaluate_script_on_real_tiles(tmp_path, monkeypatch, lc25000):
     keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "model.keras")
     info = tmp_path / "train_info.json"
     info.write_text(json.dumps({"model": "cnn", "architecture": "custom_cnn", "weights": "none", "train_seconds": 1.0}))
-    smk = types.SimpleNamespace(
-        scriptdir=str(Path(evaluate.__file__).parents[1] / "scripts"), log=[str(tmp_path / "eval.log")], threads=1,
-        input=_Named(model=str(tmp_path / "model.keras"), test=str(tmp_path / "test.index.json"),
-                     manifest=str(manifest), label_map=str(label_map), info=str(info)),
-        output=_Named(predictions=str(tmp_path / "pred.parquet"), metrics=str(tmp_path / "metrics.json")),
-        params=_Named(model="cnn", top_k=2, batch_size=5),
+    run_workflow_script(
+        "evaluate_model.py",
+        input={"model": str(tmp_path / "model.keras"), "test": str(tmp_path / "test.index.json"),
+               "manifest": str(manifest), "label_map": str(label_map), "info": str(info)},
+        output={"predictions": str(tmp_path / "pred.parquet"), "metrics": str(tmp_path / "metrics.json")},
+        params={"model": "cnn", "top_k": 2, "batch_size": 5},
+        log=tmp_path / "eval.log",
     )
-    monkeypatch.setattr(sys, "stdout", sys.stdout)  # setup_logging redirects them to the job log
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    try:
-        runpy.run_path(smk.scriptdir + "/evaluate_model.py", init_globals={"snakemake": smk})
-    finally:
-        logging.getLogger("quiltflow").handlers.clear()
     doc = load_metrics_document(tmp_path / "metrics.json")
     assert doc["metrics"]["n_test"] == 12 and doc["dataset"]["n_manifest"] == 13
     assert sum(doc["dataset"]["skipped_by_reason"].values()) == 1

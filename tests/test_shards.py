@@ -513,30 +513,21 @@ def test_real_he_tiles_round_trip(tmp_path: Path, lc25000: Path):
 # ------------------------------------------------------------------------------- thin scripts
 
 
-def test_snakemake_scripts_write_shard_report_and_index(dataset, monkeypatch):
-    import runpy
-    from types import SimpleNamespace
+def test_snakemake_scripts_write_shard_report_and_index(dataset):
+    from workflow_runner import run_workflow_script
 
-    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
-    # setup_logging points stdout/stderr at the job log; give them back after the test.
-    monkeypatch.setattr(sys, "stdout", sys.stdout)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
     tmp, n = dataset["tmp"], 2
     shard_files, report_files = [], []
     for i in range(n):
         shard = tmp / "tfrecords" / "train" / f"train-{i:05d}-of-{n:05d}.tfrecord"
         report = shard.with_name(shard.name + ".report.json")
-        smk = SimpleNamespace(
-            scriptdir=str(scripts),
-            input=SimpleNamespace(
-                manifest=str(dataset["manifest"]), image_root=str(dataset["root"])
-            ),
-            output=SimpleNamespace(shard=str(shard), report=str(report)),
-            params=SimpleNamespace(shard_index=i, num_shards=n, image_size=S, jpeg_quality=90),
-            threads=1,
-            log=[str(tmp / f"shard{i}.log")],
+        run_workflow_script(
+            "shard_tfrecords.py",
+            input={"manifest": str(dataset["manifest"]), "image_root": str(dataset["root"])},
+            output={"shard": str(shard), "report": str(report)},
+            params={"shard_index": i, "num_shards": n, "image_size": S, "jpeg_quality": 90},
+            log=tmp / f"shard{i}.log",
         )
-        runpy.run_path(str(scripts / "shard_tfrecords.py"), init_globals={"snakemake": smk})
         shard_files.append(str(shard))
         report_files.append(str(report))
     label_map = tmp / "label_map.json"
@@ -544,15 +535,13 @@ def test_snakemake_scripts_write_shard_report_and_index(dataset, monkeypatch):
         json.dumps({"classes": ["a", "b", "c"], "class_to_index": {"a": 0, "b": 1, "c": 2}})
     )
     index_file = tmp / "tfrecords" / "train.index.json"
-    smk = SimpleNamespace(
-        scriptdir=str(scripts),
-        input=SimpleNamespace(shards=shard_files, reports=report_files, label_map=str(label_map)),
-        output=SimpleNamespace(index=str(index_file)),
-        params=SimpleNamespace(split="train", image_size=S),
-        threads=1,
-        log=[str(tmp / "index.log")],
+    run_workflow_script(
+        "index_tfrecords.py",
+        input={"shards": shard_files, "reports": report_files, "label_map": str(label_map)},
+        output={"index": str(index_file)},
+        params={"split": "train", "image_size": S},
+        log=tmp / "index.log",
     )
-    runpy.run_path(str(scripts / "index_tfrecords.py"), init_globals={"snakemake": smk})
     index = load_index(index_file)
     assert index["num_classes"] == 3 and index["split"] == "train"
     assert index["num_records"] == len(dataset["ids"]) - len(dataset["bad"])

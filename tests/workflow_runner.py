@@ -1,14 +1,20 @@
-"""Run the real workflow with snakemake in a temporary copy of the repository, and read dry runs."""
+"""Run the real workflow with snakemake in a temporary copy of the repository, and read dry runs;
+run one workflow script in-process as Snakemake's ``script:`` directive would."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -103,3 +109,48 @@ def run_without_tensorflow(code: str, timeout: int = 120) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("OK"), result.stdout[-2000:]
+
+
+class _Named(dict):
+    """Stand-in for Snakemake's named lists: attribute access and .get."""
+
+    __getattr__ = dict.__getitem__
+
+
+def run_workflow_script(
+    script_name: str,
+    *,
+    input: Mapping[str, Any],  # noqa: A002  (Snakemake's own name)
+    output: Mapping[str, Any],
+    params: Mapping[str, Any],
+    log: str | os.PathLike,
+    threads: int = 1,
+) -> None:
+    """Run ``workflow/scripts/<script_name>`` in this process with a fake ``snakemake`` object.
+
+    The scripts call ``quiltflow.smk.setup_logging``, which points sys.stdout/sys.stderr at the
+    job log and replaces the "quiltflow" logger's handlers. Afterwards this puts back the streams,
+    the handlers and the level, and closes the log file (so its text can be read at once)."""
+    scripts = REPO / "workflow" / "scripts"
+    snakemake_object = SimpleNamespace(
+        scriptdir=str(scripts),
+        input=_Named(input),
+        output=_Named(output),
+        params=_Named(params),
+        log=[str(log)],
+        threads=threads,
+    )
+    logger = logging.getLogger("quiltflow")
+    saved_handlers, saved_level = list(logger.handlers), logger.level
+    saved_stdout, saved_stderr = sys.stdout, sys.stderr
+    try:
+        runpy.run_path(str(scripts / script_name), init_globals={"snakemake": snakemake_object})
+    finally:
+        job_streams = {sys.stdout, sys.stderr} - {saved_stdout, saved_stderr}
+        sys.stdout, sys.stderr = saved_stdout, saved_stderr
+        for handler in set(logger.handlers) - set(saved_handlers):
+            handler.close()
+        logger.handlers[:] = saved_handlers
+        logger.setLevel(saved_level)
+        for stream in job_streams:
+            stream.close()
