@@ -58,6 +58,9 @@ def test_every_schema_key_has_a_description():
         (lambda c: c["models"]["resnet50_frozen"].update(weights="no/such/file.h5"), "models.resnet50_frozen.weights"),
         (lambda c: c["models"]["custom_cnn"].update(weights="imagenet"), "models.custom_cnn.weights"),
         (lambda c: c["dataset"]["demo"].update(classes=["only_one"]), "dataset.demo.classes"),
+        (lambda c: c["tfrecords"].update(jpeg_quality=10), "tfrecords.jpeg_quality"),
+        (lambda c: c["splits"].update(fractions={"train": 0.8, "val": 0, "test": 0.2}), "splits.fractions.val"),
+        (lambda c: c["filters"].update(magnifications=[2, "unknown"]), "filters.magnifications.1"),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(tmp_path, change, key):
@@ -68,6 +71,12 @@ def test_bad_config_gives_one_line_naming_the_key(tmp_path, change, key):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"config key {key}"), message
+
+
+def test_magnifications_may_keep_the_unknown_level():
+    config = base_config()
+    config["filters"]["magnifications"] = [2, None]
+    assert validate_config(config)["filters"]["magnifications"] == [2, None]
 
 
 def test_code_version_changes_with_the_module_source():
