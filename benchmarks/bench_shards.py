@@ -40,6 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
+from quiltflow.settings import ShardSettings  # noqa: E402
 from quiltflow.shards import write_index, write_shard  # noqa: E402
 from quiltflow.tfrecord_io import crc32c  # noqa: E402
 
@@ -109,8 +110,9 @@ def shard_job(
     manifest: str, root: str, index: int, num: int, size: int, quality: int, out: str
 ) -> float:
     """One write_shard call; returns its own wall time (run in a worker process)."""
-    t = time.perf_counter()
-    write_shard(manifest, root, index, num, size, quality, out, out + ".report.json")
+    settings = ShardSettings.from_config({"jpeg_quality": quality}, image_size=size)
+    t = time.perf_counter()  # the job's image work, not the settings (schema read once)
+    write_shard(manifest, root, index, num, settings, out, out + ".report.json")
     return time.perf_counter() - t
 
 
@@ -295,7 +297,8 @@ def main() -> None:
             for i in range(n_shards):
                 p = tmp / f"tfr{side}" / f"train-{i:05d}-of-{n_shards:05d}.tfrecord"
                 p.parent.mkdir(exist_ok=True)
-                write_shard(manifest, root, i, n_shards, S, Q, p, str(p) + ".report.json")
+                settings = ShardSettings.from_config({"jpeg_quality": Q}, image_size=S)
+                write_shard(manifest, root, i, n_shards, settings, p, str(p) + ".report.json")
                 shards.append(p)
                 reports.append(Path(str(p) + ".report.json"))
             index = tmp / f"train{side}.index.json"
