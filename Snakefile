@@ -25,6 +25,20 @@ include: "workflow/rules/compare.smk"
 rule all:
     default_target: True
     input:
-        "results/comparison.md",
-        expand("results/metrics/{model}.json", model=MODELS),
+        all_targets,
+
+
+# Stage targets (use these, not --until, for stages after the plan_shards checkpoint).
+rule tfrecords:
+    input:
+        expand("results/tfrecords/{split}.index.json", split=["train", "val", "test"]),
+
+
+rule train:
+    input:
         expand("results/models/{model}/model.keras", model=MODELS),
+
+
+rule evaluate:
+    input:
+        expand("results/metrics/{model}.json", model=MODELS),

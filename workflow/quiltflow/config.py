@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ from quiltflow.errors import UserError
 # Backbone weights when a model sets none (schema null): the study trained the CNN from scratch
 # and used ImageNet ResNet50s.
 DEFAULT_WEIGHTS = {"custom_cnn": "none", "resnet50_frozen": "imagenet", "resnet50_finetune": "imagenet"}
+
+# The folders the workflow writes (and `make clean` deletes), relative to the working directory.
+# Every rule's outputs and logs lie below one of them (tests/test_data_safety.py); a user's data
+# may lie in none of them.
+DEMO_DIR = "resources/demo"
+DEMO_LOOKUP = f"{DEMO_DIR}/quilt_1M_lookup.csv"
+DEMO_IMAGES = f"{DEMO_DIR}/images"
+OWNED_FOLDERS = ("results", "logs", DEMO_DIR, ".snakemake")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_PATH = PACKAGE_DIR.parent / "schemas" / "config.schema.yaml"
@@ -73,17 +82,7 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     total = sum(fractions.values())
     if abs(total - 1.0) > 1e-6:
         raise UserError(f"config key splits.fractions: train+val+test must sum to 1, got {total:g}")
-    dataset = config["dataset"]
-    demo = dataset["demo"]["enabled"]
-    if dataset["format"] in ("quilt", "csv"):
-        if not dataset.get("metadata"):
-            raise UserError(f"config key dataset.metadata: required for format {dataset['format']}")
-        if not demo and not (base_dir / dataset["metadata"]).is_file():
-            raise UserError(f"config key dataset.metadata: file not found: {dataset['metadata']}")
-    if demo and dataset["format"] != "quilt":
-        raise UserError("config key dataset.demo.enabled: the demo generates Quilt-format data; set dataset.format: quilt")
-    if not demo and not (base_dir / dataset["image_root"]).is_dir():
-        raise UserError(f"config key dataset.image_root: folder not found: {dataset['image_root']}")
+    resolve_dataset(config["dataset"], base_dir)
     for name, model in config["models"].items():
         if model["weights"] is None:  # the schema's null: this architecture's default
             model["weights"] = DEFAULT_WEIGHTS[model["architecture"]]
@@ -92,6 +91,61 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
             raise UserError(f"config key models.{name}.weights: custom_cnn trains from scratch; use none")
         if weights not in ("imagenet", "none") and not (base_dir / weights).is_file():
             raise UserError(f"config key models.{name}.weights: weights file not found: {weights}")
+
+
+def resolve_dataset(dataset: dict, base_dir: Path = Path(".")) -> None:
+    """Decide demo or the user's data, in place; the user's data is only ever read.
+
+    A config that names ``dataset.image_root`` or ``dataset.metadata`` is a run on that data by
+    construction (the demo is off unless asked for); the demo writes only under ``DEMO_DIR``.
+    Asking for both is a one-line error, before any job could touch the user's files.
+    """
+    named = {key: dataset[key] for key in ("image_root", "metadata") if dataset.get(key)}
+    demo = dataset["demo"]
+    if demo["enabled"] is None:  # the schema's null: the demo exactly when no data is named
+        demo["enabled"] = not named
+    if demo["enabled"]:
+        if named:
+            key, value = next(iter(named.items()))
+            raise UserError(
+                f"config key dataset.demo.enabled: true, but dataset.{key} names your data ({value}); "
+                "remove dataset.demo.enabled (or set it to false) to run on your data, "
+                f"or remove dataset.{key} to run the demo (it writes only under {DEMO_DIR}/)"
+            )
+        if dataset["format"] != "quilt":
+            raise UserError("config key dataset.demo.enabled: the demo generates Quilt-format data; set dataset.format: quilt")
+        dataset["metadata"], dataset["image_root"] = DEMO_LOOKUP, DEMO_IMAGES
+        return
+    _check_user_data(dataset, named, base_dir)
+
+
+def _check_user_data(dataset: dict, named: dict, base_dir: Path) -> None:
+    if "image_root" not in named:
+        raise UserError("config key dataset.image_root: required when the demo is off (dataset.demo.enabled: false)")
+    if dataset["format"] in ("quilt", "csv"):
+        if "metadata" not in named:
+            raise UserError(f"config key dataset.metadata: required for format {dataset['format']}")
+        if not (base_dir / dataset["metadata"]).is_file():
+            raise UserError(f"config key dataset.metadata: file not found: {dataset['metadata']}")
+    if not (base_dir / dataset["image_root"]).is_dir():
+        raise UserError(f"config key dataset.image_root: folder not found: {dataset['image_root']}")
+    for key, value in named.items():
+        owner = owned_folder_of(base_dir / value, base_dir)
+        if owner is not None:
+            raise UserError(
+                f"config key dataset.{key}: {value} lies inside {owner}/, a folder the workflow writes "
+                "and `make clean` deletes; keep your data outside it"
+            )
+
+
+def owned_folder_of(path: Path, base_dir: Path = Path(".")) -> str | None:
+    """The workflow-owned folder (``OWNED_FOLDERS``) that holds ``path``, or None."""
+    resolved = Path(os.path.abspath(path))
+    for folder in OWNED_FOLDERS:
+        owned = Path(os.path.abspath(base_dir / folder))
+        if resolved == owned or owned in resolved.parents:
+            return folder
+    return None
 
 
 def frozen_models(config: dict) -> list[str]:

@@ -11,7 +11,13 @@ min_version("9.0")
 # DAG-build time (config validation, shard counts), the scripts import it in each job.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from quiltflow.config import code_version, frozen_models, validate_config  # noqa: E402
+from quiltflow.config import (  # noqa: E402
+    DEMO_IMAGES,
+    DEMO_LOOKUP,
+    code_version,
+    frozen_models,
+    validate_config,
+)
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.shards import shard_names  # noqa: E402
 
@@ -69,3 +75,39 @@ def train_inputs(wildcards):
         inputs["features_train"] = f"results/features/{wildcards.model}/train.npz"
         inputs["features_val"] = f"results/features/{wildcards.model}/val.npz"
     return inputs
+
+
+# --- --until and the plan_shards checkpoint ---------------------------------------------------
+# Snakemake turns --until into target jobs once, before the checkpoint has run: a job that only
+# exists after it (every shard job) is then never a target, and `--until shard_tfrecords` on a
+# fresh directory plans nothing and exits 0. Say so instead, and name the targets that work.
+BEFORE_SHARD_PLAN = {"generate_demo_data", "filter_metadata", "split_manifests", "plan_shards"}
+SHARD_PLAN = "results/tfrecords/shard_plan.json"
+
+
+def check_until(until, plan_exists):
+    """Stop with one line when --until names a stage after the (not yet run) shard checkpoint."""
+    if plan_exists:
+        return
+    after = sorted(
+        name
+        for name in until
+        if name not in BEFORE_SHARD_PLAN
+        and not name.startswith(("results/metadata/", "results/splits/", "resources/demo/", SHARD_PLAN))
+    )
+    if after:
+        raise WorkflowError(
+            f"--until {' '.join(after)}: its jobs are only known after the plan_shards checkpoint has run, "
+            "and Snakemake would plan nothing; ask for a target instead: "
+            "`snakemake tfrecords` (shards + indexes), `snakemake train` or `snakemake evaluate`"
+        )
+
+
+def all_targets(wildcards):
+    """rule all's inputs; checks --until here because Snakemake sets it only after parsing."""
+    check_until(workflow.dag_settings.until, Path(SHARD_PLAN).exists())
+    return [
+        "results/comparison.md",
+        *expand("results/metrics/{model}.json", model=MODELS),
+        *expand("results/models/{model}/model.keras", model=MODELS),
+    ]

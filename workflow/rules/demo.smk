@@ -2,9 +2,11 @@ if DEMO:
 
     rule generate_demo_data:
         """Synthetic Quilt-format lookup + H&E-like tiles (offline, deterministic from the seed)."""
+        # Fixed paths under resources/demo/, never dataset.* (a user's data is only ever read):
+        # Snakemake deletes a directory() output before rerunning its job.
         output:
-            lookup=DATASET["metadata"],
-            images=directory(DATASET["image_root"]),
+            lookup=DEMO_LOOKUP,
+            images=directory(DEMO_IMAGES),
         log:
             "logs/generate_demo_data.log",
         conda:
