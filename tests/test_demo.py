@@ -14,7 +14,14 @@ from scipy import ndimage
 from quiltflow.demo import DEFAULT_CLASSES, LOOKUP_COLUMNS, generate_demo, render_tile, tissue_style
 from quiltflow.demo import _video_stain
 from quiltflow.errors import UserError
-from quiltflow.metadata import DROP_REASONS, SUBSPECIALTIES, filter_metadata
+from quiltflow.lookup import SUBSPECIALTIES
+from quiltflow.metadata import DROP_REASONS, filter_metadata
+from quiltflow.settings import FilterSettings
+
+
+def filtered(lookup: Path, images: Path, filters: dict) -> tuple[pd.DataFrame, dict]:
+    """The demo through filter_metadata with a partial ``filters`` section (the schema fills in)."""
+    return filter_metadata("quilt", lookup, images, FilterSettings.from_config(filters), None)
 
 
 def make(tmp_path: Path, name: str = "d", seed: int = 0, **kw) -> tuple[Path, Path, dict]:
@@ -84,18 +91,18 @@ def test_demo_exercises_every_filter_reason(tmp_path: Path) -> None:
         },
         {"exclude_classes": ["Breast"], "min_per_class": 4, "top_k_classes": 3},
     ):
-        table, report = filter_metadata("quilt", lookup, images, filters, None)
+        table, report = filtered(lookup, images, filters)
         assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
         seen |= set(report["dropped"])
     assert seen == set(DROP_REASONS) - {"not_image_file"}  # that one is folder-format only
-    table, report = filter_metadata("quilt", lookup, images, {"min_per_class": 4}, None)
+    table, report = filtered(lookup, images, {"min_per_class": 4})
     assert sorted(report["class_counts"]) == sorted(DEFAULT_CLASSES)
     assert report["dropped"]["class_too_small"] >= 3  # the tiny tail class
 
 
 def test_custom_classes_and_bad_params(tmp_path: Path) -> None:
     lookup, images, summary = make(tmp_path, classes=["Renal", "Bone", "Head and Neck"])
-    table, report = filter_metadata("quilt", lookup, images, {"min_per_class": 4}, None)
+    table, report = filtered(lookup, images, {"min_per_class": 4})
     assert sorted(report["class_counts"]) == ["Bone", "Head and Neck", "Renal"]
     for bad in (
         {"classes": ["Renal"]},
@@ -140,7 +147,7 @@ def test_not_separable_by_mean_colour(tmp_path: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 
     lookup, images, _ = make(tmp_path, seed=2, images_per_class=30, tile_size=96)
-    table, _ = filter_metadata("quilt", lookup, images, {"min_per_class": 5}, None)
+    table, _ = filtered(lookup, images, {"min_per_class": 5})
     colour, texture, y, groups = [], [], [], []
     for row in table.itertuples():
         path = images / row.image_id
