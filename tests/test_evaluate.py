@@ -134,6 +134,7 @@ def test_evaluate_model_counts_must_reconcile(tmp_path, monkeypatch):
 
 def test_evaluate_script_on_real_tiles(tmp_path, lc25000):
     """Real H&E tiles -> TFRecord shard (one missing image) -> evaluate_model.py -> reconciled metrics."""
+    from quiltflow.settings import ShardSettings
     from quiltflow.shards import index_split, write_shard
 
     classes = ["lung_aca", "lung_n", "lung_scc"]
@@ -148,8 +149,9 @@ def test_evaluate_script_on_real_tiles(tmp_path, lc25000):
     label_map = tmp_path / "label_map.json"
     label_map.write_text(json.dumps({"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}}))
     shard, report = tmp_path / "test-00000-of-00001.tfrecord", tmp_path / "test-00000-of-00001.tfrecord.report.json"
-    write_shard(manifest, lc25000, 0, 1, 32, 90, shard, report)
-    index_split("test", 32, [shard], [report], label_map, tmp_path / "test.index.json")
+    shard_settings = ShardSettings.from_config({"jpeg_quality": 90}, image_size=32)
+    write_shard(manifest, lc25000, 0, 1, shard_settings, shard, report)
+    index_split("test", shard_settings, [shard], [report], label_map, tmp_path / "test.index.json")
 
     inputs = keras.Input((32, 32, 3), dtype="uint8")
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
