@@ -15,6 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from quiltflow.data import load_index, make_dataset, num_examples
 from quiltflow.errors import UserError
+from quiltflow.settings import ShardSettings
 from quiltflow.shards import write_index, write_shard
 from quiltflow.tfrecord_io import read_examples
 
@@ -55,7 +56,7 @@ def index_path(tmp_path_factory) -> Path:
     for i in range(SHARDS):
         out = tmp / "tfrecords" / "train" / f"train-{i:05d}-of-{SHARDS:05d}.tfrecord"
         rep = out.with_name(out.name + ".report.json")
-        write_shard(manifest, root, i, SHARDS, S, 90, out, rep)
+        write_shard(manifest, root, i, SHARDS, ShardSettings.from_config({"jpeg_quality": 90}, image_size=S), out, rep)
         shards.append(out)
         reports.append(rep)
     index = tmp / "tfrecords" / "train.index.json"

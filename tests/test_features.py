@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from quiltflow.settings import ModelSettings  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.features import extract_features, load_features, save_features  # noqa: E402
 from quiltflow.models import build_model  # noqa: E402
@@ -66,7 +67,7 @@ def test_head_on_cached_features_equals_head_trained_through_frozen_base(tmp_pat
     images = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
     feats = extract_features(tf.data.Dataset.from_tensor_slices((x, y, ids)).batch(12),
                              image_size=SIZE, weights="none", batch_size=12, seed=0)
-    common = dict(model_name="frozen", settings=settings, num_classes=3, image_size=SIZE, seed=0)
+    common = dict(settings=ModelSettings.from_config(settings, "frozen"), num_classes=3, image_size=SIZE, seed=0)
     cached = train_frozen_head(feats, feats, out_dir=tmp_path / "cached", shuffle=False, **common)
     through = train_model(images, images, out_dir=tmp_path / "through", **common)
     assert cached["epochs_run"] == through["epochs_run"] == 3

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 import keras  # noqa: E402
 
+from quiltflow.architectures import REGISTRY  # noqa: E402
 from quiltflow import models  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
 
@@ -36,12 +37,12 @@ def test_preprocess_layer_matches_keras_resnet50_preprocess_input():
 @pytest.mark.parametrize(
     "architecture",
     # ResNet50 builds and steps take 20 s+ on a busy 2-core machine.
-    [a if a == "custom_cnn" else pytest.param(a, marks=pytest.mark.slow) for a in models.ARCHITECTURES],
+    [a if a == "custom_cnn" else pytest.param(a, marks=pytest.mark.slow) for a in REGISTRY],
 )
 def test_every_architecture_trains_one_step_and_round_trips(architecture, tmp_path):
     x, y = tiny_images()
     model = models.build_model(architecture, 3, SIZE, weights="none", seed=1)
-    if architecture == "resnet50_finetune":
+    if REGISTRY[architecture].finetunes_backbone:
         models.set_backbone_trainable(model, True)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     before = [w.copy() for w in model.get_weights()]

@@ -156,8 +156,9 @@ def test_sigkilled_shard_writer_leaves_no_shard(tmp_path):
     out.parent.mkdir()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from quiltflow.shards import write_shard;"
-        "write_shard(sys.argv[2], sys.argv[3], 0, 1, 224, 90, sys.argv[4], sys.argv[4] + '.report.json')"
+        "from quiltflow.settings import ShardSettings; from quiltflow.shards import write_shard;"
+        "settings = ShardSettings.from_config({'jpeg_quality': 90}, image_size=224);"
+        "write_shard(sys.argv[2], sys.argv[3], 0, 1, settings, sys.argv[4], sys.argv[4] + '.report.json')"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(REPO / "workflow"), str(manifest), str(fixture["image_root"]), str(out)]

@@ -19,7 +19,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.train import class_weights_from_counts, resolve_settings, train_model  # noqa: E402
+from quiltflow.settings import ModelSettings  # noqa: E402
+from quiltflow.train import class_weights_from_counts, train_model  # noqa: E402
 
 SIZE = 32
 CONTRACT_KEYS = {"model", "architecture", "weights", "epochs_run", "best_epoch", "train_seconds",
@@ -53,50 +54,68 @@ def test_class_weights_are_balanced():
         class_weights_from_counts([0, 0], 2)
 
 
+def settings_of(values, name="m"):
+    return ModelSettings.from_config(values, name)
+
+
 def test_settings_defaults_per_architecture():
-    s = resolve_settings({"architecture": "resnet50_finetune", "epochs": 4, "batch_size": 8, "learning_rate": 1e-3}, "ft")
-    assert s["finetune_learning_rate"] == pytest.approx(1e-4)
-    assert s["warmup_epochs"] == 1 and s["patience"] == 3 and s["class_weights"] is True
-    assert s["augment"] is True and s["weights"] == "imagenet"
-    frozen = resolve_settings({**s, "architecture": "resnet50_frozen", "augment": False}, "fr")
-    assert frozen["augment"] is False
-    assert resolve_settings(cnn_settings(), "cnn")["weights"] == "none"
+    s = settings_of({"architecture": "resnet50_finetune", "epochs": 4, "batch_size": 8, "learning_rate": 1e-3}, "ft")
+    assert s.finetune_learning_rate == pytest.approx(1e-4)
+    assert s.warmup_epochs == 1 and s.patience == 3 and s.class_weights is True
+    assert s.augment is True and s.weights == "imagenet" and s.dropout == 0.0
+    frozen = settings_of({"architecture": "resnet50_frozen", "epochs": 4}, "fr")
+    assert frozen.augment is False and frozen.weights == "imagenet"
+    cnn = settings_of(cnn_settings(), "cnn")
+    assert cnn.weights == "none" and cnn.dropout == 0.25 and cnn.augment is True
     # null (the config schema's default) means "the architecture's default".
-    nulls = resolve_settings(cnn_settings(augment=None, finetune_learning_rate=None, dropout=None), "cnn")
-    assert nulls["augment"] is True and nulls["finetune_learning_rate"] == pytest.approx(1e-4)
-    assert resolve_settings(cnn_settings(weights=None), "cnn")["weights"] == "none"
-    resnet = resolve_settings(cnn_settings(architecture="resnet50_finetune", weights=None), "ft")
-    assert resnet["weights"] == "imagenet"
+    nulls = settings_of(cnn_settings(augment=None, finetune_learning_rate=None, dropout=None), "cnn")
+    assert nulls.augment is True and nulls.finetune_learning_rate == pytest.approx(1e-4)
+    assert settings_of(cnn_settings(weights=None), "cnn").weights == "none"
+    assert settings_of(cnn_settings(architecture="resnet50_finetune", weights=None), "ft").weights == "imagenet"
+
+
+def test_settings_defaults_are_the_schema_and_registry_ones():
+    """Nothing but the schema and the architecture registry supplies a default."""
+    from quiltflow.architectures import REGISTRY
+    from quiltflow.settings import schema_default
+
+    for name, spec in REGISTRY.items():
+        s = settings_of({"architecture": name}, "m")
+        assert s.epochs == schema_default("models.*", "epochs") and s.patience == schema_default("models.*", "patience")
+        assert (s.dropout, s.augment) == (spec.default_dropout, spec.default_augment)
 
 
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"learnig_rate": 1}, r"models\.m: unknown key"),
-        ({"epochs": 0}, r"models\.m\.epochs"),
-        ({"dropout": 0.95}, r"models\.m\.dropout: must be in \[0, 0\.9\]"),
-        ({"batch_size": "8"}, r"models\.m\.batch_size"),
-        ({"learning_rate": -1}, r"models\.m\.learning_rate"),
-        ({"class_weights": "yes"}, r"models\.m\.class_weights"),
-        ({"architecture": "vgg"}, r"models\.m\.architecture"),
-        ({"architecture": "resnet50_frozen", "augment": True}, r"models\.m\.augment"),
-        ({"architecture": "resnet50_finetune", "warmup_epochs": 2}, r"models\.m\.warmup_epochs"),
+        ({"learnig_rate": 1}, r"^config key models\.m: Additional properties are not allowed"),
+        ({"epochs": 0}, r"^config key models\.m\.epochs: 0 is less than the minimum of 1"),
+        ({"dropout": 0.95}, r"^config key models\.m\.dropout: 0\.95 is greater than the maximum of 0\.9"),
+        ({"batch_size": "8"}, r"^config key models\.m\.batch_size"),
+        ({"learning_rate": -1}, r"^config key models\.m\.learning_rate"),
+        ({"finetune_learning_rate": 0}, r"^config key models\.m\.finetune_learning_rate"),
+        ({"class_weights": "yes"}, r"^config key models\.m\.class_weights"),
+        ({"architecture": "vgg"}, r"^config key models\.m\.architecture"),
+        ({"weights": "imagenet"}, r"^config key models\.m\.weights: custom_cnn trains from scratch"),
+        ({"architecture": "resnet50_frozen", "augment": True}, r"^config key models\.m\.augment"),
+        ({"architecture": "resnet50_finetune", "warmup_epochs": 2}, r"^config key models\.m\.warmup_epochs"),
     ],
 )
 def test_bad_settings_name_the_key(bad, match):
-    with pytest.raises(UserError, match=match):
-        resolve_settings(cnn_settings(**bad), "m")
+    with pytest.raises(UserError, match=match) as err:
+        settings_of(cnn_settings(**bad), "m")
+    assert "\n" not in str(err.value)
 
 
-def test_missing_required_setting_is_named():
-    with pytest.raises(UserError, match=r"models\.m\.epochs: missing"):
-        resolve_settings({"architecture": "custom_cnn", "batch_size": 1, "learning_rate": 1}, "m")
+def test_missing_architecture_is_named():
+    with pytest.raises(UserError, match=r"^config key models\.m: 'architecture' is a required property"):
+        settings_of({"epochs": 1}, "m")
 
 
 def test_inject_failure_raises_before_writing(tmp_path):
     train, val = tiny_datasets()
     with pytest.raises(RuntimeError, match="inject_failure"):
-        train_model(train, val, out_dir=tmp_path / "m", model_name="m", settings=cnn_settings(inject_failure=True),
+        train_model(train, val, out_dir=tmp_path / "m", settings=settings_of(cnn_settings(inject_failure=True)),
                     num_classes=3, image_size=SIZE, seed=0)
     assert not (tmp_path / "m" / "model.keras").exists()
 
@@ -110,7 +129,7 @@ def read_history(out_dir):
 
 def test_custom_cnn_training_writes_contract_outputs(tmp_path):
     train, val = tiny_datasets()
-    info = train_model(train, val, out_dir=tmp_path, model_name="cnn", settings=cnn_settings(epochs=3, patience=5),
+    info = train_model(train, val, out_dir=tmp_path, settings=settings_of(cnn_settings(epochs=3, patience=5), "cnn"),
                        num_classes=3, image_size=SIZE, seed=3)
     on_disk = json.loads((tmp_path / "train_info.json").read_text())
     assert on_disk == json.loads(json.dumps(info))
@@ -134,12 +153,12 @@ def test_same_seed_gives_same_history_on_cpu(tmp_path):
     runs = []
     for name in ("a", "b"):
         train, val = tiny_datasets()
-        train_model(train, val, out_dir=tmp_path / name, model_name="cnn", settings=cnn_settings(),
+        train_model(train, val, out_dir=tmp_path / name, settings=settings_of(cnn_settings(), "cnn"),
                     num_classes=3, image_size=SIZE, seed=11)
         runs.append(read_history(tmp_path / name))
     assert runs[0] == runs[1]
     train, val = tiny_datasets()
-    train_model(train, val, out_dir=tmp_path / "c", model_name="cnn", settings=cnn_settings(),
+    train_model(train, val, out_dir=tmp_path / "c", settings=settings_of(cnn_settings(), "cnn"),
                 num_classes=3, image_size=SIZE, seed=12)
     assert read_history(tmp_path / "c") != runs[0]  # the seed really matters
 
@@ -149,6 +168,7 @@ CHILD = textwrap.dedent(
     import os, sys, time
     sys.path.insert(0, {workflow!r})
     import numpy as np, tensorflow as tf
+    from quiltflow.settings import ModelSettings
     from quiltflow.train import train_model
 
     rng = np.random.default_rng(0)
@@ -160,7 +180,7 @@ CHILD = textwrap.dedent(
         train = train.map(slow).map(lambda a, b: (tf.ensure_shape(a, [None, 32, 32, 3]), b))
     val = tf.data.Dataset.from_tensor_slices((x[:8], y[:8])).batch(8)
     settings = dict(architecture="custom_cnn", epochs=8, batch_size=8, learning_rate=1e-3, patience=100)
-    train_model(train, val, out_dir={out!r}, model_name="cnn", settings=settings,
+    train_model(train, val, out_dir={out!r}, settings=ModelSettings.from_config(settings, "cnn"),
                 num_classes=3, image_size=32, seed=0, threads=1)
     """
 )
@@ -201,7 +221,7 @@ def test_finetune_warms_up_then_unfreezes(tmp_path):
     train, val = tiny_datasets(n=16)
     settings = {"architecture": "resnet50_finetune", "epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
                 "weights": "none", "warmup_epochs": 1}
-    info = train_model(train, val, out_dir=tmp_path, model_name="ft", settings=settings,
+    info = train_model(train, val, out_dir=tmp_path, settings=settings_of(settings, "ft"),
                        num_classes=3, image_size=SIZE, seed=0)
     assert info["epochs_run"] == 2 and info["settings"]["finetune_learning_rate"] == pytest.approx(1e-4)
     assert [int(r["epoch"]) for r in read_history(tmp_path)] == [0, 1]

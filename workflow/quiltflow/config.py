@@ -6,19 +6,16 @@ Every failure is one line naming the key or path, raised before any job runs.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
+from quiltflow.architectures import architecture, is_weights_file
 from quiltflow.errors import UserError
-
-# Backbone weights when a model sets none (schema null): the study trained the CNN from scratch
-# and used ImageNet ResNet50s.
-DEFAULT_WEIGHTS = {"custom_cnn": "none", "resnet50_frozen": "imagenet", "resnet50_finetune": "imagenet"}
+from quiltflow.schema import fill_defaults, key_path, load_schema
+from quiltflow.settings import ModelSettings, SplitSettings
 
 # The folders the workflow writes (and `make clean` deletes), relative to the working directory.
 # Every rule's outputs and logs lie below one of them (tests/test_data_safety.py); a user's data
@@ -27,36 +24,6 @@ DEMO_DIR = "resources/demo"
 DEMO_LOOKUP = f"{DEMO_DIR}/quilt_1M_lookup.csv"
 DEMO_IMAGES = f"{DEMO_DIR}/images"
 OWNED_FOLDERS = ("results", "logs", DEMO_DIR, ".snakemake")
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-SCHEMA_PATH = PACKAGE_DIR.parent / "schemas" / "config.schema.yaml"
-
-
-def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
-
-
-def key_path(error: jsonschema.ValidationError) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    return ".".join(parts) if parts else "<top level>"
-
-
-def fill_defaults(schema: dict, value: Any) -> Any:
-    """Fill schema defaults recursively (properties and additionalProperties of objects)."""
-    if not isinstance(value, dict) or schema.get("type") not in ("object", None):
-        return value
-    for key, sub in schema.get("properties", {}).items():
-        if key not in value and "default" in sub:
-            value[key] = copy.deepcopy(sub["default"])
-        if key in value:
-            value[key] = fill_defaults(sub, value[key])
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key in value:
-            if key not in schema.get("properties", {}):
-                value[key] = fill_defaults(extra, value[key])
-    return value
 
 
 def validate_config(config: dict, schema: dict | None = None, base_dir: Path | str = ".") -> dict:
@@ -78,19 +45,20 @@ def validate_config(config: dict, schema: dict | None = None, base_dir: Path | s
 
 
 def _check_semantics(config: dict, base_dir: Path) -> None:
-    fractions = config["splits"]["fractions"]
-    total = sum(fractions.values())
-    if abs(total - 1.0) > 1e-6:
-        raise UserError(f"config key splits.fractions: train+val+test must sum to 1, got {total:g}")
+    SplitSettings.from_config(config["splits"], seed=config["seed"])  # fractions must sum to 1
     resolve_dataset(config["dataset"], base_dir)
     for name, model in config["models"].items():
-        if model["weights"] is None:  # the schema's null: this architecture's default
-            model["weights"] = DEFAULT_WEIGHTS[model["architecture"]]
-        weights = model["weights"]
-        if model["architecture"] == "custom_cnn" and weights not in ("none",):
-            raise UserError(f"config key models.{name}.weights: custom_cnn trains from scratch; use none")
-        if weights not in ("imagenet", "none") and not (base_dir / weights).is_file():
-            raise UserError(f"config key models.{name}.weights: weights file not found: {weights}")
+        settings = ModelSettings.from_config(model, name)  # one-line errors naming the key
+        model["weights"] = settings.weights  # null -> the architecture's default
+        _check_weights_file(settings, base_dir)
+
+
+def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:
+    """A weights file must exist before any job runs, unless the workflow makes it (results/)."""
+    if not is_weights_file(settings.weights) or owned_folder_of(base_dir / settings.weights, base_dir):
+        return
+    if not (base_dir / settings.weights).is_file():
+        raise UserError(f"config key models.{settings.name}.weights: weights file not found: {settings.weights}")
 
 
 def resolve_dataset(dataset: dict, base_dir: Path = Path(".")) -> None:
@@ -149,18 +117,11 @@ def owned_folder_of(path: Path, base_dir: Path = Path(".")) -> str | None:
 
 
 def frozen_models(config: dict) -> list[str]:
-    """Models trained on cached backbone features (rule extract_features)."""
-    return [m for m, s in config["models"].items() if s["architecture"] == "resnet50_frozen"]
+    """Models whose architecture trains on cached backbone features (rule extract_features)."""
+    return [name for name, m in config["models"].items() if architecture(m["architecture"]).trains_on_features]
 
 
-def code_version(*modules: str) -> str:
-    """Short hash of package modules' source, passed to rules as a param.
-
-    Snakemake's code trigger only sees a rule's own script; hashing the package modules a stage
-    imports makes an edit of that stage's logic rerun exactly that stage and its dependants.
-    """
-    digest = hashlib.sha256()
-    for module in sorted(set(modules)):
-        digest.update(module.encode())
-        digest.update((PACKAGE_DIR / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
+def weights_files(config: dict, model: str) -> list[str]:
+    """The weights file a model starts from, as a job input (empty for none/imagenet)."""
+    weights = config["models"][model]["weights"]
+    return [weights] if is_weights_file(weights) else []

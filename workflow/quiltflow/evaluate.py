@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from quiltflow.errors import UserError
-from quiltflow.jsonio import read_json, sha256_file, write_json
+from quiltflow.jsonio import read_json, read_label_map, sha256_file, write_json
 from quiltflow.metrics import (
     METRICS_SCHEMA_VERSION,
     build_metrics_document,
@@ -105,12 +105,6 @@ def _make_test_dataset(index_path: str, batch_size: int) -> Any:
     return make_dataset(index_path, batch_size, training=False, with_ids=True)
 
 
-def _require(mapping: Mapping[str, Any], key: str, source: str) -> Any:
-    if key not in mapping:
-        raise UserError(f"{source}: missing key {key}")
-    return mapping[key]
-
-
 def evaluate_model(
     *,
     model_path: str,
@@ -126,18 +120,12 @@ def evaluate_model(
     threads: int = 1,
 ) -> dict[str, Any]:
     """Predict the test split, write the predictions Parquet and the metrics JSON; return the JSON."""
-    import tensorflow as tf
+    from quiltflow.runtime import set_thread_pools
 
-    # Thread pools must be sized before TensorFlow runs anything; honour Snakemake's threads.
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, int(threads)))
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, int(threads))))
-    except RuntimeError:  # already initialised (e.g. in tests): keep the existing pools
-        pass
+    set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything
     import keras
 
-    label_map = read_json(label_map_path, "label map")
-    class_names = [str(c) for c in _require(label_map, "classes", f"label map {label_map_path}")]
+    class_names = read_label_map(label_map_path)
     info = read_json(info_path, "train_info")
     info_model = info.get("model")
     if info_model is not None and info_model != model_name:

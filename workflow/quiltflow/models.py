@@ -1,4 +1,4 @@
-"""The three classifiers compared by the workflow.
+"""Builders of the registered architectures (``quiltflow.architectures``) and backbone weights.
 
 Every model takes uint8-range RGB pixels ``[B, S, S, 3]`` and preprocesses inside, so a saved
 ``.keras`` file is self-contained: evaluation feeds it the same images as training did. The one
@@ -8,7 +8,6 @@ mode once ``quiltflow.models`` is imported.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -17,11 +16,11 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from quiltflow.architectures import IMAGENET, NO_WEIGHTS, architecture, weights_name
 from quiltflow.errors import UserError
+from quiltflow.jsonio import sha256_file
 
-ARCHITECTURES = ("custom_cnn", "resnet50_frozen", "resnet50_finetune")
 FEATURE_DIM = 2048  # ResNet50 global-average-pooled output width
-DEFAULT_DROPOUT = {"custom_cnn": 0.25, "resnet50_frozen": 0.0, "resnet50_finetune": 0.0}
 
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_NOTOP_URL = (
@@ -52,8 +51,13 @@ def _image_input(image_size: int) -> keras.KerasTensor:
     return keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
 
 
-def custom_cnn(num_classes: int, image_size: int, dropout: float = 0.25) -> keras.Model:
-    """The study's small CNN: 3 x (conv 3x3 ReLU, max-pool 2x2, dropout), dense 128, softmax."""
+def custom_cnn(
+    num_classes: int, image_size: int, *, weights: str | None = None, dropout: float = 0.25, seed: int = 0
+) -> keras.Model:
+    """The study's small CNN: 3 x (conv 3x3 ReLU, max-pool 2x2, dropout), dense 128, softmax.
+
+    From scratch (the registry accepts no weights for it); Keras' global seed initialises it.
+    """
     inputs = _image_input(image_size)
     x = layers.Rescaling(1.0 / 255)(inputs)
     for filters in (32, 64, 128):
@@ -153,7 +157,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 
 
 def build_model(
-    architecture: str,
+    name: str,
     num_classes: int,
     image_size: int,
     *,
@@ -161,29 +165,16 @@ def build_model(
     dropout: float | None = None,
     seed: int = 0,
 ) -> keras.Model:
-    """Build one of ``ARCHITECTURES``; ``dropout=None`` uses the architecture's default."""
-    if architecture not in ARCHITECTURES:
-        raise UserError(f"architecture: unknown {architecture!r}; choose one of {ARCHITECTURES}")
-    if dropout is None:
-        dropout = DEFAULT_DROPOUT[architecture]
-    if architecture == "custom_cnn":
-        if resolve_weights_name(weights) != "none":
-            raise UserError(f"weights: custom_cnn trains from scratch; use 'none', not {weights!r}")
-        return custom_cnn(num_classes, image_size, dropout)
-    builder = resnet50_frozen if architecture == "resnet50_frozen" else resnet50_finetune
+    """Build a registered architecture with its builder; ``dropout=None`` uses its default."""
+    spec = architecture(name)
+    if not spec.accepts_weights and weights_name(weights) != NO_WEIGHTS:
+        raise UserError(f"weights: {spec.name} trains from scratch; use 'none', not {weights!r}")
+    builder = globals()[spec.builder]
+    dropout = spec.default_dropout if dropout is None else dropout
     return builder(num_classes, image_size, weights=weights, dropout=dropout, seed=seed)
 
 
 # --- weights ---------------------------------------------------------------------------------
-
-
-def resolve_weights_name(weights: str | None) -> str:
-    """Normalise the config value: ``None``/"none"/"random" -> "none", "imagenet", or a path."""
-    if weights is None or str(weights).strip().lower() in ("none", "random", ""):
-        return "none"
-    if str(weights).strip().lower() == "imagenet":
-        return "imagenet"
-    return str(weights)
 
 
 def keras_home() -> Path:
@@ -202,10 +193,10 @@ def resolve_weights(weights: str | None) -> str | None:
     Offline, "imagenet" fails within ~``CONNECT_TIMEOUT_S`` with a one-line ``UserError`` that
     names the file to place and where.
     """
-    name = resolve_weights_name(weights)
-    if name == "none":
+    name = weights_name(weights)
+    if name == NO_WEIGHTS:
         return None
-    if name != "imagenet":
+    if name != IMAGENET:
         path = Path(name).expanduser()
         if not path.is_file():
             raise UserError(f"weights: file not found: {path}")
@@ -260,16 +251,12 @@ def _unreachable(url: str) -> str | None:
 
 def weights_description(weights: str | None) -> str:
     """Human-readable weights source for reports, e.g. "ImageNet (Keras ResNet50 notop)"."""
-    name = resolve_weights_name(weights)
-    if name == "none":
+    name = weights_name(weights)
+    if name == NO_WEIGHTS:
         return "random init (none)"
-    if name == "imagenet":
+    if name == IMAGENET:
         return "ImageNet (Keras ResNet50 notop)"
     path = Path(name).expanduser()
     if not path.is_file():
         return f"file {path.name} (missing)"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"file {path.name} (sha256 {digest.hexdigest()[:12]})"
+    return f"file {path.name} (sha256 {sha256_file(path)[:12]})"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import jsonschema
 
-from quiltflow.config import fill_defaults, key_path, load_schema
+from quiltflow.architectures import architecture, weights_name
 from quiltflow.errors import UserError
+from quiltflow.schema import fill_defaults, key_path, load_schema
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,8 +69,6 @@ def schema_bounds(section: str, key: str) -> tuple[Any, Any]:
 
 
 # --- data stages (filter_metadata, split_manifests, shards) -----------------------------------
-
-from dataclasses import asdict, dataclass  # noqa: E402  (kept inside this part on purpose)
 
 
 def top_level_value(key: str, value: Any) -> Any:
@@ -151,3 +151,69 @@ class ShardSettings:
 
 
 # --- models (train_model, extract_features, evaluate_model) -----------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One ``models.<name>`` entry with every null resolved from the architecture registry."""
+
+    name: str
+    architecture: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weights: str  # "none", "imagenet" or a file path
+    patience: int
+    class_weights: bool
+    augment: bool
+    dropout: float
+    warmup_epochs: int
+    finetune_learning_rate: float
+    jit_compile: bool
+    inject_failure: bool
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any], name: str) -> ModelSettings:
+        """From one model's (possibly partial) config entry; errors name ``models.<name>.<key>``."""
+        where = f"models.{name}"
+        model = section_values("models.*", values, where=where)
+        spec = architecture(model["architecture"], f"config key {where}.architecture")
+        weights = weights_name(model["weights"] or spec.default_weights)
+        if not spec.accepts_weights and weights != "none":
+            raise UserError(f"config key {where}.weights: {spec.name} trains from scratch; use none")
+        augment = spec.default_augment if model["augment"] is None else model["augment"]
+        if augment and spec.trains_on_features:
+            raise UserError(f"config key {where}.augment: {spec.name} trains on cached features; set false")
+        if spec.finetunes_backbone and model["warmup_epochs"] >= model["epochs"]:
+            raise UserError(
+                f"config key {where}.warmup_epochs: {model['warmup_epochs']} leaves no fine-tune epoch "
+                f"of {model['epochs']}"
+            )
+        ft_lr = model["finetune_learning_rate"]
+        return cls(
+            name=name,
+            architecture=spec.name,
+            epochs=model["epochs"],
+            batch_size=model["batch_size"],
+            learning_rate=float(model["learning_rate"]),
+            weights=weights,
+            patience=model["patience"],
+            class_weights=model["class_weights"],
+            augment=augment,
+            dropout=float(spec.default_dropout if model["dropout"] is None else model["dropout"]),
+            warmup_epochs=model["warmup_epochs"],
+            finetune_learning_rate=float(model["learning_rate"] / 10 if ft_lr is None else ft_lr),
+            jit_compile=model["jit_compile"],
+            inject_failure=model["inject_failure"],
+        )
+
+    @property
+    def spec(self):
+        """This model's architecture registry entry."""
+        return architecture(self.architecture)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON values for train_info.json (the test-only failure switch left out)."""
+        values = asdict(self)
+        values.pop("inject_failure")
+        return values

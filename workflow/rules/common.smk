@@ -11,12 +11,13 @@ min_version("9.0")
 # DAG-build time (config validation, shard counts), the scripts import it in each job.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
+from quiltflow.codehash import code_version  # noqa: E402
 from quiltflow.config import (  # noqa: E402
     DEMO_IMAGES,
     DEMO_LOOKUP,
-    code_version,
     frozen_models,
     validate_config,
+    weights_files,
 )
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.shards import shard_names  # noqa: E402
@@ -43,6 +44,12 @@ wildcard_constraints:
     model="|".join(MODELS),
     index=r"\d{5}",
     total=r"\d{5}",
+
+
+def script_code(script):
+    """The ``code`` param for a job running ``script``, a hash of every quiltflow module it
+    imports, directly or not (Snakemake's code trigger sees only the script itself)."""
+    return code_version(Path(workflow.basedir) / "workflow" / "scripts" / script)
 
 
 def metadata_inputs(wildcards):
@@ -74,7 +81,14 @@ def train_inputs(wildcards):
     if wildcards.model in FROZEN:
         inputs["features_train"] = f"results/features/{wildcards.model}/train.npz"
         inputs["features_val"] = f"results/features/{wildcards.model}/val.npz"
+    else:
+        inputs["weights"] = model_weights(wildcards)
     return inputs
+
+
+def model_weights(wildcards):
+    """A model's weights file as an input: made by an earlier rule, or a changed file, reruns it."""
+    return weights_files(config, wildcards.model)
 
 
 # --- --until and the plan_shards checkpoint ---------------------------------------------------
@@ -93,7 +107,9 @@ def check_until(until, plan_exists):
         name
         for name in until
         if name not in BEFORE_SHARD_PLAN
-        and not name.startswith(("results/metadata/", "results/splits/", "resources/demo/", SHARD_PLAN))
+        and not name.startswith(
+            ("results/metadata/", "results/splits/", "resources/demo/", SHARD_PLAN)
+        )
     )
     if after:
         raise WorkflowError(

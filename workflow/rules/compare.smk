@@ -42,6 +42,6 @@ rule compare_models:
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],
         synthetic=DEMO,
-        code=code_version("compare", "stats", "plots", "metrics"),
+        code=script_code("compare_models.py"),
     script:
         "../scripts/compare_models.py"

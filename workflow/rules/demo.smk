@@ -16,6 +16,6 @@ if DEMO:
             images_per_class=DATASET["demo"]["images_per_class"],
             tile_size=DATASET["demo"]["tile_size"],
             classes=DATASET["demo"]["classes"],
-            code=code_version("demo"),
+            code=script_code("generate_demo_data.py"),
         script:
             "../scripts/generate_demo_data.py"

@@ -22,6 +22,6 @@ rule evaluate_model:
         model="{model}",
         top_k=config["evaluation"]["top_k"],
         batch_size=config["evaluation"]["batch_size"],
-        code=code_version("evaluate", "metrics", "data"),
+        code=script_code("evaluate_model.py"),
     script:
         "../scripts/evaluate_model.py"

@@ -20,7 +20,7 @@ rule filter_metadata:
         format=DATASET["format"],
         filters=config["filters"],
         columns=DATASET["columns"],
-        code=code_version("metadata"),
+        code=script_code("filter_metadata.py"),
     script:
         "../scripts/filter_metadata.py"
 
@@ -46,6 +46,6 @@ rule split_manifests:
         seed=config["seed"],
         fractions=config["splits"]["fractions"],
         use_source_val=config["splits"]["use_source_val"],
-        code=code_version("splits"),
+        code=script_code("split_manifests.py"),
     script:
         "../scripts/split_manifests.py"

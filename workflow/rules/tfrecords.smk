@@ -12,7 +12,8 @@ checkpoint plan_shards:
         "../../envs/data.yaml"
     params:
         images_per_shard=config["tfrecords"]["images_per_shard"],
-        code=code_version("shards"),
+        image_size=config["image_size"],
+        code=script_code("plan_shards.py"),
     script:
         "../scripts/plan_shards.py"
 
@@ -38,7 +39,7 @@ rule shard_tfrecords:
         num_shards=lambda wc: int(wc.total),
         image_size=config["image_size"],
         jpeg_quality=config["tfrecords"]["jpeg_quality"],
-        code=code_version("shards", "tfrecord_io"),
+        code=script_code("shard_tfrecords.py"),
     script:
         "../scripts/shard_tfrecords.py"
 
@@ -61,6 +62,6 @@ rule index_tfrecords:
     params:
         split="{split}",
         image_size=config["image_size"],
-        code=code_version("shards", "tfrecord_io"),
+        code=script_code("index_tfrecords.py"),
     script:
         "../scripts/index_tfrecords.py"

@@ -2,6 +2,7 @@ rule extract_features:
     """Frozen-backbone models: pooled backbone features computed once per split, cached to disk."""
     input:
         index="results/tfrecords/{split}.index.json",
+        weights=model_weights,
     output:
         features="results/features/{model}/{split}.npz",
     log:
@@ -17,7 +18,7 @@ rule extract_features:
         settings=model_settings,
         image_size=config["image_size"],
         seed=config["seed"],
-        code=code_version("features", "models", "data"),
+        code=script_code("extract_features.py"),
     script:
         "../scripts/extract_features.py"
 
@@ -44,6 +45,6 @@ rule train_model:
         settings=model_settings,
         image_size=config["image_size"],
         seed=config["seed"],
-        code=code_version("train", "models", "data"),
+        code=script_code("train_model.py"),
     script:
         "../scripts/train_model.py"

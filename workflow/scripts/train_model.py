@@ -8,6 +8,7 @@ from quiltflow.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])  # noqa: F821
 
+from quiltflow.settings import ModelSettings  # noqa: E402
 from quiltflow.train import train_from_files  # noqa: E402
 
 inp, params = snakemake.input, snakemake.params  # noqa: F821
@@ -20,8 +21,7 @@ train_from_files(
     split_report=inp.split_report,
     features=features,
     out_dir=Path(snakemake.output.model).parent,  # noqa: F821
-    model_name=params.model,
-    settings=params.settings,
+    settings=ModelSettings.from_config(params.settings, params.model),
     image_size=params.image_size,
     seed=params.seed,
     threads=snakemake.threads,  # noqa: F821
