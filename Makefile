@@ -32,6 +32,8 @@ test-fast: venv
 lint: venv
 	snakemake --lint
 	snakefmt --check Snakefile workflow/rules
+	ruff check .
+	ruff format --check .
 
 clean:
 	rm -rf results logs resources/demo .snakemake

@@ -102,8 +102,7 @@ def make_quilt_fixture(
     # single labels or empty elsewhere, NaN for laion, a few malformed.
     subs = np.array(SUBSPECIALTIES)
     video_path = [
-        repr([str(x) for x in rng.choice(subs, int(rng.integers(1, 4)), replace=False)])
-        for _ in range(n_videos)
+        repr([str(x) for x in rng.choice(subs, int(rng.integers(1, 4)), replace=False)]) for _ in range(n_videos)
     ]
     single = [repr([s]) for s in SUBSPECIALTIES] + ["", "['Renal', 'Bone'"]
     pick = rng.choice(len(single), images, p=[0.9 / 18] * 18 + [0.095, 0.005])
@@ -272,9 +271,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_child":
         _child(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--images", type=int, help="distinct images (default: 65%% of --rows)")
     parser.add_argument(
@@ -285,9 +282,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="50,000 rows (checks the script runs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument(
-        "--keep", type=Path, help="build the fixture here and keep it (reused if present)"
-    )
+    parser.add_argument("--keep", type=Path, help="build the fixture here and keep it (reused if present)")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.naive_rows = 50_000, min(args.naive_rows, 10_000)

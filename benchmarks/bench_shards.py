@@ -51,12 +51,8 @@ def he_like(side: int, seed: int) -> np.ndarray:
     """Pink/purple blobs plus fine grain: JPEG sizes close to real H&E frames of that size."""
     rng = np.random.default_rng(seed)
     low = rng.random((side // 32, side // 32, 3)).astype(np.float32)
-    img = np.asarray(
-        Image.fromarray((low * 255).astype(np.uint8)).resize((side, side), Image.BICUBIC)
-    )
-    img = img.astype(np.float32) * np.array([0.6, 0.35, 0.55], np.float32) + np.array(
-        [110, 60, 120]
-    )
+    img = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((side, side), Image.BICUBIC))
+    img = img.astype(np.float32) * np.array([0.6, 0.35, 0.55], np.float32) + np.array([110, 60, 120])
     img += rng.normal(0, 12, (side, side, 1)).astype(np.float32)  # nuclei-scale grain
     return img.clip(0, 255).astype(np.uint8)
 
@@ -106,9 +102,7 @@ def bare_loop(root: Path, ids: list[str], size: int, quality: int) -> None:
         out.save(io.BytesIO(), "JPEG", quality=quality)
 
 
-def shard_job(
-    manifest: str, root: str, index: int, num: int, size: int, quality: int, out: str
-) -> float:
+def shard_job(manifest: str, root: str, index: int, num: int, size: int, quality: int, out: str) -> float:
     """One write_shard call; returns its own wall time (run in a worker process)."""
     settings = ShardSettings.from_config({"jpeg_quality": quality}, image_size=size)
     t = time.perf_counter()  # the job's image work, not the settings (schema read once)
@@ -194,9 +188,7 @@ def pil_record_generator(shard: Path, batch: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     ap.add_argument("--n", type=int, default=500, help="images per source size (and per job)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="source image sides")
@@ -224,12 +216,8 @@ def main() -> None:
 
     def check(name: str, value: float, target: float | None, unit: str = "") -> None:
         ok = "" if target is None else ("PASS" if value >= target else "FAIL")
-        rows.append(
-            (name, f"{value:,.3g}{unit}", "" if target is None else f">= {target:g}{unit}", ok)
-        )
-        results["checks"].append(
-            {"name": name, "value": value, "target": target, "pass": ok or None}
-        )
+        rows.append((name, f"{value:,.3g}{unit}", "" if target is None else f">= {target:g}{unit}", ok))
+        results["checks"].append({"name": name, "value": value, "target": target, "pass": ok or None})
 
     # CRC cost per ~10 KB record.
     record = os.urandom(10_000)
@@ -285,7 +273,6 @@ def main() -> None:
 
         # (c) reading: tf.data over the shards vs PIL decoding the same source images.
         import tensorflow as tf
-
         from quiltflow.data import make_dataset
 
         results["machine"]["tensorflow"] = tf.__version__

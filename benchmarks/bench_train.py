@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 from quiltflow.models import backbone, build_model  # noqa: E402
+from quiltflow.runtime import configure_runtime  # noqa: E402
 
 
 def forward_flops(model: keras.Model) -> float:
@@ -73,9 +73,15 @@ def cnn_train_rate(image_size: int, batch: int, steps: int, jit: bool) -> dict:
     seconds = time.perf_counter() - start
     images_per_s = batch * steps / seconds
     step_flops = 3 * forward_flops(model)
-    return {"image_size": image_size, "batch": batch, "steps": steps, "jit_compile": jit,
-            "images_per_s": images_per_s, "gflop_per_image": step_flops / 1e9,
-            "gflops": images_per_s * step_flops / 1e9}
+    return {
+        "image_size": image_size,
+        "batch": batch,
+        "steps": steps,
+        "jit_compile": jit,
+        "images_per_s": images_per_s,
+        "gflop_per_image": step_flops / 1e9,
+        "gflops": images_per_s * step_flops / 1e9,
+    }
 
 
 def feature_rate(image_size: int, batch: int, batches: int) -> dict:
@@ -93,8 +99,13 @@ def feature_rate(image_size: int, batch: int, batches: int) -> dict:
         features(x).numpy()
     images_per_s = batch * batches / (time.perf_counter() - start)
     flops = forward_flops(model)
-    return {"image_size": image_size, "batch": batch, "images_per_s": images_per_s,
-            "gflop_per_image": flops / 1e9, "gflops": images_per_s * flops / 1e9}
+    return {
+        "image_size": image_size,
+        "batch": batch,
+        "images_per_s": images_per_s,
+        "gflop_per_image": flops / 1e9,
+        "gflops": images_per_s * flops / 1e9,
+    }
 
 
 def main() -> None:
@@ -105,11 +116,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
 
+    # The training jobs' own setup (mixed precision on GPU, thread pools and determinism on CPU):
+    # the benchmark measures what the workflow runs.
+    _, runtime = configure_runtime(os.cpu_count())
+    keras.utils.set_random_seed(0)  # determinism (CPU) requires seeded random ops
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
-    else:
-        device = f"CPU, {os.cpu_count()} cores visible, intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'all'}"
+    device = f"{runtime['device']}, mixed precision {runtime['mixed_precision']}"
     batch = args.batch_size or (8 if args.quick else (256 if gpus else 32))
     steps = 2 if args.quick else (50 if gpus else 10)
     print(f"device: {device}")
@@ -121,13 +133,17 @@ def main() -> None:
         r = cnn_train_rate(size, batch, steps, args.jit)
         r["pct_of_matmul"] = 100 * r["gflops"] / peak
         results["custom_cnn_train"].append(r)
-        print(f"custom_cnn train {size}^2: {r['images_per_s']:,.1f} images/s x {r['gflop_per_image']:.2f} GFLOP"
-              f" = {r['gflops']:,.1f} GFLOP/s ({r['pct_of_matmul']:.0f}% of matmul; batch {batch}, jit {args.jit})")
+        print(
+            f"custom_cnn train {size}^2: {r['images_per_s']:,.1f} images/s x {r['gflop_per_image']:.2f} GFLOP"
+            f" = {r['gflops']:,.1f} GFLOP/s ({r['pct_of_matmul']:.0f}% of matmul; batch {batch}, jit {args.jit})"
+        )
     r = feature_rate(224, batch, 2 if args.quick else 10)
     r["pct_of_matmul"] = 100 * r["gflops"] / peak
     results["resnet50_features"] = r
-    print(f"resnet50 frozen feature pass 224^2: {r['images_per_s']:,.1f} images/s x {r['gflop_per_image']:.2f} GFLOP"
-          f" = {r['gflops']:,.1f} GFLOP/s ({r['pct_of_matmul']:.0f}% of matmul)")
+    print(
+        f"resnet50 frozen feature pass 224^2: {r['images_per_s']:,.1f} images/s x {r['gflop_per_image']:.2f} GFLOP"
+        f" = {r['gflops']:,.1f} GFLOP/s ({r['pct_of_matmul']:.0f}% of matmul)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

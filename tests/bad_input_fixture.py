@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-
 from quiltflow.demo import LOOKUP_COLUMNS as QUILT_COLUMNS
 
 CLASSES = ("Breast", "Renal", "Pulmonary")
@@ -34,7 +33,9 @@ def _png_bomb(path: Path, side: int = 40000) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def make_bad_input_dataset(root: Path, seed: int = 0) -> dict:
@@ -74,7 +75,12 @@ def make_bad_input_dataset(root: Path, seed: int = 0) -> dict:
         (converted.append(name) if keep else bad_files.__setitem__(name, kind))
 
     jpeg = images / good[0]
-    add_file("corrupt", 0, lambda p: p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 600, dtype=np.uint8))), False)
+    add_file(
+        "corrupt",
+        0,
+        lambda p: p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 600, dtype=np.uint8))),
+        False,
+    )
     add_file("truncated", 1, lambda p: p.write_bytes(jpeg.read_bytes()[:200]), False)
     add_file("zero-byte", 2, lambda p: p.write_bytes(b""), False)
     add_file("not-an-image", 0, lambda p: p.write_text("this is a caption, not a JPEG\n"), False)
@@ -82,7 +88,9 @@ def make_bad_input_dataset(root: Path, seed: int = 0) -> dict:
     add_file("grayscale", 2, lambda p: Image.fromarray(_tile(rng, 2)[..., 0]).save(p), True)
     add_file("rgba-png", 0, lambda p: Image.fromarray(_tile(rng, 0)).convert("RGBA").save(p), True)
     add_file("cmyk", 1, lambda p: Image.fromarray(_tile(rng, 1)).convert("CMYK").save(p), True)
-    add_file("sixteen-bit-png", 2, lambda p: Image.fromarray((_tile(rng, 2)[..., 0].astype(np.uint16) * 257)).save(p), True)
+    add_file(
+        "sixteen-bit-png", 2, lambda p: Image.fromarray(_tile(rng, 2)[..., 0].astype(np.uint16) * 257).save(p), True
+    )
 
     # Rows the filter must drop, each for its own reason.
     add_row("nonexistent_image_missing.jpg", 0)  # missing file

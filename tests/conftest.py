@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from workflow_runner import copy_workflow, snakemake
 
 SHARED_LC25000 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lc25000-lung-dev"

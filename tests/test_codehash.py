@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from quiltflow.codehash import code_version, module_closure
 from workflow_runner import REPO, clone_run, planned_jobs, rules_of
 
@@ -100,8 +99,14 @@ def test_editing_the_reader_reruns_training_not_data_stages(finished_run, tmp_pa
         fh.write("\n# an edit of the tf.data reader\n")
     planned = rules_of(planned_jobs(workdir))
     assert {"train_model", "extract_features", "evaluate_model", "compare_models"} <= planned
-    assert not planned & {"generate_demo_data", "filter_metadata", "split_manifests", "plan_shards",
-                          "shard_tfrecords", "index_tfrecords"}
+    assert not planned & {
+        "generate_demo_data",
+        "filter_metadata",
+        "split_manifests",
+        "plan_shards",
+        "shard_tfrecords",
+        "index_tfrecords",
+    }
     jobs = planned_jobs(workdir)
     assert sum(j.startswith("train_model") for j in jobs) == 3
     assert sum(j.startswith("evaluate_model") for j in jobs) == 3

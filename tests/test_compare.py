@@ -70,16 +70,27 @@ def make_run(tmp_path: Path, models: dict[str, np.ndarray], ids: dict[str, list[
         write_predictions(table, pred_path)
         metrics = compute_metrics(table, CLASSES, top_k=2)
         doc = build_metrics_document(
-            model=name, architecture="custom_cnn", weights="none", dataset_sha256=sha256_file(manifest),
-            train_seconds=3.0, eval_seconds=0.5, metrics=metrics, test_manifest=str(manifest),
+            model=name,
+            architecture="custom_cnn",
+            weights="none",
+            dataset_sha256=sha256_file(manifest),
+            train_seconds=3.0,
+            eval_seconds=0.5,
+            metrics=metrics,
+            test_manifest=str(manifest),
         )
         metrics_path = tmp_path / "metrics" / f"{name}.json"
         write_json(doc, metrics_path)
         history = tmp_path / "models" / name / "history.csv"
         history.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(
-            {"epoch": [0, 1, 2], "accuracy": [0.5, 0.6, 0.7], "loss": [1.0, 0.8, 0.6],
-             "val_accuracy": [0.45, 0.55, 0.6], "val_loss": [1.1, 0.9, 0.85]}
+            {
+                "epoch": [0, 1, 2],
+                "accuracy": [0.5, 0.6, 0.7],
+                "loss": [1.0, 0.8, 0.6],
+                "val_accuracy": [0.45, 0.55, 0.6],
+                "val_loss": [1.1, 0.9, 0.85],
+            }
         ).to_csv(history, index=False)
         paths["metrics"].append(str(metrics_path))
         paths["predictions"].append(str(pred_path))
@@ -103,8 +114,15 @@ def outputs(tmp_path: Path, names: list[str]) -> dict:
 
 def run_compare(paths: dict, **kwargs) -> dict:
     return compare_models(
-        paths["metrics"], paths["predictions"], paths["histories"], paths["split_report"], paths["label_map"],
-        seed=0, bootstrap_samples=300, alpha=0.05, **kwargs,
+        paths["metrics"],
+        paths["predictions"],
+        paths["histories"],
+        paths["split_report"],
+        paths["label_map"],
+        seed=0,
+        bootstrap_samples=300,
+        alpha=0.05,
+        **kwargs,
     )
 
 
@@ -138,7 +156,9 @@ def test_compare_verdicts_baselines_and_files(tmp_path):
     assert vs["lazy"]["n_discordant"] == 0 and vs["lazy"]["p_value"] == 1.0
     assert vs["lazy"]["verdict"] == "no significant difference between lazy and majority_baseline (p=1)"
     assert vs["good"]["better_than_majority"] is True
-    assert any("lazy is not significantly better than always predicting the majority class" in c for c in doc["caveats"])
+    assert any(
+        "lazy is not significantly better than always predicting the majority class" in c for c in doc["caveats"]
+    )
     assert not any("synthetic" in c for c in doc["caveats"])
 
     saved = json.loads(Path(out["json_path"]).read_text())
@@ -215,11 +235,21 @@ def test_compare_script_wiring(tmp_path):
     handlers_before, stdout_before, stderr_before = list(logger.handlers), sys.stdout, sys.stderr
     run_workflow_script(
         "compare_models.py",
-        input={"metrics": paths["metrics"], "predictions": paths["predictions"], "histories": paths["histories"],
-               "split_report": paths["split_report"], "label_map": paths["label_map"]},
-        output={"json": out["json_path"], "csv": out["csv_path"], "md": out["md_path"],
-                "metrics_plot": out["metrics_plot"], "curves_plot": out["curves_plot"],
-                "confusion": out["confusion_plots"]},
+        input={
+            "metrics": paths["metrics"],
+            "predictions": paths["predictions"],
+            "histories": paths["histories"],
+            "split_report": paths["split_report"],
+            "label_map": paths["label_map"],
+        },
+        output={
+            "json": out["json_path"],
+            "csv": out["csv_path"],
+            "md": out["md_path"],
+            "metrics_plot": out["metrics_plot"],
+            "curves_plot": out["curves_plot"],
+            "confusion": out["confusion_plots"],
+        },
         params={"seed": 0, "bootstrap_samples": 50, "alpha": 0.05, "synthetic": False},  # as compare.smk passes
         log=tmp_path / "compare.log",
     )
@@ -228,6 +258,12 @@ def test_compare_script_wiring(tmp_path):
     assert sys.stdout is stdout_before and sys.stderr is stderr_before
     log_text = (tmp_path / "compare.log").read_text()
     assert "| good | model |" in log_text and "Caveat: lazy is not significantly better" in log_text
-    for path in [out["json_path"], out["csv_path"], out["md_path"], out["metrics_plot"], out["curves_plot"],
-                 *out["confusion_plots"]]:
+    for path in [
+        out["json_path"],
+        out["csv_path"],
+        out["md_path"],
+        out["metrics_plot"],
+        out["curves_plot"],
+        *out["confusion_plots"],
+    ]:
         assert Path(path).stat().st_size > 0, path

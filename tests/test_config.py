@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from quiltflow.config import validate_config
-from quiltflow.schema import load_schema
 from quiltflow.errors import UserError
+from quiltflow.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,4 +77,3 @@ def test_magnifications_may_keep_the_unknown_level():
     config = base_config()
     config["filters"]["magnifications"] = [2, None]
     assert validate_config(config)["filters"]["magnifications"] == [2, None]
-

@@ -34,9 +34,7 @@ def index_path(tmp_path_factory) -> Path:
     ids, labels = [], []
     for i in range(N):
         low = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        Image.fromarray(low).resize((48, 40), Image.BILINEAR).save(
-            root / f"{i:03d}.jpg", quality=95
-        )
+        Image.fromarray(low).resize((48, 40), Image.BILINEAR).save(root / f"{i:03d}.jpg", quality=95)
         ids.append(f"{i:03d}.jpg")
         labels.append(i % 3)
     ids.append("missing.jpg")
@@ -88,9 +86,7 @@ def test_eval_dataset_yields_every_record_once_matching_shards(index_path: Path)
     ours = {}
     for shard in sorted((index_path.parent / "train").glob("*.tfrecord")):
         for e in read_examples(shard):
-            ours[e["image/id"][0].decode()] = np.asarray(
-                Image.open(io.BytesIO(e["image/encoded"][0])).convert("RGB")
-            )
+            ours[e["image/id"][0].decode()] = np.asarray(Image.open(io.BytesIO(e["image/encoded"][0])).convert("RGB"))
     for img, i in zip(images, ids):
         diff = np.abs(img.astype(int) - ours[i].astype(int))
         assert diff.mean() < 2 and diff.max() <= 8  # libjpeg builds differ in chroma upsampling
@@ -117,9 +113,7 @@ def test_training_is_seeded_and_reshuffles(index_path: Path):
 
 def test_augmentation_keeps_uint8_shape_and_changes_pixels(index_path: Path):
     plain = collect(make_dataset(index_path, N, training=False, with_ids=True))[0]
-    aug = collect(make_dataset(index_path, N, training=False, augment=True, seed=3, with_ids=True))[
-        0
-    ]
+    aug = collect(make_dataset(index_path, N, training=False, augment=True, seed=3, with_ids=True))[0]
     assert aug[0].dtype == np.uint8 and aug[0].shape == (N, S, S, 3)
     assert aug[2].tolist() == plain[2].tolist()  # augmentation does not reorder
     assert np.array_equal(aug[1], plain[1])
@@ -148,9 +142,7 @@ def test_dihedral_views_are_the_eight_flips_and_rotations():
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (16, 5, 5, 3), dtype=np.uint8)
-    out = _random_dihedral(
-        tf.constant(images), tf.constant([3, 4], tf.int64), tf.constant(_dihedral_table(5))
-    ).numpy()
+    out = _random_dihedral(tf.constant(images), tf.constant([3, 4], tf.int64), tf.constant(_dihedral_table(5))).numpy()
     views_seen = set()
     for src, got in zip(images, out):
         views = [np.rot90(v, k) for v in (src, src[:, ::-1]) for k in range(4)]
@@ -172,7 +164,5 @@ def test_colour_jitter_with_zero_ranges_is_identity(monkeypatch):
     np.testing.assert_array_equal(out, images)
     # Saturation 0 gives grey: R == G == B within rounding.
     monkeypatch.setattr(data, "SATURATION_RANGE", (0.0, 0.0))
-    grey = (
-        data._colour_jitter(tf.constant(images), tf.constant([1, 2], tf.int64)).numpy().astype(int)
-    )
+    grey = data._colour_jitter(tf.constant(images), tf.constant([1, 2], tf.int64)).numpy().astype(int)
     assert np.abs(grey - grey[..., :1]).max() <= 1

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from quiltflow.config import DEMO_DIR, OWNED_FOLDERS, validate_config
 from quiltflow.demo import generate_demo
 from quiltflow.errors import UserError
@@ -96,9 +95,7 @@ def every_rule_output(workdir: Path, configfiles: tuple[str, ...]) -> dict[str, 
     """
     targets = ("all", "tfrecords", "train", "evaluate")
     outputs = planned_outputs(workdir, *targets, "--forceall", configfiles=configfiles)
-    for rule, paths in planned_outputs(
-        workdir, "--forcerun", "shard_tfrecords", configfiles=configfiles
-    ).items():
+    for rule, paths in planned_outputs(workdir, "--forcerun", "shard_tfrecords", configfiles=configfiles).items():
         outputs.setdefault(rule, set()).update(paths)
     return outputs
 
@@ -115,9 +112,9 @@ def assert_outputs_owned(workdir: Path, configfiles: tuple[str, ...], data: Path
     for rule, paths in outputs.items():
         for path in paths:
             assert not Path(path).is_absolute(), f"rule {rule} writes an absolute path {path}"
-            assert path.split("/")[0] in {"results", "logs", ".snakemake"} or path.startswith(
-                DEMO_DIR + "/"
-            ), f"rule {rule} writes {path}, outside {OWNED_FOLDERS}"
+            assert path.split("/")[0] in {"results", "logs", ".snakemake"} or path.startswith(DEMO_DIR + "/"), (
+                f"rule {rule} writes {path}, outside {OWNED_FOLDERS}"
+            )
             if data is not None:
                 assert str(data) not in os.path.abspath(workdir / path)
 

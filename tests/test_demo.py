@@ -9,14 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scipy import ndimage
-
-from quiltflow.demo import DEFAULT_CLASSES, LOOKUP_COLUMNS, generate_demo, render_tile, tissue_style
-from quiltflow.demo import _video_stain
+from quiltflow.demo import DEFAULT_CLASSES, LOOKUP_COLUMNS, _video_stain, generate_demo, render_tile, tissue_style
 from quiltflow.errors import UserError
 from quiltflow.lookup import SUBSPECIALTIES
 from quiltflow.metadata import DROP_REASONS, filter_metadata
 from quiltflow.settings import FilterSettings
+from scipy import ndimage
 
 
 def filtered(lookup: Path, images: Path, filters: dict) -> tuple[pd.DataFrame, dict]:
@@ -55,18 +53,13 @@ def test_lookup_looks_like_quilt(tmp_path: Path) -> None:
     vids = df.loc[df["subset"] == "quilt", "image_path"].str.extract(r"^(.{11})_image_")[0].dropna()
     assert vids.str.startswith("_").any() and vids.str.startswith("-").any()
     assert vids.str.contains("_image_").any()
-    labels = {
-        eval(p)[0] for p in df["pathology"].dropna() if re.fullmatch(r"\[('[^']+'(, )?)+\]", p)
-    }
+    labels = {eval(p)[0] for p in df["pathology"].dropna() if re.fullmatch(r"\[('[^']+'(, )?)+\]", p)}
     assert set(DEFAULT_CLASSES) <= labels <= set(SUBSPECIALTIES)
     assert summary["rows"] == len(df)
     # Varied source sizes (larger, non-square) and a few unreadable files.
     sizes = {Image.open(p).size for p in images.iterdir() if _readable(p)}
     assert len(sizes) >= 3 and any(w != h for w, h in sizes)
-    assert (
-        summary["corrupt_files"] >= 3
-        and sum(not _readable(p) for p in images.iterdir()) == summary["corrupt_files"]
-    )
+    assert summary["corrupt_files"] >= 3 and sum(not _readable(p) for p in images.iterdir()) == summary["corrupt_files"]
     assert any(p.stat().st_size == 0 for p in images.iterdir())
 
 

@@ -90,19 +90,34 @@ def _inputs(tmp_path: Path, skipped: dict[str, int], extra_manifest_rows: int = 
     pd.DataFrame({"image_id": ids, "group": [GROUPS.get(i, "v") for i in ids]}).to_parquet(manifest)
     files = {
         "label_map": {"classes": CLASSES, "class_to_index": {c: i for i, c in enumerate(CLASSES)}},
-        "info": {"model": "tiny", "architecture": "custom_cnn", "weights": "none", "train_seconds": 4.2,
-                 "device": "CPU"},
-        "test": {"split": "test", "image_size": 8, "num_records": N, "num_classes": 3, "shards": [],
-                 "skipped_by_reason": skipped},
+        "info": {
+            "model": "tiny",
+            "architecture": "custom_cnn",
+            "weights": "none",
+            "train_seconds": 4.2,
+            "device": "CPU",
+        },
+        "test": {
+            "split": "test",
+            "image_size": 8,
+            "num_records": N,
+            "num_classes": 3,
+            "shards": [],
+            "skipped_by_reason": skipped,
+        },
     }
     paths = {}
     for key, content in files.items():
         paths[key] = str(tmp_path / f"{key}.json")
         Path(paths[key]).write_text(json.dumps(content))
     return {
-        "model_path": str(model_path), "test_index_path": paths["test"], "manifest_path": str(manifest),
-        "label_map_path": paths["label_map"], "info_path": paths["info"],
-        "predictions_path": str(tmp_path / "out" / "tiny.parquet"), "metrics_path": str(tmp_path / "out" / "tiny.json"),
+        "model_path": str(model_path),
+        "test_index_path": paths["test"],
+        "manifest_path": str(manifest),
+        "label_map_path": paths["label_map"],
+        "info_path": paths["info"],
+        "predictions_path": str(tmp_path / "out" / "tiny.parquet"),
+        "metrics_path": str(tmp_path / "out" / "tiny.json"),
     }
 
 
@@ -160,8 +175,13 @@ def test_evaluate_script_on_real_tiles(tmp_path, lc25000):
     info.write_text(json.dumps({"model": "cnn", "architecture": "custom_cnn", "weights": "none", "train_seconds": 1.0}))
     run_workflow_script(
         "evaluate_model.py",
-        input={"model": str(tmp_path / "model.keras"), "test": str(tmp_path / "test.index.json"),
-               "manifest": str(manifest), "label_map": str(label_map), "info": str(info)},
+        input={
+            "model": str(tmp_path / "model.keras"),
+            "test": str(tmp_path / "test.index.json"),
+            "manifest": str(manifest),
+            "label_map": str(label_map),
+            "info": str(info),
+        },
         output={"predictions": str(tmp_path / "pred.parquet"), "metrics": str(tmp_path / "metrics.json")},
         params={"model": "cnn", "top_k": 2, "batch_size": 5},
         log=tmp_path / "eval.log",

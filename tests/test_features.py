@@ -10,11 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from quiltflow.settings import ModelSettings  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.features import extract_features, load_features, save_features  # noqa: E402
 from quiltflow.models import build_model  # noqa: E402
+from quiltflow.settings import ModelSettings  # noqa: E402
 from quiltflow.train import train_frozen_head, train_model  # noqa: E402
 
 SIZE = 32
@@ -37,7 +36,9 @@ def test_extract_features_keeps_order_ids_and_matches_the_model_base(tmp_path):
     assert data["labels"].tolist() == y.tolist() and data["ids"].tolist() == ids.tolist()
     # Same features as the base inside the full frozen model built with the same weights/seed.
     model = build_model("resnet50_frozen", 3, SIZE, weights="none", seed=5)
-    np.testing.assert_allclose(data["features"], model.get_layer("backbone").predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        data["features"], model.get_layer("backbone").predict(x, verbose=0), rtol=1e-4, atol=1e-4
+    )
     # An unbatched dataset is batched by batch_size, with the same result.
     unbatched = tf.data.Dataset.from_tensor_slices((x, y, ids))
     again = extract_features(unbatched, image_size=SIZE, weights="none", batch_size=3, seed=5)
@@ -55,18 +56,32 @@ def test_extract_features_keeps_order_ids_and_matches_the_model_base(tmp_path):
 def test_extract_features_needs_ids():
     x, y, _ = tiny(2)
     with pytest.raises(UserError, match="with_ids"):
-        extract_features(tf.data.Dataset.from_tensor_slices((x, y)).batch(2), image_size=SIZE, weights="none", batch_size=2)
+        extract_features(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(2), image_size=SIZE, weights="none", batch_size=2
+        )
 
 
 @pytest.mark.slow
 def test_head_on_cached_features_equals_head_trained_through_frozen_base(tmp_path):
     """Same init (seeded head), same batches (one full batch per epoch): same trained model."""
     x, y, ids = tiny(12)
-    settings = {"architecture": "resnet50_frozen", "epochs": 3, "batch_size": 12, "learning_rate": 1e-3,
-                "weights": "none", "patience": 10, "dropout": 0.0}
+    settings = {
+        "architecture": "resnet50_frozen",
+        "epochs": 3,
+        "batch_size": 12,
+        "learning_rate": 1e-3,
+        "weights": "none",
+        "patience": 10,
+        "dropout": 0.0,
+    }
     images = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
-    feats = extract_features(tf.data.Dataset.from_tensor_slices((x, y, ids)).batch(12),
-                             image_size=SIZE, weights="none", batch_size=12, seed=0)
+    feats = extract_features(
+        tf.data.Dataset.from_tensor_slices((x, y, ids)).batch(12),
+        image_size=SIZE,
+        weights="none",
+        batch_size=12,
+        seed=0,
+    )
     common = dict(settings=ModelSettings.from_config(settings, "frozen"), num_classes=3, image_size=SIZE, seed=0)
     cached = train_frozen_head(feats, feats, out_dir=tmp_path / "cached", shuffle=False, **common)
     through = train_model(images, images, out_dir=tmp_path / "through", **common)
@@ -77,7 +92,9 @@ def test_head_on_cached_features_equals_head_trained_through_frozen_base(tmp_pat
     for wa, wb in zip(a.get_layer("head").get_weights(), b.get_layer("head").get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-5)
     # The saved cached-feature model is a full image model that reproduces the head on features.
-    head_probs = keras.models.load_model(tmp_path / "cached" / "checkpoints" / "best.keras").predict(feats["features"], verbose=0)
+    head_probs = keras.models.load_model(tmp_path / "cached" / "checkpoints" / "best.keras").predict(
+        feats["features"], verbose=0
+    )
     np.testing.assert_allclose(a.predict(x, verbose=0), head_probs, rtol=1e-4, atol=1e-5)
     # And training changed the head (the comparison is not between two untouched inits).
     init = build_model("resnet50_frozen", 3, SIZE, weights="none", seed=0).get_layer("head").get_weights()

@@ -8,9 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
-from quiltflow.errors import UserError
 from quiltflow.demo import LOOKUP_COLUMNS
+from quiltflow.errors import UserError
 from quiltflow.lookup import parse_pathology
 from quiltflow.metadata import DROP_REASONS, filter_metadata
 from quiltflow.settings import FilterSettings, section_schema
@@ -46,9 +45,7 @@ def write_lookup(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> 
     return path
 
 
-def run_filter(
-    fmt: str, metadata: Path | None, root: Path, filters: dict | None, columns: dict | None
-):
+def run_filter(fmt: str, metadata: Path | None, root: Path, filters: dict | None, columns: dict | None):
     """filter_metadata with the filters section as a config gives it (validated by the schema)."""
     return filter_metadata(fmt, metadata, root, FilterSettings.from_config(filters), columns)
 
@@ -126,9 +123,7 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
     expected["class_not_top_k"] = 2  # Pulmonary's two images
     assert report["dropped"] == expected
     assert report["rows_in"] == len(rows)
-    assert table["image_id"].tolist() == [vid_name(A, i) for i in range(4)] + [
-        vid_name(B, i) for i in range(2)
-    ]
+    assert table["image_id"].tolist() == [vid_name(A, i) for i in range(4)] + [vid_name(B, i) for i in range(2)]
     assert report["class_counts"] == {"Renal": 4, "Bone": 2}
     assert table["group"].unique().tolist() == [A, B]
 
@@ -179,9 +174,7 @@ def test_video_id_regex(tmp_path: Path, root: Path, name: str, group: str) -> No
 def test_group_is_stem_outside_quilt_subset(tmp_path: Path, root: Path) -> None:
     name = vid_name("abcdefghijk", 1)
     touch(root, name)
-    lookup = write_lookup(
-        tmp_path / "l.csv", [{"image_path": name, "subset": "pubmed", "magnification": ""}]
-    )
+    lookup = write_lookup(tmp_path / "l.csv", [{"image_path": name, "subset": "pubmed", "magnification": ""}])
     table, _ = run_filter("quilt", lookup, root, {}, None)
     assert table["group"].tolist() == [Path(name).stem]
     assert table["magnification"].isna().all()
@@ -372,17 +365,13 @@ def test_csv_adapter(tmp_path: Path, root: Path) -> None:
     assert report["dropped"] == {"no_label": 1, "image_missing": 1, "unsafe_path": 1}
     # Parquet input and no group column give the same images, grouped by stem.
     df.to_parquet(tmp_path / "meta.parquet")
-    t2, r2 = run_filter(
-        "csv", tmp_path / "meta.parquet", root, {}, {"path": "file", "label": "dx", "group": None}
-    )
+    t2, r2 = run_filter("csv", tmp_path / "meta.parquet", root, {}, {"path": "file", "label": "dx", "group": None})
     check(r2, t2)
     assert t2["group"].tolist() == ["c", "a", "b"]
     with pytest.raises(UserError, match="columns.label"):
         run_filter("csv", tmp_path / "meta.csv", root, {}, {"path": "file"})
     with pytest.raises(UserError, match="'label_col' not found"):
-        run_filter(
-            "csv", tmp_path / "meta.csv", root, {}, {"path": "file", "label": "label_col"}
-        )
+        run_filter("csv", tmp_path / "meta.csv", root, {}, {"path": "file", "label": "label_col"})
 
 
 def test_folder_adapter(tmp_path: Path, root: Path) -> None:
@@ -420,18 +409,13 @@ def test_folder_adapter_on_real_tiles(lc25000: Path) -> None:
 def test_write_filtered_is_byte_identical(tmp_path: Path, root: Path) -> None:
     names = [vid_name(v, i) for v in ("_aaaaaaaaaa", "-bbbbbbbbbb") for i in range(5)]
     touch(root, *names)
-    rows = [
-        {"image_path": n, "pathology": "['Renal', 'Bone']" if i % 2 else "['Bone']"}
-        for i, n in enumerate(names)
-    ]
+    rows = [{"image_path": n, "pathology": "['Renal', 'Bone']" if i % 2 else "['Bone']"} for i, n in enumerate(names)]
     lookup = write_lookup(tmp_path / "l.csv", rows + rows[::-1])
     outs = []
     for k in range(2):
         table, report = run_filter("quilt", lookup, root, {}, None)
         write_filtered(table, report, tmp_path / f"t{k}.parquet", tmp_path / f"r{k}.json")
-        outs.append(
-            ((tmp_path / f"t{k}.parquet").read_bytes(), (tmp_path / f"r{k}.json").read_bytes())
-        )
+        outs.append(((tmp_path / f"t{k}.parquet").read_bytes(), (tmp_path / f"r{k}.json").read_bytes()))
     assert outs[0] == outs[1]
     schema = pq.read_schema(tmp_path / "t0.parquet")
     assert schema.metadata is None or b"pandas" not in schema.metadata

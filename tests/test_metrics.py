@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
 from quiltflow.metrics import (  # noqa: E402
     METRICS_SCHEMA_VERSION,
     PREDICTIONS_ARROW_SCHEMA,
@@ -24,7 +25,6 @@ from quiltflow.metrics import (  # noqa: E402
     read_predictions,
     write_predictions,
 )
-from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
 # Six images. Misclassified: img1 (true 0 -> 1, true class 2nd) and img5 (true 2 -> 0, true class last).

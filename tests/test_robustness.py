@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from bad_input_fixture import make_bad_input_dataset
 from workflow_runner import REPO, VENV_BIN, clone_run, copy_workflow, snakemake, workflow_env
 

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
-
 from quiltflow import shards
 from quiltflow.errors import UserError
 from quiltflow.settings import ShardSettings
@@ -129,9 +127,7 @@ def dataset(tmp_path: Path) -> dict:
     root = tmp_path / "images"
     (root / "good").mkdir(parents=True)
     good, arrays = [], {}
-    for i, (w, h) in enumerate(
-        [(64, 48), (48, 64), (100, 100), (33, 70), (300, 200), (40, 40)] * 2
-    ):
+    for i, (w, h) in enumerate([(64, 48), (48, 64), (100, 100), (33, 70), (300, 200), (40, 40)] * 2):
         image_id = f"good/img{i:02d}.jpg"
         arrays[image_id] = he_like(w, h, seed=i)
         save_jpeg(root / image_id, arrays[image_id])
@@ -297,16 +293,12 @@ def _mode_image(mode: str, tmp_path: Path) -> tuple[Path, tuple[int, int, int]]:
     return path, rgb
 
 
-@pytest.mark.parametrize(
-    "mode", ["L", "LA", "RGBA", "P", "P-transparent", "CMYK", "I;16", "I", "F", "1"]
-)
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "P-transparent", "CMYK", "I;16", "I", "F", "1"])
 def test_every_mode_becomes_rgb(tmp_path: Path, mode: str):
     path, rgb = _mode_image(mode, tmp_path)
     out = Image.open(io.BytesIO(prepare_image(path, S, 90)))
     assert out.mode == "RGB" and out.size == (S, S) and out.format == "JPEG"
-    centre = (
-        np.asarray(out)[S // 2 - 2 : S // 2 + 2, S // 2 - 2 : S // 2 + 2].reshape(-1, 3).mean(0)
-    )
+    centre = np.asarray(out)[S // 2 - 2 : S // 2 + 2, S // 2 - 2 : S // 2 + 2].reshape(-1, 3).mean(0)
     assert np.abs(centre - np.array(rgb)).max() < 8, (mode, centre, rgb)
 
 
@@ -350,9 +342,9 @@ def test_write_shard_counts_every_bad_kind_and_round_trips(dataset):
     assert report["bytes"] == out.stat().st_size
 
     examples = list(read_examples(out))
-    kept_rows = [(i, l) for i, l in zip(ids, dataset["labels"]) if i not in bad]
+    kept_rows = [(i, label) for i, label in zip(ids, dataset["labels"]) if i not in bad]
     assert [e["image/id"][0].decode() for e in examples] == [i for i, _ in kept_rows]
-    assert [e["image/label"][0] for e in examples] == [l for _, l in kept_rows]
+    assert [e["image/label"][0] for e in examples] == [label for _, label in kept_rows]
     groups = [f"video{k % 4}" for k, i in enumerate(ids) if i not in bad]
     assert [e["image/group"][0].decode() for e in examples] == groups
     for e in examples:
@@ -479,9 +471,7 @@ def test_index_sums_reconcile(dataset):
 def test_index_rejects_labels_outside_label_map(dataset):
     _, out = _shard(dataset, 0, 1)
     with pytest.raises(UserError, match="label"):
-        write_index(
-            "train", S, 2, [out], [out.with_suffix(".report.json")], dataset["tmp"] / "i.json"
-        )
+        write_index("train", S, 2, [out], [out.with_suffix(".report.json")], dataset["tmp"] / "i.json")
 
 
 def test_load_index_names_missing_key(tmp_path: Path):
@@ -531,9 +521,7 @@ def test_snakemake_scripts_write_shard_report_and_index(dataset):
         shard_files.append(str(shard))
         report_files.append(str(report))
     label_map = tmp / "label_map.json"
-    label_map.write_text(
-        json.dumps({"classes": ["a", "b", "c"], "class_to_index": {"a": 0, "b": 1, "c": 2}})
-    )
+    label_map.write_text(json.dumps({"classes": ["a", "b", "c"], "class_to_index": {"a": 0, "b": 1, "c": 2}}))
     index_file = tmp / "tfrecords" / "train.index.json"
     run_workflow_script(
         "index_tfrecords.py",

@@ -7,22 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
-
 from quiltflow.errors import UserError
 from quiltflow.settings import SplitSettings
 from quiltflow.splits import SPLITS, make_splits, write_splits
 from quiltflow.tables import FILTERED_SCHEMA, arrow_to_pandas, read_filtered
 
-import pyarrow as pa
-
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
 def settings(seed: int, fractions: dict = FRACTIONS, use_source_val: bool = False) -> SplitSettings:
-    return SplitSettings.from_config(
-        {"fractions": fractions, "use_source_val": use_source_val}, seed=seed
-    )
+    return SplitSettings.from_config({"fractions": fractions, "use_source_val": use_source_val}, seed=seed)
 
 
 def make_table(n_groups: int = 200, seed: int = 0, singles: int = 300) -> pd.DataFrame:
@@ -84,9 +80,7 @@ def test_no_group_crosses_splits_and_fractions_hold() -> None:
 def test_same_seed_and_input_give_identical_bytes(tmp_path: Path) -> None:
     table = make_table(n_groups=60, singles=50)
     outputs = []
-    for k, t in enumerate(
-        [table, table.sample(frac=1.0, random_state=1)]
-    ):  # row order must not matter
+    for k, t in enumerate([table, table.sample(frac=1.0, random_state=1)]):  # row order must not matter
         manifests, label_map, report = make_splits(t, settings(7))
         paths = {s: tmp_path / f"{k}" / f"{s}.parquet" for s in SPLITS}
         write_splits(
@@ -138,16 +132,8 @@ def test_small_classes_kept_with_warning() -> None:
 
 def test_tiny_classes_reach_every_split_when_they_can() -> None:
     """Four videos of one class: one each to val and test, the rest to train."""
-    rows = [
-        (f"v{g}xxxxxxxxx_image_{i}.jpg", "Renal", f"v{g}xxxxxxxxx")
-        for g in range(4)
-        for i in range(4)
-    ]
-    rows += [
-        (f"w{g}xxxxxxxxx_image_{i}.jpg", "Bone", f"w{g}xxxxxxxxx")
-        for g in range(4)
-        for i in range(4)
-    ]
+    rows = [(f"v{g}xxxxxxxxx_image_{i}.jpg", "Renal", f"v{g}xxxxxxxxx") for g in range(4) for i in range(4)]
+    rows += [(f"w{g}xxxxxxxxx_image_{i}.jpg", "Bone", f"w{g}xxxxxxxxx") for g in range(4) for i in range(4)]
     df = pd.DataFrame(rows, columns=["image_id", "label", "group"]).assign(
         pathologies=[[] for _ in rows],
         subset="quilt",

@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from quiltflow.errors import UserError
 from quiltflow.tfrecord_io import (
     TFRecordCorruptError,
@@ -161,15 +160,9 @@ def test_we_read_files_written_by_tensorflow(tf, tmp_path: Path):
             ex = tf.train.Example(
                 features=tf.train.Features(
                     feature={
-                        "image/encoded": tf.train.Feature(
-                            bytes_list=tf.train.BytesList(value=[e["image/encoded"]])
-                        ),
-                        "image/label": tf.train.Feature(
-                            int64_list=tf.train.Int64List(value=[e["image/label"], -7])
-                        ),
-                        "image/id": tf.train.Feature(
-                            bytes_list=tf.train.BytesList(value=[e["image/id"].encode()])
-                        ),
+                        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[e["image/encoded"]])),
+                        "image/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[e["image/label"], -7])),
+                        "image/id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[e["image/id"].encode()])),
                         "score": tf.train.Feature(float_list=tf.train.FloatList(value=[0.25])),
                     }
                 )

@@ -17,14 +17,24 @@ sys.path.insert(0, str(WORKFLOW))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.settings import ModelSettings  # noqa: E402
 from quiltflow.train import class_weights_from_counts, train_model  # noqa: E402
 
 SIZE = 32
-CONTRACT_KEYS = {"model", "architecture", "weights", "epochs_run", "best_epoch", "train_seconds",
-                 "num_train", "num_val", "image_size", "seed", "device"}
+CONTRACT_KEYS = {
+    "model",
+    "architecture",
+    "weights",
+    "epochs_run",
+    "best_epoch",
+    "train_seconds",
+    "num_train",
+    "num_val",
+    "image_size",
+    "seed",
+    "device",
+}
 
 
 def tiny_datasets(n=24, batch=8, seed=0):
@@ -115,8 +125,15 @@ def test_missing_architecture_is_named():
 def test_inject_failure_raises_before_writing(tmp_path):
     train, val = tiny_datasets()
     with pytest.raises(RuntimeError, match="inject_failure"):
-        train_model(train, val, out_dir=tmp_path / "m", settings=settings_of(cnn_settings(inject_failure=True)),
-                    num_classes=3, image_size=SIZE, seed=0)
+        train_model(
+            train,
+            val,
+            out_dir=tmp_path / "m",
+            settings=settings_of(cnn_settings(inject_failure=True)),
+            num_classes=3,
+            image_size=SIZE,
+            seed=0,
+        )
     assert not (tmp_path / "m" / "model.keras").exists()
 
 
@@ -129,8 +146,15 @@ def read_history(out_dir):
 
 def test_custom_cnn_training_writes_contract_outputs(tmp_path):
     train, val = tiny_datasets()
-    info = train_model(train, val, out_dir=tmp_path, settings=settings_of(cnn_settings(epochs=3, patience=5), "cnn"),
-                       num_classes=3, image_size=SIZE, seed=3)
+    info = train_model(
+        train,
+        val,
+        out_dir=tmp_path,
+        settings=settings_of(cnn_settings(epochs=3, patience=5), "cnn"),
+        num_classes=3,
+        image_size=SIZE,
+        seed=3,
+    )
     on_disk = json.loads((tmp_path / "train_info.json").read_text())
     assert on_disk == json.loads(json.dumps(info))
     assert CONTRACT_KEYS <= set(on_disk)
@@ -153,13 +177,27 @@ def test_same_seed_gives_same_history_on_cpu(tmp_path):
     runs = []
     for name in ("a", "b"):
         train, val = tiny_datasets()
-        train_model(train, val, out_dir=tmp_path / name, settings=settings_of(cnn_settings(), "cnn"),
-                    num_classes=3, image_size=SIZE, seed=11)
+        train_model(
+            train,
+            val,
+            out_dir=tmp_path / name,
+            settings=settings_of(cnn_settings(), "cnn"),
+            num_classes=3,
+            image_size=SIZE,
+            seed=11,
+        )
         runs.append(read_history(tmp_path / name))
     assert runs[0] == runs[1]
     train, val = tiny_datasets()
-    train_model(train, val, out_dir=tmp_path / "c", settings=settings_of(cnn_settings(), "cnn"),
-                num_classes=3, image_size=SIZE, seed=12)
+    train_model(
+        train,
+        val,
+        out_dir=tmp_path / "c",
+        settings=settings_of(cnn_settings(), "cnn"),
+        num_classes=3,
+        image_size=SIZE,
+        seed=12,
+    )
     assert read_history(tmp_path / "c") != runs[0]  # the seed really matters
 
 
@@ -219,10 +257,17 @@ def test_sigkilled_training_resumes_from_last_finished_epoch(tmp_path):
 @pytest.mark.slow
 def test_finetune_warms_up_then_unfreezes(tmp_path):
     train, val = tiny_datasets(n=16)
-    settings = {"architecture": "resnet50_finetune", "epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
-                "weights": "none", "warmup_epochs": 1}
-    info = train_model(train, val, out_dir=tmp_path, settings=settings_of(settings, "ft"),
-                       num_classes=3, image_size=SIZE, seed=0)
+    settings = {
+        "architecture": "resnet50_finetune",
+        "epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "weights": "none",
+        "warmup_epochs": 1,
+    }
+    info = train_model(
+        train, val, out_dir=tmp_path, settings=settings_of(settings, "ft"), num_classes=3, image_size=SIZE, seed=0
+    )
     assert info["epochs_run"] == 2 and info["settings"]["finetune_learning_rate"] == pytest.approx(1e-4)
     assert [int(r["epoch"]) for r in read_history(tmp_path)] == [0, 1]
     model = keras.models.load_model(tmp_path / "model.keras")

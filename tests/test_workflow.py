@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from workflow_runner import clone_run, copy_workflow, planned_jobs, rules_of, snakemake
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +53,7 @@ def test_outputs_complete_and_reconciled(finished_run):
         assert kept + skipped == len(manifest)
         assert index["num_records"] == kept
     assert split_rows == len(filtered)
-    groups = [
-        set(pd.read_parquet(results / f"splits/{s}.parquet")["group"]) for s in ("train", "val", "test")
-    ]
+    groups = [set(pd.read_parquet(results / f"splits/{s}.parquet")["group"]) for s in ("train", "val", "test")]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
 
     for model in MODELS:
@@ -95,9 +92,7 @@ def test_hyperparameter_change_reruns_only_that_model(finished_run, tmp_path):
 
 def test_new_model_adds_only_its_jobs(finished_run, tmp_path):
     workdir = clone_run(finished_run, tmp_path / "run")
-    configs = overlay_configs(
-        workdir, {"models": {"small_cnn": {"architecture": "custom_cnn", "epochs": 1}}}
-    )
+    configs = overlay_configs(workdir, {"models": {"small_cnn": {"architecture": "custom_cnn", "epochs": 1}}})
     jobs = planned_jobs(workdir, configfiles=configs)
     assert jobs == {
         "train_model[model=small_cnn]",

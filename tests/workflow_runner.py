@@ -63,13 +63,10 @@ def snakemake(
     cmd = [str(VENV_BIN / "snakemake"), *args, "--cores", "2", "--resources", "gpu=1"]
     if configfiles:
         cmd += ["--configfile", *configfiles]
-    proc = subprocess.run(
-        cmd, cwd=workdir, env=workflow_env(), capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.run(cmd, cwd=workdir, env=workflow_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
 

@@ -19,12 +19,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: needs the throwaway single-node SLURM (root + apt)")
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the cluster tests last: while /etc/slurm/slurm.conf exists, every snakemake start
     queries slurmctld, so no other test should run while the cluster is up or coming down."""
+
     def in_cluster_dir(item: pytest.Item) -> bool:
         return CLUSTER_DIR in Path(str(item.path)).resolve().parents
+
     items[:] = [i for i in items if not in_cluster_dir(i)] + [i for i in items if in_cluster_dir(i)]
 
 

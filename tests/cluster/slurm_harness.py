@@ -81,7 +81,7 @@ def install_packages(timeout: float = 240) -> None:
         try:
             res = _run(cmd, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            raise SlurmUnavailable(f"'{' '.join(cmd)}' took over {timeout:.0f} s (no network?)")
+            raise SlurmUnavailable(f"'{' '.join(cmd)}' took over {timeout:.0f} s (no network?)") from None
         if res.returncode != 0:
             tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
             raise SlurmUnavailable(f"'{' '.join(cmd)}' failed: {tail[0]}")
@@ -178,7 +178,7 @@ class LocalSlurm:
     mem_mb: int = 0
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self) -> "LocalSlurm":
+    def start(self) -> LocalSlurm:
         reason = unavailable_reason()
         if reason:
             raise SlurmUnavailable(reason)
@@ -229,7 +229,7 @@ class LocalSlurm:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -237,12 +237,16 @@ class LocalSlurm:
 
     # ----------------------------------------------------------------- helpers
     def _save_state(self) -> None:
-        STATE_FILE.write_text(json.dumps({
-            "pids": {n: p.pid for n, p in self.procs.items()},
-            "files": [str(p) for p in self.written],
-            "tmpdir": str(self.tmpdir),
-            "created_munge_rundir": self.created_munge_rundir,
-        }))
+        STATE_FILE.write_text(
+            json.dumps(
+                {
+                    "pids": {n: p.pid for n, p in self.procs.items()},
+                    "files": [str(p) for p in self.written],
+                    "tmpdir": str(self.tmpdir),
+                    "created_munge_rundir": self.created_munge_rundir,
+                }
+            )
+        )
 
     def _write_config(self) -> None:
         node, self.cpus, self.mem_mb = _node_line(self.min_cpus, self.min_mem_mb, self.gpus)
@@ -295,8 +299,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.logs.append(log)
         # own session: a Ctrl-C in the test terminal must not hit the daemons first
         self.procs[name] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, **kw,
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **kw,
         )
         self._save_state()
 
@@ -369,8 +377,11 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def jobs_of_rule(self, rule: str, workdir: Path | None = None) -> list[dict[str, str]]:
         """Jobs the snakemake slurm plugin submitted for `rule` (it sets --comment rule_<name>...)."""
-        return [j for j in self.jobs(workdir)
-                if j.get("Comment") == f"rule_{rule}" or j.get("Comment", "").startswith(f"rule_{rule}_wildcards_")]
+        return [
+            j
+            for j in self.jobs(workdir)
+            if j.get("Comment") == f"rule_{rule}" or j.get("Comment", "").startswith(f"rule_{rule}_wildcards_")
+        ]
 
 
 def _main(argv: list[str]) -> int:
@@ -385,8 +396,10 @@ def _main(argv: list[str]) -> int:
         cluster = LocalSlurm()
         cluster.start()
         atexit.unregister(cluster.stop)  # keep it running after this process exits
-        print(f"up: {cluster.cpus} CPUs, {cluster.mem_mb} MB, gpu:{cluster.gpus}; logs in {cluster.tmpdir}; "
-              f"stop with: python {argv[0]} down")
+        print(
+            f"up: {cluster.cpus} CPUs, {cluster.mem_mb} MB, gpu:{cluster.gpus}; logs in {cluster.tmpdir}; "
+            f"stop with: python {argv[0]} down"
+        )
         return 0
     print(__doc__)
     return 2

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_harness import LocalSlurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -31,9 +30,11 @@ VENV_BIN = Path(sys.executable).parent  # jobs inherit PATH via sbatch --export=
 # Test-only settings layered over the user profile on the command line: first poll after 1 s
 # instead of the plugin's 40 s, and keep the job logs so a failure can be read.
 TEST_ARGS = [
-    "--slurm-init-seconds-before-status-checks", "1",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
     "--slurm-keep-successful-logs",
-    "--latency-wait", "5",
+    "--latency-wait",
+    "5",
 ]
 KILLED = (124, 137, -9)  # `timeout -s KILL` ran out: the run hung
 
@@ -45,16 +46,34 @@ def main_snakefile() -> Path:
     return REPO / "Snakefile"
 
 
-def run_snakemake(snakefile: Path, workdir: Path, *extra: str, configfiles: tuple[Path, ...] = (),
-                  timeout: int = 120, fast_poll: bool = True) -> subprocess.CompletedProcess:
+def run_snakemake(
+    snakefile: Path,
+    workdir: Path,
+    *extra: str,
+    configfiles: tuple[Path, ...] = (),
+    timeout: int = 120,
+    fast_poll: bool = True,
+) -> subprocess.CompletedProcess:
     """`snakemake --profile profiles/slurm` under a hard `timeout -s KILL`, output kept in workdir.
 
     `fast_poll` caps the plugin's growing poll interval (see snakemake_fastpoll.py); without
     it the run is exactly what a user gets, only slower."""
     exe = [sys.executable, str(FASTPOLL)] if fast_poll else [str(VENV_BIN / "snakemake")]
-    cmd = ["timeout", "-s", "KILL", str(timeout), *exe,
-           "-s", str(snakefile), "--directory", str(workdir), "--profile", str(PROFILE),
-           *TEST_ARGS, *extra]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(timeout),
+        *exe,
+        "-s",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(PROFILE),
+        *TEST_ARGS,
+        *extra,
+    ]
     if configfiles:
         cmd += ["--configfile", *map(str, configfiles)]
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -77,8 +96,10 @@ def gpus(job: dict[str, str]) -> str:
 def print_jobs(cluster: LocalSlurm, workdir: Path) -> None:
     """One line per SLURM job of this run (shown by pytest -s or on failure)."""
     for j in cluster.jobs(workdir):
-        print(f"  job {j['JobId']:>3} {j['JobState']:<9} run {j['RunTime']} "
-              f"gpu={gpus(j) or '-'} cpus={j['NumCPUs']} mem={j['MinMemoryNode']} {j['Comment']}")
+        print(
+            f"  job {j['JobId']:>3} {j['JobState']:<9} run {j['RunTime']} "
+            f"gpu={gpus(j) or '-'} cpus={j['NumCPUs']} mem={j['MinMemoryNode']} {j['Comment']}"
+        )
 
 
 def mem_mb(job: dict[str, str]) -> int:
@@ -161,14 +182,18 @@ def test_slurm_shard_jobs_as_one_array_when_opted_in(slurm_cluster: LocalSlurm, 
     assert tasks == {f"array_task={i}" for i in range(1, 7)}, tasks
 
 
-@pytest.mark.xfail(strict=True, reason="snakemake-executor-plugin-slurm#473: array mode drops "
-                   "a batch of ready jobs smaller than the rule's remaining ready jobs")
+@pytest.mark.xfail(
+    strict=True,
+    reason="snakemake-executor-plugin-slurm#473: array mode drops "
+    "a batch of ready jobs smaller than the rule's remaining ready jobs",
+)
 def test_slurm_array_mode_with_fewer_job_slots_than_shards(slurm_cluster: LocalSlurm, tmp_path: Path):
     """Why arrays are not the profile's default: with `--jobs` below the number of shard jobs the
     plugin (2.8.0) never submits the first batch and snakemake waits forever. When an upgrade
     fixes it, this XPASSes (strict: a failure) and docs/slurm.md's advice can change."""
-    res = run_snakemake(TOY_ARRAY, tmp_path, "--slurm-array-jobs", "shard_tfrecords", "--jobs", "4",
-                        "--config", "shards=12", timeout=45)
+    res = run_snakemake(
+        TOY_ARRAY, tmp_path, "--slurm-array-jobs", "shard_tfrecords", "--jobs", "4", "--config", "shards=12", timeout=45
+    )
     assert res.returncode == 0, tail(res)
 
 
@@ -185,7 +210,9 @@ def real_workflow() -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_run(slurm_cluster: LocalSlurm, real_workflow: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def real_run(
+    slurm_cluster: LocalSlurm, real_workflow: Path, tmp_path_factory
+) -> tuple[Path, subprocess.CompletedProcess]:
     workdir = tmp_path_factory.mktemp("slurm-e2e")
     res = run_snakemake(real_workflow, workdir, configfiles=(TEST_CONFIG,), timeout=420)
     return workdir, res
@@ -217,8 +244,13 @@ def test_slurm_real_workflow_injected_failure(slurm_cluster: LocalSlurm, real_ru
         pytest.skip("needs the successful end-to-end run first")
     before = {j["JobId"] for j in slurm_cluster.jobs(workdir)}
     res = run_snakemake(
-        main_snakefile(), workdir, "results/models/custom_cnn/model.keras", "--forcerun", "train_model",
-        configfiles=(TEST_CONFIG, failure_overlay(tmp_path)), timeout=240,
+        main_snakefile(),
+        workdir,
+        "results/models/custom_cnn/model.keras",
+        "--forcerun",
+        "train_model",
+        configfiles=(TEST_CONFIG, failure_overlay(tmp_path)),
+        timeout=240,
     )
     assert res.returncode not in KILLED, "snakemake hung on a failed SLURM job:\n" + tail(res)
     assert res.returncode != 0, tail(res)

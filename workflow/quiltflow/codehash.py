@@ -67,7 +67,7 @@ def _module_imports(name: str, package_dir: Path) -> frozenset[str]:
     return _parsed_imports(name, package_dir, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parsed_imports(name: str, package_dir: Path, mtime_ns: int, size: int) -> frozenset[str]:
     """Imports of one module file, parsed once per version of the file (every rule asks)."""
     path = _module_file(name, package_dir)

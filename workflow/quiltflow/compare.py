@@ -38,8 +38,18 @@ COMPARISON_SCHEMA_VERSION = 1
 MAJORITY = "majority_baseline"
 STRATIFIED = "stratified_baseline"
 CSV_COLUMNS = [
-    "model", "kind", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "f1_macro", "f1_macro_ci_low",
-    "f1_macro_ci_high", "balanced_accuracy", "f1_weighted", "weights", "n_test",
+    "model",
+    "kind",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "f1_macro",
+    "f1_macro_ci_low",
+    "f1_macro_ci_high",
+    "balanced_accuracy",
+    "f1_weighted",
+    "weights",
+    "n_test",
 ]
 
 
@@ -59,9 +69,7 @@ def _read_predictions_of(
     """A model's predictions sorted by image_id, checked against its metrics document and the
     label map; return (its test set, y_pred)."""
     if doc["metrics"]["class_names"] != class_names:
-        raise UserError(
-            f"metrics file {metrics_path}: class_names differ from the label map (stale file?)"
-        )
+        raise UserError(f"metrics file {metrics_path}: class_names differ from the label map (stale file?)")
     frame = read_predictions(predictions_path).sort_values("image_id", kind="stable")
     if len(frame) != doc["metrics"]["n_test"]:
         raise UserError(
@@ -79,20 +87,16 @@ def _read_predictions_of(
 
 def _check_same_test_set(first: _TestSet, other: _TestSet) -> None:
     """McNemar pairs outcomes image by image: every model must have seen the same test images."""
-    if len(other.image_ids) != len(first.image_ids) or not np.array_equal(
-        other.image_ids, first.image_ids
-    ):
+    if len(other.image_ids) != len(first.image_ids) or not np.array_equal(other.image_ids, first.image_ids):
         diff = sorted(set(other.image_ids).symmetric_difference(first.image_ids))
         where = f"e.g. image_id {diff[0]}" if diff else "a duplicated image_id"
         raise UserError(
-            f"predictions file {other.predictions_path}: test images differ from "
-            f"{first.predictions_path} ({where})"
+            f"predictions file {other.predictions_path}: test images differ from {first.predictions_path} ({where})"
         )
     if not np.array_equal(other.y_true, first.y_true):
         row = int(np.flatnonzero(other.y_true != first.y_true)[0])
         raise UserError(
-            f"predictions file {other.predictions_path}: true_label of image_id "
-            f"{other.image_ids[row]} differs"
+            f"predictions file {other.predictions_path}: true_label of image_id {other.image_ids[row]} differs"
         )
     if other.manifest_sha256 != first.manifest_sha256:
         raise UserError(
@@ -109,8 +113,7 @@ def _load_models(
         raise UserError("compare_models: no models to compare (config models is empty?)")
     if len(metrics_paths) != len(predictions_paths):
         raise UserError(
-            f"compare_models: {len(metrics_paths)} metrics files but "
-            f"{len(predictions_paths)} predictions files"
+            f"compare_models: {len(metrics_paths)} metrics files but {len(predictions_paths)} predictions files"
         )
     models: list[dict[str, Any]] = []
     test_sets: list[_TestSet] = []
@@ -134,8 +137,17 @@ def _load_models(
 
 
 def _row(
-    name: str, kind: str, y_true: np.ndarray, y_pred: np.ndarray, k: int, *, weights: str, seed: int,
-    samples: int, level: float, extra: dict[str, Any] | None = None,
+    name: str,
+    kind: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    k: int,
+    *,
+    weights: str,
+    seed: int,
+    samples: int,
+    level: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     boot = stats.bootstrap_metrics(y_true, y_pred, k, samples=samples, seed=seed, level=level)
     row = {
@@ -206,42 +218,27 @@ def _metric_rows(
 
     majority_pred = stats.majority_predictions(y_true, train_counts, class_names)
     majority_name = class_names[stats.majority_class(train_counts, class_names)]
-    stratified_pred = stats.stratified_predictions(
-        y_true, train_counts, class_names, seed=bootstrap["seed"]
-    )
+    stratified_pred = stats.stratified_predictions(y_true, train_counts, class_names, seed=bootstrap["seed"])
     expected = stats.stratified_expected_accuracy(y_true, train_counts, class_names)
-    rows = [
-        row(m["name"], "model", m["y_pred"], m["doc"]["weights"], _model_extras(m["doc"]))
-        for m in models
-    ]
+    rows = [row(m["name"], "model", m["y_pred"], m["doc"]["weights"], _model_extras(m["doc"])) for m in models]
     rows.append(row(MAJORITY, "baseline", majority_pred, "none", {"predicts": majority_name}))
-    rows.append(
-        row(STRATIFIED, "baseline", stratified_pred, "none", {"expected_accuracy": expected})
-    )
+    rows.append(row(STRATIFIED, "baseline", stratified_pred, "none", {"expected_accuracy": expected}))
     return rows, majority_pred, majority_name
 
 
-def _pairwise_tests(
-    correct: dict[str, np.ndarray], alpha: float, bootstrap: dict[str, Any]
-) -> list[dict[str, Any]]:
+def _pairwise_tests(correct: dict[str, np.ndarray], alpha: float, bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
     """McNemar between every two models (Holm within the family), with the accuracy difference."""
-    pairs = [
-        stats.mcnemar_exact(correct[a], correct[b], a=a, b=b) for a, b in combinations(correct, 2)
-    ]
+    pairs = [stats.mcnemar_exact(correct[a], correct[b], a=a, b=b) for a, b in combinations(correct, 2)]
     pairwise = []
     for result, p_adj in zip(pairs, stats.holm_adjust([r.p_value for r in pairs])):
         entry = _test_dict(result, p_adj, alpha)
-        diff, diff_ci = stats.bootstrap_accuracy_difference(
-            correct[result.a], correct[result.b], **bootstrap
-        )
+        diff, diff_ci = stats.bootstrap_accuracy_difference(correct[result.a], correct[result.b], **bootstrap)
         entry.update({"accuracy_difference": diff, "accuracy_difference_ci": list(diff_ci)})
         pairwise.append(entry)
     return pairwise
 
 
-def _majority_tests(
-    correct: dict[str, np.ndarray], majority_correct: np.ndarray, alpha: float
-) -> list[dict[str, Any]]:
+def _majority_tests(correct: dict[str, np.ndarray], majority_correct: np.ndarray, alpha: float) -> list[dict[str, Any]]:
     """McNemar of every model against the majority-class baseline (Holm within the family)."""
     tests = [stats.mcnemar_exact(correct[m], majority_correct, a=m, b=MAJORITY) for m in correct]
     vs_majority = []
@@ -252,9 +249,7 @@ def _majority_tests(
     return vs_majority
 
 
-def _caveats(
-    synthetic: bool, vs_majority: list[dict[str, Any]], majority_name: str, n_test: int
-) -> list[str]:
+def _caveats(synthetic: bool, vs_majority: list[dict[str, Any]], majority_name: str, n_test: int) -> list[str]:
     caveats = []
     if synthetic:
         caveats.append(
@@ -268,9 +263,7 @@ def _caveats(
                 f"class ({majority_name}): {entry['verdict']}."
             )
     if n_test < 100:
-        caveats.append(
-            f"Only {n_test} test images: confidence intervals are wide and tests have little power."
-        )
+        caveats.append(f"Only {n_test} test images: confidence intervals are wide and tests have little power.")
     return caveats
 
 
@@ -290,9 +283,7 @@ def build_comparison(
     ``y_true``; CIs have level ``1 - alpha``."""
     level = 1.0 - alpha
     bootstrap = {"seed": seed, "samples": bootstrap_samples, "level": level}
-    rows, majority_pred, majority_name = _metric_rows(
-        models, y_true, class_names, train_counts, bootstrap
-    )
+    rows, majority_pred, majority_name = _metric_rows(models, y_true, class_names, train_counts, bootstrap)
     correct = {m["name"]: m["y_pred"] == y_true for m in models}
     pairwise = _pairwise_tests(correct, alpha, bootstrap)
     vs_majority = _majority_tests(correct, majority_pred == y_true, alpha)
@@ -329,19 +320,14 @@ def _write_plots(
         plots.plot_metric_bars(document["rows"], metrics_plot, level=document["ci_level"])
     if confusion_plots is not None:
         if len(confusion_plots) != len(models):
-            raise UserError(
-                f"compare_models: {len(confusion_plots)} confusion plot paths for "
-                f"{len(models)} models"
-            )
+            raise UserError(f"compare_models: {len(confusion_plots)} confusion plot paths for {len(models)} models")
         for model, path in zip(models, confusion_plots):
             title = f"{model['name']}: confusion matrix (row-normalised)"
             matrix = model["doc"]["metrics"]["confusion_matrix"]
             plots.plot_confusion(matrix, document["class_names"], title, path)
     if curves_plot:
         if len(history_paths) != len(models):
-            raise UserError(
-                f"compare_models: {len(history_paths)} history files for {len(models)} models"
-            )
+            raise UserError(f"compare_models: {len(history_paths)} history files for {len(models)} models")
         histories = {m["name"]: plots.read_history(p) for m, p in zip(models, history_paths)}
         plots.plot_training_curves(histories, curves_plot)
 
@@ -412,15 +398,22 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for r in rows:
-            writer.writerow({
-                "model": r["name"], "kind": r["kind"],
-                "accuracy": f"{r['accuracy']:.6f}",
-                "accuracy_ci_low": f"{r['accuracy_ci'][0]:.6f}", "accuracy_ci_high": f"{r['accuracy_ci'][1]:.6f}",
-                "f1_macro": f"{r['f1_macro']:.6f}",
-                "f1_macro_ci_low": f"{r['f1_macro_ci'][0]:.6f}", "f1_macro_ci_high": f"{r['f1_macro_ci'][1]:.6f}",
-                "balanced_accuracy": f"{r['balanced_accuracy']:.6f}", "f1_weighted": f"{r['f1_weighted']:.6f}",
-                "weights": r["weights"], "n_test": r["n_test"],
-            })
+            writer.writerow(
+                {
+                    "model": r["name"],
+                    "kind": r["kind"],
+                    "accuracy": f"{r['accuracy']:.6f}",
+                    "accuracy_ci_low": f"{r['accuracy_ci'][0]:.6f}",
+                    "accuracy_ci_high": f"{r['accuracy_ci'][1]:.6f}",
+                    "f1_macro": f"{r['f1_macro']:.6f}",
+                    "f1_macro_ci_low": f"{r['f1_macro_ci'][0]:.6f}",
+                    "f1_macro_ci_high": f"{r['f1_macro_ci'][1]:.6f}",
+                    "balanced_accuracy": f"{r['balanced_accuracy']:.6f}",
+                    "f1_weighted": f"{r['f1_weighted']:.6f}",
+                    "weights": r["weights"],
+                    "n_test": r["n_test"],
+                }
+            )
 
 
 def _ci(value: float, ci: Sequence[float]) -> str:
@@ -459,9 +452,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         lines.append("- Only one model: no pairwise test.")
     lines += ["", "## Models against the majority-class baseline", ""]
     for t in document["vs_majority"]:
-        lines.append(
-            f"- {t['verdict']} ({t['a_correct_b_wrong']} vs {t['a_wrong_b_correct']} discordant images)."
-        )
+        lines.append(f"- {t['verdict']} ({t['a_correct_b_wrong']} vs {t['a_wrong_b_correct']} discordant images).")
     if document["caveats"]:
         lines += ["", "## Caveats", ""]
         lines += [f"- **Caveat:** {c}" for c in document["caveats"]]

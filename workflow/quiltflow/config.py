@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 
@@ -81,7 +80,9 @@ def resolve_dataset(dataset: dict, base_dir: Path = Path(".")) -> None:
                 f"or remove dataset.{key} to run the demo (it writes only under {DEMO_DIR}/)"
             )
         if dataset["format"] != "quilt":
-            raise UserError("config key dataset.demo.enabled: the demo generates Quilt-format data; set dataset.format: quilt")
+            raise UserError(
+                "config key dataset.demo.enabled: the demo generates Quilt-format data; set dataset.format: quilt"
+            )
         dataset["metadata"], dataset["image_root"] = DEMO_LOOKUP, DEMO_IMAGES
         return
     _check_user_data(dataset, named, base_dir)

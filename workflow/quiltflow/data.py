@@ -65,9 +65,7 @@ def _random_dihedral(images: tf.Tensor, seed: tf.Tensor, table: tf.Tensor) -> tf
 
 
 # RGB -> YIQ; hue is the angle and saturation the radius of the (I, Q) chroma plane.
-_RGB_TO_YIQ = np.array(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
-)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
@@ -81,9 +79,7 @@ def _colour_jitter(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """
     n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, num=4)
-    brightness = tf.random.stateless_uniform(
-        [n, 1, 3], seeds[0], -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA
-    )
+    brightness = tf.random.stateless_uniform([n, 1, 3], seeds[0], -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)
     contrast = tf.random.stateless_uniform([n, 1, 1], seeds[1], *CONTRAST_RANGE)
     saturation = tf.random.stateless_uniform([n], seeds[2], *SATURATION_RANGE)
     angle = tf.random.stateless_uniform([n], seeds[3], -HUE_DELTA, HUE_DELTA) * (2.0 * np.pi)
@@ -103,6 +99,63 @@ def _colour_jitter(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def _derived(seed: int | None, stream: int) -> int | None:
     """A distinct seed per random stream, so file order, record order and augmentation differ."""
     return None if seed is None else int(seed) * 7919 + stream
+
+
+def _records(files: list[str], num_records: int, training: bool, seed: int | None, deterministic: bool):
+    """Serialized records of the shards; shuffled (files, then records) when training."""
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string, shape=[len(files)]))
+    if training and len(files) > 1:
+        ds = ds.shuffle(len(files), seed=_derived(seed, 1), reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(len(files), MAX_CYCLE)),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if training:
+        # Shuffle serialized records (small) rather than decoded images (150 KB each at 224^2).
+        buffer = max(1, min(num_records, SHUFFLE_BUFFER_CAP))
+        ds = ds.shuffle(buffer, seed=_derived(seed, 2), reshuffle_each_iteration=True)
+    return ds
+
+
+def _decoder(stored: int, size: int, features: dict, with_ids: bool):
+    """record -> (uint8 image [size, size, 3], int32 label[, id])."""
+
+    def decode(record: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        ex = tf.io.parse_single_example(record, features)
+        image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
+        if size != stored:
+            image = tf.image.resize(image, [size, size], antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        image = tf.ensure_shape(image, [size, size, 3])
+        label = tf.cast(ex["image/label"], tf.int32)
+        # Ids ride along only when asked for: every extra map stage or string feature costs
+        # throughput on short epochs (benchmarks/bench_shards.py, check (c)).
+        return (image, label, ex["image/id"]) if with_ids else (image, label)
+
+    return decode
+
+
+def _augmented(ds: tf.data.Dataset, size: int, seed: int | None, deterministic: bool) -> tf.data.Dataset:
+    """Dihedral transforms + colour jitter on whole batches.
+
+    One seed pair per batch for the stateless ops, from a seeded stream drawn afresh each epoch.
+    """
+    seeds = tf.data.Dataset.random(seed=_derived(seed, 3), rerandomize_each_iteration=True)
+    seeds = seeds.batch(2)
+    table = tf.constant(_dihedral_table(size))
+
+    def augment_batch(batch, pair):
+        images, *rest = batch
+        pair = tf.random.experimental.stateless_split(pair, num=2)
+        images = _colour_jitter(_random_dihedral(images, pair[0], table), pair[1])
+        return (images, *rest)
+
+    return tf.data.Dataset.zip((ds, seeds)).map(
+        augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    )
 
 
 def make_dataset(
@@ -132,54 +185,12 @@ def make_dataset(
     deterministic = seed is not None or not training
     autotune = tf.data.AUTOTUNE
 
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string, shape=[len(files)]))
-    if training and len(files) > 1:
-        ds = ds.shuffle(len(files), seed=_derived(seed, 1), reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=max(1, min(len(files), MAX_CYCLE)),
-        block_length=1,
-        num_parallel_calls=autotune,
-        deterministic=deterministic,
-    )
-    if training:
-        # Shuffle serialized records (small) rather than decoded images (150 KB each at 224^2).
-        buffer = max(1, min(int(index["num_records"]), SHUFFLE_BUFFER_CAP))
-        ds = ds.shuffle(buffer, seed=_derived(seed, 2), reshuffle_each_iteration=True)
-
-    features = FEATURES if with_ids else _TRAINING_FEATURES
-
-    def decode(record: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        ex = tf.io.parse_single_example(record, features)
-        image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
-        if size != stored:
-            image = tf.image.resize(image, [size, size], antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        image = tf.ensure_shape(image, [size, size, 3])
-        label = tf.cast(ex["image/label"], tf.int32)
-        # Ids ride along only when asked for: every extra map stage or string feature costs
-        # throughput on short epochs (benchmarks/bench_shards.py, check (c)).
-        return (image, label, ex["image/id"]) if with_ids else (image, label)
-
+    ds = _records(files, int(index["num_records"]), training, seed, deterministic)
+    decode = _decoder(stored, size, FEATURES if with_ids else _TRAINING_FEATURES, with_ids)
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=False)
     if augment:
-        # One seed pair per batch for the stateless ops, from a seeded stream drawn afresh each
-        # epoch; augmentation works on whole batches (see _random_dihedral, _colour_jitter).
-        seeds = tf.data.Dataset.random(seed=_derived(seed, 3), rerandomize_each_iteration=True)
-        seeds = seeds.batch(2)
-        table = tf.constant(_dihedral_table(size))
-
-        def augment_batch(batch, pair):
-            images, *rest = batch
-            pair = tf.random.experimental.stateless_split(pair, num=2)
-            images = _colour_jitter(_random_dihedral(images, pair[0], table), pair[1])
-            return (images, *rest)
-
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            augment_batch, num_parallel_calls=autotune, deterministic=deterministic
-        )
-
+        ds = _augmented(ds, size, seed, deterministic)
     ds = ds.prefetch(autotune)
     options = tf.data.Options()
     options.deterministic = deterministic

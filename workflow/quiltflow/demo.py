@@ -182,9 +182,7 @@ def _stamp(
     np.maximum.at(canvas.reshape(-1), flat, val[inside])
 
 
-def render_tile(
-    rng: np.random.Generator, style: TissueStyle, stain: Stain, h: int, w: int
-) -> np.ndarray:
+def render_tile(rng: np.random.Generator, style: TissueStyle, stain: Stain, h: int, w: int) -> np.ndarray:
     """One H&E-like RGB tile (uint8, h x w x 3) of the given tissue style and stain."""
     scale = min(h, w) / 128.0
     area = h * w
@@ -203,12 +201,8 @@ def render_tile(
     angle = rng.uniform(0, np.pi)
     warp = _smooth_noise(rng, h, w, max(8, int(24 * scale))) * 2.5
     phase = (xx * np.cos(angle) + yy * np.sin(angle)) / (style.fibre_period * scale) + warp
-    fibre = np.sin(2 * np.pi * phase) * (
-        0.5 + 0.5 * _smooth_noise(rng, h, w, max(4, int(10 * scale)))
-    )
-    eosin = (
-        style.eosin * (1.0 + style.fibre_amp * fibre) * (1 + 0.15 * _smooth_noise(rng, h, w, 32))
-    )
+    fibre = np.sin(2 * np.pi * phase) * (0.5 + 0.5 * _smooth_noise(rng, h, w, max(4, int(10 * scale))))
+    eosin = style.eosin * (1.0 + style.fibre_amp * fibre) * (1 + 0.15 * _smooth_noise(rng, h, w, 32))
     hema_bg = 0.06 + 0.04 * _smooth_noise(rng, h, w, 16)
 
     # Nuclei: Poisson count, outside lumens; gland nuclei sit on the lumen rims.
@@ -234,10 +228,7 @@ def render_tile(
     tissue = 1.0 - 0.95 * lumen
     hema = (style.hema * 1.4 * nuc * chromatin + hema_bg) * tissue
     eos = eosin * tissue * (1.0 - 0.6 * nuc)
-    od = (
-        hema[..., None] * stain.hema_gain * stain.hema_vec
-        + eos[..., None] * stain.eosin_gain * stain.eosin_vec
-    )
+    od = hema[..., None] * stain.hema_gain * stain.hema_vec + eos[..., None] * stain.eosin_gain * stain.eosin_vec
     rgb = 255.0 * stain.brightness * np.exp(-od)
     rgb += rng.normal(0, 4.0, rgb.shape)
     return np.clip(rgb, 0, 255).astype(np.uint8)
@@ -351,11 +342,7 @@ class _ImagePlan:
         magnification: float = np.nan,
     ) -> None:
         height, width = _tile_shape(self.rng, self.tile_size)
-        self.images.append(
-            _DemoImage(
-                name, subset, pathology, split, kind, style, stain, magnification, height, width
-            )
-        )
+        self.images.append(_DemoImage(name, subset, pathology, split, kind, style, stain, magnification, height, width))
 
     def add_video_image(
         self, name: str, video: _Video, kind: str, magnification: float, *, tissue: bool = True
@@ -367,19 +354,11 @@ class _ImagePlan:
 
 def _check_demo_params(classes: list[str], images_per_class: Any, tile_size: Any) -> None:
     """Config values come from YAML: reject what would make a broken or misleading demo."""
-    if (
-        len(classes) < 2
-        or len(set(classes)) != len(classes)
-        or not all(isinstance(c, str) and c for c in classes)
-    ):
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
         raise UserError(f"demo.classes={classes!r}: expected at least two distinct class names")
     if TAIL_CLASS in classes:
         raise UserError(f"demo.classes: {TAIL_CLASS!r} is reserved for the demo's tiny tail class")
-    if (
-        isinstance(images_per_class, bool)
-        or not isinstance(images_per_class, int)
-        or images_per_class < 4
-    ):
+    if isinstance(images_per_class, bool) or not isinstance(images_per_class, int) or images_per_class < 4:
         raise UserError(f"demo.images_per_class={images_per_class!r}: expected an integer >= 4")
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or not 32 <= tile_size <= 1024:
         raise UserError(f"demo.tile_size={tile_size!r}: expected an integer in [32, 1024]")
@@ -397,9 +376,7 @@ def _class_videos(rng: np.random.Generator, cls: str, video_ids: list[str]) -> l
     return videos
 
 
-def _add_class_images(
-    plan: _ImagePlan, cls: str, video_ids: list[str], images_per_class: int
-) -> _Video:
+def _add_class_images(plan: _ImagePlan, cls: str, video_ids: list[str], images_per_class: int) -> _Video:
     """One class's tiles: most from its videos (each at least one), a few openpath/pubmed singles.
     Return the class's first video, which the dirt reuses."""
     rng = plan.rng
@@ -476,9 +453,7 @@ def _image_bytes(rng: np.random.Generator, image: _DemoImage) -> bytes:
     return full
 
 
-def _write_images(
-    rng: np.random.Generator, images: list[_DemoImage], image_dir: Path
-) -> dict[str, int]:
+def _write_images(rng: np.random.Generator, images: list[_DemoImage], image_dir: Path) -> dict[str, int]:
     """Write (or remove, for ``missing``) every image file; return counts by outcome."""
     counts = {"tiles": 0, "not_histology": 0, "corrupt": 0, "missing": 0}
     for image in images:

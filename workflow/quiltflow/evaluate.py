@@ -105,6 +105,49 @@ def _make_test_dataset(index_path: str, batch_size: int) -> Any:
     return make_dataset(index_path, batch_size, training=False, with_ids=True)
 
 
+def _train_info(info_path: str, model_name: str) -> dict[str, Any]:
+    info = read_json(info_path, "train_info")
+    info_model = info.get("model")
+    if info_model is not None and info_model != model_name:
+        raise UserError(f"train_info {info_path}: key model is {info_model!r}, expected {model_name!r}")
+    return info
+
+
+def _skipped_by_reason(test_index_path: str) -> dict[str, int]:
+    index = read_json(test_index_path, "test index")
+    return {str(k): int(v) for k, v in index.get("skipped_by_reason", {}).items()}
+
+
+def _test_groups(manifest_path: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The test manifest and its image id -> group (video) map."""
+    manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
+    groups = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str)))
+    if len(groups) != len(manifest):
+        raise UserError(f"test manifest {manifest_path}: image_id values are not unique")
+    return manifest, groups
+
+
+def _predict_test_split(model_path, test_index_path, batch_size, class_names, groups) -> tuple[pd.DataFrame, float]:
+    import keras
+
+    import quiltflow.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
+
+    model = keras.models.load_model(model_path, compile=False)
+    dataset = _make_test_dataset(test_index_path, int(batch_size))
+    start = time.perf_counter()
+    predictions = predict(model, dataset, class_names, groups=groups)
+    return predictions, time.perf_counter() - start
+
+
+def _check_reconciled(manifest_path, test_index_path, n_manifest: int, n_predicted: int, n_skipped: int) -> None:
+    """Every manifest row is either predicted or counted as skipped by the sharding stage."""
+    if n_manifest != n_predicted + n_skipped:
+        raise UserError(
+            f"test manifest {manifest_path} has {n_manifest} rows but {n_predicted} were predicted "
+            f"and {n_skipped} skipped in {test_index_path}: re-run shard_tfrecords/index_tfrecords"
+        )
+
+
 def evaluate_model(
     *,
     model_path: str,
@@ -123,36 +166,12 @@ def evaluate_model(
     from quiltflow.runtime import set_thread_pools
 
     set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything
-    import keras
-
     class_names = read_label_map(label_map_path)
-    info = read_json(info_path, "train_info")
-    info_model = info.get("model")
-    if info_model is not None and info_model != model_name:
-        raise UserError(f"train_info {info_path}: key model is {info_model!r}, expected {model_name!r}")
-    index = read_json(test_index_path, "test index")
-    skipped = {str(k): int(v) for k, v in index.get("skipped_by_reason", {}).items()}
-
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
-    groups = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str)))
-    if len(groups) != len(manifest):
-        raise UserError(f"test manifest {manifest_path}: image_id values are not unique")
-
-    import quiltflow.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
-
-    model = keras.models.load_model(model_path, compile=False)
-    dataset = _make_test_dataset(test_index_path, int(batch_size))
-    start = time.perf_counter()
-    predictions = predict(model, dataset, class_names, groups=groups)
-    eval_seconds = time.perf_counter() - start
-
-    # Every manifest row is either predicted or counted as skipped by the sharding stage.
-    n_skipped = sum(skipped.values())
-    if len(manifest) != len(predictions) + n_skipped:
-        raise UserError(
-            f"test manifest {manifest_path} has {len(manifest)} rows but {len(predictions)} were predicted "
-            f"and {n_skipped} skipped in {test_index_path}: re-run shard_tfrecords/index_tfrecords"
-        )
+    info = _train_info(info_path, model_name)
+    skipped = _skipped_by_reason(test_index_path)
+    manifest, groups = _test_groups(manifest_path)
+    predictions, eval_seconds = _predict_test_split(model_path, test_index_path, batch_size, class_names, groups)
+    _check_reconciled(manifest_path, test_index_path, len(manifest), len(predictions), sum(skipped.values()))
 
     metrics = compute_metrics(predictions, class_names, top_k=int(top_k))
     document = build_metrics_document(

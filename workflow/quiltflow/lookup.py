@@ -75,9 +75,7 @@ def _encode_arrow(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array
         indices = [c.indices for c in chunks]
     else:
         dictionary, indices = enc.dictionary, [enc.indices]
-    codes = np.concatenate(
-        [pc.fill_null(i, -1).to_numpy(zero_copy_only=False).astype(np.int64) for i in indices]
-    )
+    codes = np.concatenate([pc.fill_null(i, -1).to_numpy(zero_copy_only=False).astype(np.int64) for i in indices])
     empty = np.flatnonzero(pc.equal(dictionary, "").to_numpy(zero_copy_only=False))
     if len(empty):
         codes[np.isin(codes, empty)] = -1
@@ -251,19 +249,12 @@ def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Tabl
         available = _read_header(path)
     missing = [c for c in wanted if c not in available]
     if missing:
-        raise UserError(
-            f"{path}: column {missing[0]!r} not found (columns: {', '.join(map(str, available))})"
-        )
+        raise UserError(f"{path}: column {missing[0]!r} not found (columns: {', '.join(map(str, available))})")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             table = pq.read_table(path, columns=wanted)
             return table.cast(
-                pa.schema(
-                    [
-                        (c, pa.string() if c in string_cols else pa.float64())
-                        for c in table.column_names
-                    ]
-                )
+                pa.schema([(c, pa.string() if c in string_cols else pa.float64()) for c in table.column_names])
             )
         types = {c: (pa.string() if c in string_cols else pa.float64()) for c in wanted}
         return pacsv.read_csv(
@@ -273,9 +264,7 @@ def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Tabl
             # and the image folder is listed meanwhile in a background thread.
             read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=wanted, column_types=types, strings_can_be_null=True
-            ),
+            convert_options=pacsv.ConvertOptions(include_columns=wanted, column_types=types, strings_can_be_null=True),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -290,9 +279,7 @@ def quilt_rows(metadata_path: Path) -> Rows:
         if is_parquet and metadata_path.is_file()
         else (_read_header(metadata_path) if metadata_path.is_file() else [])
     )
-    optional = [
-        c for c in ("split", "magnification", "height", "width", "not_histology") if c in available
-    ]
+    optional = [c for c in ("split", "magnification", "height", "width", "not_histology") if c in available]
     wanted = ["image_path", "subset", "pathology", *optional]
     table = _read_table(metadata_path, wanted, {"image_path", "subset", "pathology", "split"})
     n = table.num_rows
@@ -374,9 +361,7 @@ def folder_rows(image_root: Path) -> Rows:
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
     paths: list[str] = []
     labels: list[int] = []
-    classes = sorted(
-        e.name for e in os.scandir(image_root) if e.is_dir() and not e.name.startswith(".")
-    )
+    classes = sorted(e.name for e in os.scandir(image_root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise UserError(f"image_root {image_root} has no class sub-folders (format 'folder')")
     for ci, cls in enumerate(classes):
@@ -388,10 +373,7 @@ def folder_rows(image_root: Path) -> Rows:
                 labels.append(ci)
     n = len(paths)
     ok_ext = np.array(
-        [
-            p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".")
-            for p in paths
-        ],
+        [p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".") for p in paths],
         dtype=bool,
     )
     return Rows(

@@ -115,16 +115,11 @@ def _empty_error(stage: str, filters: FilterSettings, rows_in: int, detail: str 
         excluded = _shown(filters.exclude_classes)
         return UserError(f"filters.exclude_classes={excluded!r} excluded every class")
     if stage == "class_too_small":
-        return UserError(
-            f"filters.min_per_class={filters.min_per_class} left no class with enough images "
-            f"{detail}"
-        )
+        return UserError(f"filters.min_per_class={filters.min_per_class} left no class with enough images {detail}")
     if stage == "image_missing":
         return UserError(f"no usable row points to an existing file under image_root {detail}")
     if stage == "not_image_file":
-        return UserError(
-            f"no file with an image extension {IMAGE_EXTENSIONS} in the class folders {detail}"
-        )
+        return UserError(f"no file with an image extension {IMAGE_EXTENSIONS} in the class folders {detail}")
     return UserError(
         f"every remaining row was dropped as {stage!r} ({rows_in} rows in; see the module "
         "docstring of quiltflow.metadata for the reasons)"
@@ -176,9 +171,7 @@ class _Units:
     reason: np.ndarray  # int8 class-level drop reason per unit (0 = kept)
 
 
-def _read_rows(
-    fmt: str, metadata_path: str | Path | None, image_root: Path, columns: Mapping[str, Any] | None
-) -> Rows:
+def _read_rows(fmt: str, metadata_path: str | Path | None, image_root: Path, columns: Mapping[str, Any] | None) -> Rows:
     """The rows of the dataset in format ``fmt``."""
     if fmt in ("quilt", "csv") and metadata_path is None:
         raise UserError(f"dataset.metadata: required for format {fmt!r}")
@@ -244,14 +237,10 @@ def _drop_by_quilt_columns(rows: Rows, filters: FilterSettings, drops: _Drops) -
     drops.drop("malformed_pathology", rows.label_code == -2)
 
 
-def _drop_missing_images(
-    rows: Rows, paths: _Paths, drops: _Drops, image_root: Path, root_listing: pa.Array
-) -> None:
+def _drop_missing_images(rows: Rows, paths: _Paths, drops: _Drops, image_root: Path, root_listing: pa.Array) -> None:
     """Existence: one listing per folder used, then one hashed set-membership pass."""
     listing = list_files(image_root, paths.norm, root_listing)
-    exists = pc.fill_null(pc.is_in(paths.norm, value_set=listing), False).to_numpy(
-        zero_copy_only=False
-    )
+    exists = pc.fill_null(pc.is_in(paths.norm, value_set=listing), False).to_numpy(zero_copy_only=False)
     exists = np.concatenate([exists, [False]])
     first_alive = drops.alive()[:1]
     example = paths.norm[int(rows.path_code[first_alive[0]])].as_py() if len(first_alive) else ""
@@ -264,9 +253,7 @@ def _image_units(rows: Rows, paths: _Paths, drops: _Drops, dedupe: bool) -> _Uni
     n_paths = len(rows.paths)
     # Normalisation may map several raw paths onto one image id.
     if paths.changed:
-        image_of_path = pc.fill_null(paths.norm.dictionary_encode().indices, -1).to_numpy(
-            zero_copy_only=False
-        )
+        image_of_path = pc.fill_null(paths.norm.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
         image_code = np.append(image_of_path.astype(np.int64), -1)[paths.of_row]
     else:
         image_code = rows.path_code
@@ -315,9 +302,7 @@ def _drop_classes(classes: list[str], units: _Units, filters: FilterSettings, ro
             raise _empty_error("class_too_small", filters, rows_in, largest)
         sizes = np.where(small, 0, sizes)
     if filters.top_k_classes is not None:
-        ranked = sorted(
-            (c for c in range(len(classes)) if sizes[c] > 0), key=lambda c: (-sizes[c], classes[c])
-        )
+        ranked = sorted((c for c in range(len(classes)) if sizes[c] > 0), key=lambda c: (-sizes[c], classes[c]))
         top = np.zeros(len(classes), dtype=bool)
         top[ranked[: filters.top_k_classes]] = True
         reason[(reason == 0) & ~top[label]] = _REASON_CODE["class_not_top_k"]
@@ -332,9 +317,7 @@ def _settle_rows(units: _Units, drops: _Drops) -> None:
     drops.reason[units.alive] = row_reason
 
 
-def _report(
-    fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterSettings, ignored: list[str]
-) -> dict:
+def _report(fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterSettings, ignored: list[str]) -> dict:
     """filter_report.json: what came in, what was kept, and every dropped row by reason."""
     keep_units = units.reason == 0
     kept_rows = units.rows[keep_units]
@@ -347,11 +330,7 @@ def _report(
         "distinct_images_in": int(len(rows.paths)),
         "rows_kept": int(dropped_counts[0]),
         "images_kept": int(images_kept),
-        "dropped": {
-            name: int(dropped_counts[code])
-            for name, code in _REASON_CODE.items()
-            if dropped_counts[code]
-        },
+        "dropped": {name: int(dropped_counts[code]) for name, code in _REASON_CODE.items() if dropped_counts[code]},
         "class_counts": {rows.classes[c]: int(k) for c, k in enumerate(kept_sizes) if k},
         "filters": filters.as_dict(),
     }
@@ -386,9 +365,7 @@ def filter_metadata(
     _drop_classes(rows.classes, units, filters, rows.n)
     _settle_rows(units, drops)
     keep_units = units.reason == 0
-    table = _build_table(
-        rows, units.rows[keep_units], paths.norm, units.n_captions[keep_units], paths.rank.result()
-    )
+    table = _build_table(rows, units.rows[keep_units], paths.norm, units.n_captions[keep_units], paths.rank.result())
     report = _report(fmt, rows, units, drops, filters, ignored)
     log.info(
         "kept %d images (%d rows) of %d rows; dropped %s",

@@ -266,5 +266,3 @@ def load_metrics_document(path: str | Path) -> dict[str, Any]:
         )
     validate_metrics_document(document, source=f"metrics file {path}")
     return document
-
-

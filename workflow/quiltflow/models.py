@@ -23,9 +23,7 @@ from quiltflow.jsonio import sha256_file
 FEATURE_DIM = 2048  # ResNet50 global-average-pooled output width
 
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_NOTOP_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_NOTOP_FILE
-)
+IMAGENET_NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_NOTOP_FILE
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # keras.applications.resnet's own hash
 CONNECT_TIMEOUT_S = 5.0  # an offline node must fail in seconds, not hang in the download
 # Caffe-mode ImageNet channel means, in BGR order (keras.applications.imagenet_utils).
@@ -79,9 +77,7 @@ def dense_head(num_classes: int, dropout: float = 0.0, seed: int = 0) -> keras.M
     alone (trained on cached features) or inside the full model (trained through the base).
     """
     inputs = keras.Input((FEATURE_DIM,), name="features")
-    x = layers.Dense(
-        512, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed)
-    )(inputs)
+    x = layers.Dense(512, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
     x = layers.Dropout(dropout, seed=seed)(x)
     outputs = layers.Dense(
         num_classes,
@@ -111,9 +107,7 @@ def backbone(image_size: int, weights: str | None, seed: int = 0) -> keras.Model
             base.load_weights(weights_file)
         except Exception as exc:  # h5py / shape mismatch errors are long: keep the first line
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(
-                f"weights file {weights_file} does not fit ResNet50 (no top): {first}"
-            ) from None
+            raise UserError(f"weights file {weights_file} does not fit ResNet50 (no top): {first}") from None
     inputs = _image_input(image_size)
     x = ResNet50Preprocess(name="resnet50_preprocess")(inputs)
     outputs = base(x, training=False)

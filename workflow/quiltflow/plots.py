@@ -73,8 +73,15 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     if k <= 20:  # beyond that the numbers are unreadable; the colours still show the pattern
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     _save(fig, path)
 
 
@@ -84,7 +91,7 @@ def _history_column(history: pd.DataFrame, metric: str, validation: bool) -> str
     if metric == "loss":
         return f"{prefix}loss" if f"{prefix}loss" in history.columns else None
     for column in history.columns:
-        bare = column[len(prefix):] if column.startswith(prefix) else None
+        bare = column[len(prefix) :] if column.startswith(prefix) else None
         if bare is None or bare.startswith("val_"):
             continue
         if bare.endswith("accuracy") and "top" not in bare:

@@ -63,9 +63,7 @@ def schema_default(section: str, key: str) -> Any:
 def schema_bounds(section: str, key: str) -> tuple[Any, Any]:
     """(minimum, maximum) of a numeric key as the schema states them (None where unbounded)."""
     prop = section_schema(section)["properties"][key]
-    return prop.get("minimum", prop.get("exclusiveMinimum")), prop.get(
-        "maximum", prop.get("exclusiveMaximum")
-    )
+    return prop.get("minimum", prop.get("exclusiveMinimum")), prop.get("maximum", prop.get("exclusiveMaximum"))
 
 
 # --- data stages (filter_metadata, split_manifests, shards) -----------------------------------
@@ -125,9 +123,7 @@ class SplitSettings:
         # built here (a notebook, a test) never went through validate_config.
         total = sum(fractions.values())
         if abs(total - 1.0) > 1e-6:
-            raise UserError(
-                f"config key splits.fractions: train+val+test must sum to 1, got {total:g}"
-            )
+            raise UserError(f"config key splits.fractions: train+val+test must sum to 1, got {total:g}")
         return cls(fractions, splits["use_source_val"], top_level_value("seed", seed))
 
 

@@ -204,9 +204,7 @@ def prepare_image(
         w, h = rgb.size
         side = min(w, h)
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        out = rgb.resize(
-            (image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0
-        )
+        out = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
     except BadImage:
         raise
     except Image.DecompressionBombError as e:  # PIL's own limit, for formats it sizes late
@@ -274,8 +272,7 @@ def _write_records(
     ):
         if image_id is None or label is None or int(label) < 0:
             raise UserError(
-                f"{rows.manifest_path}: row {rows.start + offset} has a missing image_id or "
-                "invalid label_index"
+                f"{rows.manifest_path}: row {rows.start + offset} has a missing image_id or invalid label_index"
             )
         try:
             jpeg = prepare_image(image_root / image_id, settings.image_size, settings.jpeg_quality)
@@ -388,9 +385,7 @@ def write_shard(
     """
     manifest_path, image_root = Path(manifest_path), Path(image_root)
     out_path, report_path = Path(out_path), Path(report_path)
-    total, start, stop, columns = _read_manifest_rows(
-        manifest_path, int(num_shards), int(shard_index)
-    )
+    total, start, stop, columns = _read_manifest_rows(manifest_path, int(num_shards), int(shard_index))
     rows = _ShardRows(manifest_path, total, start, stop, columns)
     log.info(
         "shard %d/%d: manifest rows [%d, %d) of %d from %s",
@@ -436,17 +431,13 @@ def _count_labels(shard: Path, data: bytes, class_counts: list[int]) -> int:
     for record in iter_records(io.BytesIO(data), verify=False):
         label = decode_example(record).get("image/label", [-1])[0]
         if not 0 <= label < num_classes:
-            raise UserError(
-                f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}"
-            )
+            raise UserError(f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}")
         class_counts[label] += 1
         records += 1
     return records
 
 
-def _index_entry(
-    shard: Path, report_file: Path, index_dir: Path, class_counts: list[int]
-) -> tuple[dict, dict]:
+def _index_entry(shard: Path, report_file: Path, index_dir: Path, class_counts: list[int]) -> tuple[dict, dict]:
     """(the shard's index entry, its report), once the shard's bytes and records match the
     report; its labels are added to ``class_counts``."""
     report = _read_shard_report(report_file, shard)
@@ -482,9 +473,7 @@ def write_index(
     """
     index_path = Path(index_path)
     if len(shard_paths) != len(report_paths):
-        raise UserError(
-            f"{index_path}: {len(shard_paths)} shard files but {len(report_paths)} shard reports"
-        )
+        raise UserError(f"{index_path}: {len(shard_paths)} shard files but {len(report_paths)} shard reports")
     shards, skipped_by_reason = [], Counter()
     class_counts = [0] * int(num_classes)
     total_rows = 0
@@ -531,9 +520,7 @@ def index_split(
     classes = read_json(label_map_path, "label map").get("classes")
     if not classes:
         raise UserError(f"{label_map_path}: 'classes' missing or empty")
-    return write_index(
-        split, settings.image_size, len(classes), shard_paths, report_paths, index_path
-    )
+    return write_index(split, settings.image_size, len(classes), shard_paths, report_paths, index_path)
 
 
 def load_index(index_path: str | os.PathLike) -> dict:

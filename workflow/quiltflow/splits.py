@@ -69,9 +69,7 @@ def _place_multi_image_groups(
     split_of = split.tolist()  # Python lists: ~10^5 small steps, numpy indexing would dominate
     have_of = have.tolist()
     target_of = targets.tolist()
-    for group, stratum, size in zip(
-        groups.tolist(), strata[groups].tolist(), sizes[groups].tolist()
-    ):
+    for group, stratum, size in zip(groups.tolist(), strata[groups].tolist(), sizes[groups].tolist()):
         target, placed = target_of[stratum], have_of[stratum]
         best = max(open_splits, key=lambda i: (_room(target[i], placed[i], size), -i))
         split_of[group] = best
@@ -158,11 +156,7 @@ def _label_indices(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         raise UserError("filtered table has rows without a label")
     labels = pa.array(table["label"], type=pa.string())
     classes = sorted(pc.unique(labels).to_pylist())
-    label_index = (
-        pc.index_in(labels, value_set=pa.array(classes, type=pa.string()))
-        .to_numpy()
-        .astype(np.int64)
-    )
+    label_index = pc.index_in(labels, value_set=pa.array(classes, type=pa.string())).to_numpy().astype(np.int64)
     return classes, label_index
 
 
@@ -173,9 +167,7 @@ def _group_strata(
     A group's stratum is its most frequent label (ties: smallest label index)."""
     group_code, group_names = pd.factorize(table["group"].astype(str), sort=True)
     n_classes = max(n_classes, 1)
-    pair, pair_rows = np.unique(
-        group_code.astype(np.int64) * n_classes + label_index, return_counts=True
-    )
+    pair, pair_rows = np.unique(group_code.astype(np.int64) * n_classes + label_index, return_counts=True)
     group_of_pair, label_of_pair = pair // n_classes, pair % n_classes
     order = np.lexsort((label_of_pair, -pair_rows, group_of_pair))
     first = np.unique(group_of_pair[order], return_index=True)[1]
@@ -206,11 +198,7 @@ def _split_groups(
 def _check_one_split_per_image(ids: pa.Array, row_split: np.ndarray) -> None:
     """No group (video) is in two splits by construction (one split per group). No image may
     be either: its rows are adjacent (sorted ids), and with ``dedupe: false`` they must agree."""
-    same = (
-        pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-        if len(ids) > 1
-        else np.zeros(0, bool)
-    )
+    same = pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False) if len(ids) > 1 else np.zeros(0, bool)
     bad = np.flatnonzero(same & (row_split[1:] != row_split[:-1]))
     if len(bad):
         raise UserError(
@@ -252,9 +240,7 @@ def _split_report(
         if settings.fractions[name] > 0 or (name == "val" and settings.use_source_val):
             lacking = [c for c in classes if c not in class_counts[name]]
             if lacking:
-                warnings.append(
-                    f"split {name} has no images of class(es) {lacking} (too few groups)"
-                )
+                warnings.append(f"split {name} has no images of class(es) {lacking} (too few groups)")
     for warning in warnings:
         log.warning(warning)
     groups_per_split = np.bincount(group_split, minlength=3)
@@ -269,9 +255,7 @@ def _split_report(
     }
 
 
-def make_splits(
-    table: pd.DataFrame, settings: SplitSettings
-) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def make_splits(table: pd.DataFrame, settings: SplitSettings) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """Split the filtered table: ({split: manifest}, label_map, report)."""
     table, ids = _canonical_order(table)
     classes, label_index = _label_indices(table)

@@ -51,7 +51,9 @@ def stratified_predictions(
     return rng.choice(len(class_names), size=len(y_true), p=prior).astype(np.int64)
 
 
-def stratified_expected_accuracy(y_true: np.ndarray, train_counts: Mapping[str, int], class_names: Sequence[str]) -> float:
+def stratified_expected_accuracy(
+    y_true: np.ndarray, train_counts: Mapping[str, int], class_names: Sequence[str]
+) -> float:
     """Expected accuracy of the stratified-random baseline: sum_c p_train(c) * p_test(c)."""
     prior = train_prior(train_counts, class_names)
     test_freq = np.bincount(y_true, minlength=len(class_names)) / max(1, len(y_true))
@@ -239,8 +241,6 @@ def verdict(result: McNemarResult, alpha: float, *, p_adjusted: float | None = N
     if p_adjusted is not None and p_adjusted != result.p_value:
         shown += f", Holm-adjusted p={format_p(p_adjusted)}"
     if p_decide < alpha and result.a_only_correct != result.b_only_correct:
-        winner, loser = (
-            (result.a, result.b) if result.a_only_correct > result.b_only_correct else (result.b, result.a)
-        )
+        winner, loser = (result.a, result.b) if result.a_only_correct > result.b_only_correct else (result.b, result.a)
         return winner, f"{winner} is significantly better than {loser} ({shown})"
     return None, f"no significant difference between {result.a} and {result.b} ({shown})"

@@ -47,9 +47,7 @@ def write_parquet_stable(df: pd.DataFrame, path: str | Path, schema: pa.Schema) 
     pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=low_card)
 
 
-def write_filtered(
-    table: pd.DataFrame, report: dict, table_path: str | Path, report_path: str | Path
-) -> None:
+def write_filtered(table: pd.DataFrame, report: dict, table_path: str | Path, report_path: str | Path) -> None:
     """Write the filtered table (Parquet) and its report (JSON)."""
     write_parquet_stable(table, table_path, FILTERED_SCHEMA)
     write_json(report, report_path, sort_keys=True)  # stable bytes for stable content

@@ -105,9 +105,7 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     raws = np.bitwise_xor.reduce(flat.take(idx), axis=1).tolist()
     state = 0
     for raw in raws:  # carry the running CRC across one whole block, then add this block's
-        state = (
-            r0[state & 0xFF] ^ r1[(state >> 8) & 0xFF] ^ r2[(state >> 16) & 0xFF] ^ r3[state >> 24]
-        ) ^ raw
+        state = (r0[state & 0xFF] ^ r1[(state >> 8) & 0xFF] ^ r2[(state >> 16) & 0xFF] ^ r3[state >> 24]) ^ raw
     return state ^ 0xFFFFFFFF
 
 
@@ -124,9 +122,7 @@ def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
 #                                 Int64List int64_list = 3; } }
 # BytesList { repeated bytes value = 1; }  FloatList/Int64List { repeated ... value = 1 [packed]; }
 
-FeatureValue = (
-    bytes | str | int | float | Sequence[bytes] | Sequence[str] | Sequence[int] | Sequence[float]
-)
+FeatureValue = bytes | str | int | float | Sequence[bytes] | Sequence[str] | Sequence[int] | Sequence[float]
 
 
 def _varint(n: int) -> bytes:
@@ -149,9 +145,7 @@ def _encode_feature(key: str, value: FeatureValue) -> bytes:
         raise ValueError(f"feature {key!r}: empty list has no type; wrap it in a typed value")
     first = values[0]
     if isinstance(first, (bytes, str)):
-        items = b"".join(
-            _field(0x0A, v.encode() if isinstance(v, str) else bytes(v)) for v in values
-        )
+        items = b"".join(_field(0x0A, v.encode() if isinstance(v, str) else bytes(v)) for v in values)
         feature = _field(0x0A, items)  # bytes_list
     elif isinstance(first, (int, np.integer)):
         # int64 varints are two's complement over 64 bits, so negatives take 10 bytes.
@@ -220,7 +214,7 @@ def _decode_feature(buf: bytes) -> list:
         if kind == 1:  # bytes_list
             values = [bytes(v) for n, _, v in _fields(payload) if n == 1]
         elif kind == 2:  # float_list: packed (wire 2) or one float per field (wire 5)
-            for n, wire, v in _fields(payload):
+            for n, _wire, v in _fields(payload):
                 if n == 1:
                     values.extend(struct.unpack(f"<{len(v) // 4}f", v))
         elif kind == 3:  # int64_list: packed (wire 2) or one varint per field (wire 0)

@@ -30,9 +30,7 @@ from quiltflow.settings import ModelSettings
 log = logging.getLogger("quiltflow.train")
 
 
-def class_weights_from_counts(
-    class_counts: Mapping[int, int] | Sequence[int], num_classes: int
-) -> dict[int, float]:
+def class_weights_from_counts(class_counts: Mapping[int, int] | Sequence[int], num_classes: int) -> dict[int, float]:
     """Balanced weights ``n / (k * n_c)`` over the k classes present (sklearn's "balanced").
 
     The sample-weighted mean over the training set is 1, so the loss scale (and the learning
@@ -66,8 +64,18 @@ def _compile(model: keras.Model, learning_rate: float, jit_compile: bool) -> Non
     )
 
 
-def _fit(model, run: TrainingRun, train_ds, val_ds, *, phase_dir: Path, initial_epoch: int, epochs: int,
-         patience: int | None, class_weight: dict[int, float] | None) -> None:
+def _fit(
+    model,
+    run: TrainingRun,
+    train_ds,
+    val_ds,
+    *,
+    phase_dir: Path,
+    initial_epoch: int,
+    epochs: int,
+    patience: int | None,
+    class_weight: dict[int, float] | None,
+) -> None:
     model._initial_epoch = None  # BackupAndRestore of an earlier phase must not leak into this one
     model.fit(
         train_ds,
@@ -146,6 +154,13 @@ def _resume_epoch(s: ModelSettings, run: TrainingRun) -> int:
     return 0
 
 
+def _start_run(run: TrainingRun, resume: int, name: str) -> int:
+    run.start(resume)
+    if resume:
+        log.info("resuming %s after epoch %d", name, resume)
+    return resume
+
+
 def _warm_up_head(model, s: ModelSettings, run: TrainingRun, strategy, train_ds, val_ds, class_weight) -> None:
     """Head-only epochs with the backbone frozen, then unfreeze it (fine-tuning architectures)."""
     warmup_done = run.backup / "warmup_done.weights.h5"
@@ -154,8 +169,17 @@ def _warm_up_head(model, s: ModelSettings, run: TrainingRun, strategy, train_ds,
     else:
         with strategy.scope():
             _compile(model, s.learning_rate, s.jit_compile)
-        _fit(model, run, train_ds, val_ds, phase_dir=run.backup / "warmup", initial_epoch=0,
-             epochs=s.warmup_epochs, patience=None, class_weight=class_weight)
+        _fit(
+            model,
+            run,
+            train_ds,
+            val_ds,
+            phase_dir=run.backup / "warmup",
+            initial_epoch=0,
+            epochs=s.warmup_epochs,
+            patience=None,
+            class_weight=class_weight,
+        )
         model.save_weights(warmup_done)
     set_backbone_trainable(model, True)
 
@@ -189,11 +213,7 @@ def train_model(
         num_train = int(sum(class_counts.values() if isinstance(class_counts, Mapping) else class_counts))
     if num_val is None:
         num_val = int(sum(int(tf.shape(e[1])[0]) for e in val_ds))
-    resume = _resume_epoch(s, run)
-    run.start(resume)
-    if resume:
-        log.info("resuming %s after epoch %d", s.name, resume)
-
+    resume = _start_run(run, _resume_epoch(s, run), s.name)
     with strategy.scope():  # weights are resolved here: offline ImageNet fails before training
         model = build_model(s.architecture, num_classes, image_size, weights=s.weights, dropout=s.dropout, seed=seed)
     start = time.perf_counter()
@@ -203,8 +223,17 @@ def train_model(
         first_epoch, learning_rate = s.warmup_epochs, s.finetune_learning_rate
     with strategy.scope():
         _compile(model, learning_rate, s.jit_compile)
-    _fit(model, run, train_ds, val_ds, phase_dir=run.backup / "main", initial_epoch=first_epoch,
-         epochs=s.epochs, patience=s.patience, class_weight=class_weight)
+    _fit(
+        model,
+        run,
+        train_ds,
+        val_ds,
+        phase_dir=run.backup / "main",
+        initial_epoch=first_epoch,
+        epochs=s.epochs,
+        patience=s.patience,
+        class_weight=class_weight,
+    )
     seconds = time.perf_counter() - start
 
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else model
@@ -260,18 +289,24 @@ def train_frozen_head(
         class_counts = np.bincount(labels, minlength=num_classes)
     class_weight = _class_weight(s, class_counts, num_classes)
 
-    resume = backed_up_epoch(run.backup / "main")
-    run.start(resume)
-    if resume:
-        log.info("resuming %s after epoch %d", s.name, resume)
+    resume = _start_run(run, backed_up_epoch(run.backup / "main"), s.name)
     with strategy.scope():
         head = dense_head(num_classes, s.dropout, seed)
         _compile(head, s.learning_rate, s.jit_compile)
     train_ds = _features_dataset(features_train, s.batch_size, shuffle, seed)
     val_ds = _features_dataset(features_val, s.batch_size, False, seed)
     start = time.perf_counter()
-    _fit(head, run, train_ds, val_ds, phase_dir=run.backup / "main", initial_epoch=0,
-         epochs=s.epochs, patience=s.patience, class_weight=class_weight)
+    _fit(
+        head,
+        run,
+        train_ds,
+        val_ds,
+        phase_dir=run.backup / "main",
+        initial_epoch=0,
+        epochs=s.epochs,
+        patience=s.patience,
+        class_weight=class_weight,
+    )
     seconds = time.perf_counter() - start
 
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else head
@@ -308,8 +343,10 @@ def _load_cached_features(features, s: ModelSettings, image_size: int):
     loaded = [load_features(path, image_size=image_size) for path in features]
     for path, data in zip(features, loaded):
         if "weights" in data and str(data["weights"]) != weights_description(s.weights):
-            raise UserError(f"{path}: extracted with weights {data['weights']}, "
-                            f"models.{s.name}.weights is {weights_description(s.weights)}")
+            raise UserError(
+                f"{path}: extracted with weights {data['weights']}, "
+                f"models.{s.name}.weights is {weights_description(s.weights)}"
+            )
     return loaded
 
 
@@ -331,8 +368,15 @@ def train_from_files(
     ``features`` = (train.npz, val.npz) for architectures that train on cached features.
     """
     classes, counts = _train_class_counts(label_map, split_report)
-    common = dict(out_dir=out_dir, settings=settings, num_classes=len(classes),
-                  image_size=image_size, seed=seed, class_counts=counts, threads=threads)
+    common = dict(
+        out_dir=out_dir,
+        settings=settings,
+        num_classes=len(classes),
+        image_size=image_size,
+        seed=seed,
+        class_counts=counts,
+        threads=threads,
+    )
     if settings.spec.trains_on_features:
         train_f, val_f = _load_cached_features(features, settings, image_size)
         return train_frozen_head(train_f, val_f, **common)
@@ -341,5 +385,4 @@ def train_from_files(
 
     train_ds = make_dataset(train_index, settings.batch_size, training=True, augment=settings.augment, seed=seed)
     val_ds = make_dataset(val_index, settings.batch_size, training=False)
-    return train_model(train_ds, val_ds, num_train=num_examples(train_index),
-                       num_val=num_examples(val_index), **common)
+    return train_model(train_ds, val_ds, num_train=num_examples(train_index), num_val=num_examples(val_index), **common)

@@ -3,21 +3,21 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821  (workflow/ on sys.path)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
 from quiltflow.smk import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821
+log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import ShardSettings  # noqa: E402
-from quiltflow.shards import index_split  # noqa: E402
+from quiltflow.settings import ShardSettings
+from quiltflow.shards import index_split
 
-params = snakemake.params  # noqa: F821
+params = snakemake.params
 index_split(
     split=params.split,
     # Only the image size is recorded in the index; the rest are the schema's defaults.
     settings=ShardSettings.from_config({}, image_size=params.image_size),
-    shard_paths=list(snakemake.input.shards),  # noqa: F821
-    report_paths=list(snakemake.input.reports),  # noqa: F821
-    label_map_path=snakemake.input.label_map,  # noqa: F821
-    index_path=snakemake.output.index,  # noqa: F821
+    shard_paths=list(snakemake.input.shards),
+    report_paths=list(snakemake.input.reports),
+    label_map_path=snakemake.input.label_map,
+    index_path=snakemake.output.index,
 )

@@ -3,25 +3,23 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821  (workflow/ on sys.path)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
 from quiltflow.smk import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821
+log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import ShardSettings  # noqa: E402
-from quiltflow.shards import write_shard  # noqa: E402
+from quiltflow.settings import ShardSettings
+from quiltflow.shards import write_shard
 
-params = snakemake.params  # noqa: F821
+params = snakemake.params
 # The rule passes the keys this job uses; section_values fills the rest from the schema.
-settings = ShardSettings.from_config(
-    {"jpeg_quality": params.jpeg_quality}, image_size=params.image_size
-)
+settings = ShardSettings.from_config({"jpeg_quality": params.jpeg_quality}, image_size=params.image_size)
 write_shard(
-    manifest_path=snakemake.input.manifest,  # noqa: F821
-    image_root=snakemake.input.image_root,  # noqa: F821
+    manifest_path=snakemake.input.manifest,
+    image_root=snakemake.input.image_root,
     shard_index=int(params.shard_index),
     num_shards=int(params.num_shards),
     settings=settings,
-    out_path=snakemake.output.shard,  # noqa: F821
-    report_path=snakemake.output.report,  # noqa: F821
+    out_path=snakemake.output.shard,
+    report_path=snakemake.output.report,
 )

@@ -3,24 +3,22 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821  (workflow/ on sys.path)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
 from quiltflow.smk import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821
+log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import SplitSettings  # noqa: E402
-from quiltflow.splits import make_splits, write_splits  # noqa: E402
-from quiltflow.tables import read_filtered  # noqa: E402
+from quiltflow.settings import SplitSettings
+from quiltflow.splits import make_splits, write_splits
+from quiltflow.tables import read_filtered
 
-params = snakemake.params  # noqa: F821
+params = snakemake.params
 settings = SplitSettings.from_config(
     {"fractions": dict(params.fractions), "use_source_val": params.use_source_val},
     seed=params.seed,
 )
-manifests, label_map, report = make_splits(
-    read_filtered(snakemake.input.table), settings  # noqa: F821
-)
-out = snakemake.output  # noqa: F821
+manifests, label_map, report = make_splits(read_filtered(snakemake.input.table), settings)
+out = snakemake.output
 write_splits(
     manifests,
     label_map,

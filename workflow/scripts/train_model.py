@@ -3,15 +3,15 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821  (workflow/ on sys.path)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
 from quiltflow.smk import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821
+log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import ModelSettings  # noqa: E402
-from quiltflow.train import train_from_files  # noqa: E402
+from quiltflow.settings import ModelSettings
+from quiltflow.train import train_from_files
 
-inp, params = snakemake.input, snakemake.params  # noqa: F821
+inp, params = snakemake.input, snakemake.params
 # Only frozen-backbone models have feature inputs.
 features = (inp.features_train, inp.features_val) if hasattr(inp, "features_train") else None
 train_from_files(
@@ -20,9 +20,9 @@ train_from_files(
     label_map=inp.label_map,
     split_report=inp.split_report,
     features=features,
-    out_dir=Path(snakemake.output.model).parent,  # noqa: F821
+    out_dir=Path(snakemake.output.model).parent,
     settings=ModelSettings.from_config(params.settings, params.model),
     image_size=params.image_size,
     seed=params.seed,
-    threads=snakemake.threads,  # noqa: F821
+    threads=snakemake.threads,
 )
