@@ -34,6 +34,7 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 SLURM_DIR = Path("/etc/slurm")
 MARKER = "# written by quiltflow tests/cluster/slurm_harness.py"
 STATE_FILE = Path("/run/quiltflow-slurm-harness.json")
+TMPDIR_PREFIX = "slurm-harness-"
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 STOP_ORDER = ["slurmd", "slurmctld", "munged"]  # munged last: the others talk through it
 FAKE_GPU_DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"]
@@ -121,6 +122,11 @@ def _stop_pid(pid: int, name: str, grace: float = 10) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _is_harness_tmpdir(path: Path) -> bool:
+    """Only a folder this harness made (tempfile.mkdtemp(prefix=...)) is ever removed."""
+    return path.name.startswith(TMPDIR_PREFIX) and path.parent == Path(tempfile.gettempdir())
+
+
 def cleanup_stale() -> list[str]:
     """Undo what a killed earlier run left (its recorded daemons and files). Returns actions."""
     done: list[str] = []
@@ -142,7 +148,7 @@ def cleanup_stale() -> list[str]:
             if p.is_file() and MARKER in p.read_text(errors="replace"):
                 p.unlink()
                 done.append(f"removed {p}")
-        if state.get("tmpdir"):
+        if state.get("tmpdir") and _is_harness_tmpdir(Path(state["tmpdir"])):
             shutil.rmtree(state["tmpdir"], ignore_errors=True)
         if state.get("created_munge_rundir"):
             shutil.rmtree(MUNGE_SOCKET.parent, ignore_errors=True)
@@ -185,7 +191,7 @@ class LocalSlurm:
         cleanup_stale()
         install_packages()
         atexit.register(self.stop)  # also covers a test session that errors out
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="slurm-harness-"))
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=TMPDIR_PREFIX))
         try:
             self._write_config()
             self._start_munge()
