@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from quiltflow.demo import LOOKUP_COLUMNS
 from quiltflow.errors import UserError
 from quiltflow.lookup import parse_pathology
@@ -16,6 +17,7 @@ from quiltflow.settings import FilterSettings, section_schema
 from quiltflow.tables import FILTERED_SCHEMA, read_filtered, write_filtered
 
 COLUMNS = list(LOOKUP_COLUMNS)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def vid_name(vid: str, n: int) -> str:
@@ -95,10 +97,12 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
         {"image_path": vid_name(A, 13), "pathology": "['Renal'"},  # malformed_pathology
         {"image_path": vid_name(A, 14), "pathology": "[]"},  # no_label
         {"image_path": vid_name(A, 15)},  # image_missing
+        {"image_path": vid_name(A, 16), "single_wsi": 0},  # single_wsi
+        {"image_path": vid_name(A, 17), "pathology": "['Unknown', 'Renal']"},  # label_not_in_vocabulary
     ]
     touch(
         root,
-        *(vid_name(A, i) for i in (0, 1, 2, 3, 10, 11, 12, 13, 14)),
+        *(vid_name(A, i) for i in (0, 1, 2, 3, 10, 11, 12, 13, 14, 16, 17)),
         vid_name(B, 0),
         vid_name(B, 1),
         vid_name(E, 0),
@@ -116,16 +120,72 @@ def test_every_quilt_reason_counted_once(tmp_path: Path, root: Path) -> None:
         "exclude_classes": ["Breast"],
         "min_per_class": 2,
         "top_k_classes": 2,
+        "single_wsi": True,
     }
     table, report = run_filter("quilt", lookup, root, filters, None)
     check(report, table)
-    expected = {r: 1 for r in DROP_REASONS if r != "not_image_file"}
+    # not_image_file is folder-only; near_duplicate needs decodable images (tests/test_neardup.py).
+    expected = {r: 1 for r in DROP_REASONS if r not in ("not_image_file", "near_duplicate")}
     expected["class_not_top_k"] = 2  # Pulmonary's two images
     assert report["dropped"] == expected
     assert report["rows_in"] == len(rows)
     assert table["image_id"].tolist() == [vid_name(A, i) for i in range(4)] + [vid_name(B, i) for i in range(2)]
     assert report["class_counts"] == {"Renal": 4, "Bone": 2}
     assert table["group"].unique().tolist() == [A, B]
+    assert report["raw_labels"] == {"Renal": 13, "Bone": 2, "Pulmonary": 2, "Cardiac": 1, "Breast": 1, "Unknown": 1}
+    assert report["video_id_unmatched"] == 0
+
+
+def test_vocabulary_drops_unknown_labels_and_reports_raw_values(tmp_path: Path, root: Path) -> None:
+    labels = ["Renal", "Renal", "renal", "Unknown", "Kidney", "Pulmonary"]
+    names = [vid_name("v" * 10 + str(i), i) for i in range(len(labels))]
+    touch(root, *names)
+    rows = [{"image_path": n, "pathology": repr([lab, "Bone"])} for n, lab in zip(names, labels)]
+    lookup = write_lookup(tmp_path / "l.csv", rows)
+    table, report = run_filter("quilt", lookup, root, {}, None)
+    check(report, table)
+    assert report["dropped"] == {"label_not_in_vocabulary": 3}
+    assert report["raw_labels"] == {"Renal": 2, "renal": 1, "Unknown": 1, "Kidney": 1, "Pulmonary": 1}
+    assert report["class_counts"] == {"Renal": 2, "Pulmonary": 1}
+    table, report = run_filter("quilt", lookup, root, {"classes": None}, None)  # the old behaviour
+    assert "label_not_in_vocabulary" not in report["dropped"] and len(table) == 6
+    with pytest.raises(UserError, match=r"filters.classes \(1 names\) matched no label .*'Renal' 2"):
+        run_filter("quilt", lookup, root, {"classes": ["Bone"]}, None)
+
+
+def test_vocabulary_default_is_the_schema_and_covers_the_demo() -> None:
+    from quiltflow.demo import DEFAULT_CLASSES, TAIL_CLASS
+    from quiltflow.lookup import SUBSPECIALTIES
+
+    vocabulary = section_schema("filters")["properties"]["classes"]["default"]
+    assert list(SUBSPECIALTIES) == vocabulary and len(vocabulary) == 18
+    assert set(DEFAULT_CLASSES) | {TAIL_CLASS} <= set(vocabulary)
+    for config in ("config/test.yaml", "config/config.yaml"):
+        demo = yaml.safe_load((REPO / config).read_text()).get("dataset", {}).get("demo", {})
+        assert set(demo.get("classes") or DEFAULT_CLASSES) <= set(vocabulary), config
+
+
+def test_quilt_names_without_video_id_are_counted(tmp_path: Path, root: Path) -> None:
+    names = [vid_name("abcdefghijk", 1), "frame_without_id.jpg", "short_image_x.jpg", "op.jpg"]
+    touch(root, *names)
+    rows = [{"image_path": n, "subset": "openpath" if n == "op.jpg" else "quilt"} for n in names]
+    table, report = run_filter("quilt", write_lookup(tmp_path / "l.csv", rows), root, {}, None)
+    check(report, table)
+    assert report["video_id_unmatched"] == 2  # openpath names never carry one: not counted
+    assert dict(zip(table["image_id"], table["group"]))["frame_without_id.jpg"] == "frame_without_id"
+
+
+@pytest.mark.parametrize(
+    "single_wsi, kept", [(None, ["a.jpg", "b.jpg", "c.jpg"]), (True, ["a.jpg"]), (False, ["b.jpg", "c.jpg"])]
+)
+def test_single_wsi_filter(tmp_path: Path, root: Path, single_wsi: bool | None, kept: list[str]) -> None:
+    touch(root, "a.jpg", "b.jpg", "c.jpg")
+    rows = [{"image_path": "a.jpg", "single_wsi": 1}, {"image_path": "b.jpg", "single_wsi": 0}]
+    rows.append({"image_path": "c.jpg", "single_wsi": ""})  # unknown
+    table, report = run_filter("quilt", write_lookup(tmp_path / "l.csv", rows), root, {"single_wsi": single_wsi}, None)
+    check(report, table)
+    assert table["image_id"].tolist() == kept
+    assert report["dropped"].get("single_wsi", 0) == 3 - len(kept)
 
 
 def test_dedupe_keeps_first_row_label_and_counts_captions(tmp_path: Path, root: Path) -> None:
@@ -241,12 +301,37 @@ def test_malformed_pathology_counted_not_crashing(tmp_path: Path, root: Path) ->
 
 
 def test_older_lookup_without_flag_columns(tmp_path: Path, root: Path) -> None:
+    """A 13-column public copy: a filter at its neutral value runs, any other stops with one line."""
     touch(root, "a.jpg")
     cols = [c for c in COLUMNS if c not in ("not_histology", "single_wsi")]
     lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}], columns=cols)
-    table, report = run_filter("quilt", lookup, root, {"drop_not_histology": True}, None)
+    neutral = {"drop_not_histology": False, "single_wsi": None, "magnifications": None, "min_image_side": 0}
+    table, report = run_filter("quilt", lookup, root, neutral, None)
     check(report, table)
     assert len(table) == 1
+    for key, value, column, fix in [
+        ("drop_not_histology", True, "not_histology", "false"),
+        ("single_wsi", True, "single_wsi", "null"),
+    ]:
+        with pytest.raises(UserError) as err:
+            run_filter("quilt", lookup, root, {**neutral, key: value}, None)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"config key filters.{key}: true, but the lookup ")
+        assert f"has no column {column} (13-column copy?); set it to {fix}" in message, message
+
+
+def test_filters_on_absent_size_and_magnification_columns_stop(tmp_path: Path, root: Path) -> None:
+    touch(root, "a.jpg")
+    cols = [c for c in COLUMNS if c not in ("magnification", "height")]
+    lookup = write_lookup(tmp_path / "l.csv", [{"image_path": "a.jpg"}], columns=cols)
+    table, _ = run_filter("quilt", lookup, root, {}, None)  # defaults need neither column
+    assert len(table) == 1
+    with pytest.raises(
+        UserError, match=r"^config key filters.magnifications: \[2\], .* no column magnification .*null"
+    ):
+        run_filter("quilt", lookup, root, {"magnifications": [2]}, None)
+    with pytest.raises(UserError, match=r"^config key filters.min_image_side: 224, .* no column height .*set it to 0$"):
+        run_filter("quilt", lookup, root, {"min_image_side": 224}, None)
 
 
 def test_quilt_parquet_input(tmp_path: Path, root: Path) -> None:
@@ -300,6 +385,10 @@ def test_empty_results_name_the_filter(tmp_path: Path, root: Path) -> None:
         ({"subsets": "quilt"}, "filters.subsets"),
         ({"subsets": None}, "filters.subsets"),
         ({"dedupe": "yes"}, "filters.dedupe"),
+        ({"near_duplicates": "maybe"}, "filters.near_duplicates"),
+        ({"near_duplicate_distance": 12}, "filters.near_duplicate_distance: 12 is greater than the maximum of 11"),
+        ({"classes": "Renal"}, "filters.classes"),
+        ({"single_wsi": 1}, "filters.single_wsi"),
     ],
 )
 def test_bad_filters_are_one_line_from_the_schema(filters: dict, key: str) -> None:
@@ -314,6 +403,7 @@ def test_filter_settings_defaults_come_from_the_schema() -> None:
     settings = FilterSettings.from_config(None)
     assert settings.as_dict() == {key: prop["default"] for key, prop in schema.items()}
     assert FilterSettings.from_config({"magnifications": [2, None]}).magnifications == (2, None)
+    assert FilterSettings.from_config({"near_duplicates": False}).near_duplicates == "off"  # YAML's bare off
 
 
 def test_missing_column_and_format_errors(tmp_path: Path, root: Path) -> None:

@@ -24,28 +24,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from quiltflow.errors import UserError
+from quiltflow.settings import schema_default
 
 # Quilt-1M's pathology subspecialties: the label vocabulary of the lookup's ``pathology`` lists.
-SUBSPECIALTIES = (
-    "Bone",
-    "Breast",
-    "Cardiac",
-    "Cytopathology",
-    "Dermatopathology",
-    "Endocrine",
-    "Gastrointestinal",
-    "Genitourinary",
-    "Gynecologic",
-    "Head and Neck",
-    "Hematopathology",
-    "Hepatopathology",
-    "Neuropathology",
-    "Ophthalmic",
-    "Pediatric",
-    "Pulmonary",
-    "Renal",
-    "Soft tissue",
-)
+# One home: the schema default of ``filters.classes`` (where the source is cited).
+SUBSPECIALTIES = tuple(schema_default("filters", "classes"))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # The one home of the video-id rule: a Quilt image of a YouTube video is named
 # "<11-char id>_image_<uuid>.jpg"; never split on "_": ids may contain "_" and "-".
@@ -54,6 +37,7 @@ VIDEO_ID_REGEX = r"^(?P<vid>.{11})_image_"
 # Verdict of normalize_paths per distinct raw path.
 PATH_OK, PATH_EMPTY, PATH_UNSAFE = 0, 1, 2
 
+_QUILT_OPTIONAL_COLUMNS = ("split", "magnification", "height", "width", "not_histology", "single_wsi")
 _MAX_PATHOLOGY_CHARS = 4096  # literal_eval on a huge cell is slow; no real list is that long
 
 
@@ -227,6 +211,8 @@ class Rows:
     height: np.ndarray | None = None
     width: np.ndarray | None = None
     not_histology: np.ndarray | None = None
+    single_wsi: np.ndarray | None = None
+    columns: frozenset[str] = frozenset()  # the columns the metadata file has (quilt)
     not_image_file: np.ndarray | None = None  # bool per row: no image extension (folder)
     quilt: bool = False
 
@@ -279,7 +265,7 @@ def quilt_rows(metadata_path: Path) -> Rows:
         if is_parquet and metadata_path.is_file()
         else (_read_header(metadata_path) if metadata_path.is_file() else [])
     )
-    optional = [c for c in ("split", "magnification", "height", "width", "not_histology") if c in available]
+    optional = [c for c in _QUILT_OPTIONAL_COLUMNS if c in available]
     wanted = ["image_path", "subset", "pathology", *optional]
     table = _read_table(metadata_path, wanted, {"image_path", "subset", "pathology", "split"})
     n = table.num_rows
@@ -315,6 +301,8 @@ def quilt_rows(metadata_path: Path) -> Rows:
         height=_floats(col("height"), n),
         width=_floats(col("width"), n),
         not_histology=_floats(col("not_histology"), n),
+        single_wsi=_floats(col("single_wsi"), n),
+        columns=frozenset(available),
         quilt=True,
     )
 

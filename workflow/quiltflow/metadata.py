@@ -20,13 +20,25 @@ Each dropped row is counted exactly once, under the FIRST reason in this order:
 ``not_histology``        (quilt) ``not_histology == 1`` and ``filters.drop_not_histology``.
 ``magnification``        (quilt) magnification level not in ``filters.magnifications``.
 ``small_image``          (quilt) ``min(height, width) < filters.min_image_side`` (unknown kept).
+``single_wsi``           (quilt) ``filters.single_wsi`` true: ``single_wsi != 1`` (unknown dropped);
+                         false: ``single_wsi == 1``.
 ``malformed_pathology``  (quilt) the ``pathology`` cell is not a list of strings.
 ``no_label``             empty pathology list / empty label cell.
+``label_not_in_vocabulary`` (quilt) the first pathology entry is not in ``filters.classes``.
 ``image_missing``        no such file under ``image_root`` (one directory listing, no stat per row).
 ``class_excluded``       the image's label is in ``filters.exclude_classes``.
 ``class_too_small``      the label has fewer than ``filters.min_per_class`` images.
 ``class_not_top_k``      the label is not among the ``filters.top_k_classes`` largest classes.
 ``duplicate_row``        another caption row of an image already kept (``filters.dedupe``).
+``near_duplicate``       ``filters.near_duplicates: drop``: the image is within
+                         ``near_duplicate_distance`` bits of a kept image with a smaller image_id.
+
+A filter on a Quilt column the lookup lacks (public copies with 13 columns have no
+``not_histology`` / ``single_wsi``) stops the run with one line, unless it is at its neutral value.
+Near-duplicates (``quiltflow.neardup``) are searched among the images every other filter kept;
+``group`` mode gives each cluster the smallest group of its members. Images that cannot be
+decoded for hashing are counted (``near_duplicates.unreadable``) and kept: the shard jobs skip
+them with their exact reason.
 
 Class reasons are decided per image (label of its first surviving row) and count all of that
 image's surviving rows. The report always reconciles:
@@ -37,7 +49,9 @@ every surviving row stays in the table (``image_id`` then repeats) and class fil
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +78,7 @@ from quiltflow.lookup import (
     normalize_paths,
     quilt_rows,
 )
+from quiltflow.neardup import HASH_FLAT, HASH_UNREADABLE, cluster_hashes, hash_files
 from quiltflow.settings import FilterSettings
 from quiltflow.tables import FILTERED_SCHEMA, arrow_to_pandas
 
@@ -77,22 +92,33 @@ DROP_REASONS = (
     "not_histology",
     "magnification",
     "small_image",
+    "single_wsi",
     "malformed_pathology",
     "no_label",
+    "label_not_in_vocabulary",
     "image_missing",
     "class_excluded",
     "class_too_small",
     "class_not_top_k",
     "duplicate_row",
+    "near_duplicate",
 )
 _REASON_CODE = {name: i + 1 for i, name in enumerate(DROP_REASONS)}  # 0 = kept
-_QUILT_ONLY_FILTERS = ("subsets", "drop_not_histology", "magnifications", "min_image_side")
+_QUILT_ONLY_FILTERS = ("subsets", "drop_not_histology", "magnifications", "min_image_side", "single_wsi", "classes")
 # Row filters of the Quilt columns, with the filters key each one reads.
 _QUILT_FILTER_KEYS = {
     "subset_excluded": "subsets",
     "not_histology": "drop_not_histology",
     "magnification": "magnifications",
     "small_image": "min_image_side",
+    "single_wsi": "single_wsi",
+}
+# The lookup columns each Quilt filter reads, and the value that needs none (its neutral value).
+_FILTER_COLUMNS = {
+    "drop_not_histology": (("not_histology",), False),
+    "magnifications": (("magnification",), None),
+    "min_image_side": (("height", "width"), 0),
+    "single_wsi": (("single_wsi",), None),
 }
 
 # Arrow kernels and directory reads release the GIL: the root listing and the id ranking run
@@ -111,6 +137,8 @@ def _empty_error(stage: str, filters: FilterSettings, rows_in: int, detail: str 
         key = _QUILT_FILTER_KEYS[stage]
         value = _shown(getattr(filters, key))
         return UserError(f"filters.{key}={value!r} left no rows ({rows_in} rows in)")
+    if stage == "label_not_in_vocabulary":
+        return UserError(f"filters.classes ({len(filters.classes)} names) matched no label {detail}; set it to null?")
     if stage == "class_excluded":
         excluded = _shown(filters.exclude_classes)
         return UserError(f"filters.exclude_classes={excluded!r} excluded every class")
@@ -155,6 +183,14 @@ class _Paths:
     changed: bool  # whether normalisation changed any path
     of_row: np.ndarray  # index into ``norm``; len(norm) = "no path" slot
     rank: Future  # _dense_rank(norm), computed in the background
+
+
+@dataclass
+class _NearDuplicates:
+    """The near-duplicate search over the kept images (distinct, in image_id order)."""
+
+    root: np.ndarray | None  # cluster root per image (None when off)
+    report: dict
 
 
 @dataclass
@@ -215,6 +251,18 @@ def _drop_bad_paths(rows: Rows, drops: _Drops, image_root: Path) -> _Paths:
     return _Paths(norm_paths, changed, of_row, rank)
 
 
+def _check_filter_columns(rows: Rows, filters: FilterSettings, metadata_path: str | Path | None) -> None:
+    """A Quilt filter away from its neutral value needs its column: never a silent no-op."""
+    for key, (needed, neutral) in _FILTER_COLUMNS.items():
+        value = getattr(filters, key)
+        missing = [c for c in needed if c not in rows.columns]
+        if value != neutral and missing:
+            raise UserError(
+                f"config key filters.{key}: {json.dumps(_shown(value))}, but the lookup {metadata_path} has no "
+                f"column {missing[0]} ({len(rows.columns)}-column copy?); set it to {json.dumps(neutral)}"
+            )
+
+
 def _drop_by_quilt_columns(rows: Rows, filters: FilterSettings, drops: _Drops) -> None:
     """The filters on the Quilt lookup's own columns."""
     keep_subset = np.array([s in filters.subsets for s in rows.subsets] + [False])
@@ -234,7 +282,26 @@ def _drop_by_quilt_columns(rows: Rows, filters: FilterSettings, drops: _Drops) -
         with np.errstate(invalid="ignore"):
             side = np.fmin(rows.height, rows.width)
         drops.drop("small_image", side < filters.min_image_side)
+    if filters.single_wsi is not None:
+        single = rows.single_wsi == 1
+        drops.drop("single_wsi", ~single if filters.single_wsi else single)
     drops.drop("malformed_pathology", rows.label_code == -2)
+
+
+def _raw_labels(rows: Rows) -> dict[str, int]:
+    """Rows per raw label value (Quilt: the first pathology entry), before any filter."""
+    counts = np.bincount(rows.label_code[rows.label_code >= 0], minlength=len(rows.classes))
+    return {rows.classes[c]: int(k) for c, k in enumerate(counts) if k}
+
+
+def _drop_outside_vocabulary(rows: Rows, filters: FilterSettings, drops: _Drops) -> None:
+    """``filters.classes``: labels outside the allowed vocabulary (Quilt only)."""
+    if not rows.quilt or filters.classes is None:
+        return
+    allowed = np.array([c in filters.classes for c in rows.classes] + [True, True], dtype=bool)
+    seen = sorted(_raw_labels(rows).items(), key=lambda kv: -kv[1])[:5]
+    detail = f"(most frequent labels: {', '.join(f'{k!r} {v}' for k, v in seen)})"
+    drops.drop("label_not_in_vocabulary", ~allowed[rows.label_code], detail)
 
 
 def _drop_missing_images(rows: Rows, paths: _Paths, drops: _Drops, image_root: Path, root_listing: pa.Array) -> None:
@@ -308,6 +375,61 @@ def _drop_classes(classes: list[str], units: _Units, filters: FilterSettings, ro
         reason[(reason == 0) & ~top[label]] = _REASON_CODE["class_not_top_k"]
 
 
+def _near_duplicates(
+    rows: Rows, paths: _Paths, units: _Units, image_root: Path, filters: FilterSettings, threads: int
+) -> _NearDuplicates:
+    """Hash every kept image once and join near-identical ones; ``drop`` mode marks the units of
+    all but the first image (by image_id) of each cluster."""
+    if filters.near_duplicates == "off":
+        return _NearDuplicates(None, {"mode": "off"})
+    started = time.perf_counter()
+    keep = np.flatnonzero(units.reason == 0)
+    unit_rank = paths.rank.result()[rows.path_code[units.rows[keep]]]
+    ranks, first = np.unique(unit_rank, return_index=True)  # distinct images, image_id order
+    names = paths.norm.take(pa.array(rows.path_code[units.rows[keep[first]]])).to_pylist()
+    hashes, status = hash_files([image_root / name for name in names], threads)
+    clusters = cluster_hashes(hashes, status, filters.near_duplicate_distance)
+    sizes = clusters.sizes
+    is_root = clusters.root == np.arange(len(ranks))
+    dropped = 0
+    if filters.near_duplicates == "drop":
+        dropped = int((~is_root).sum())
+        units.reason[keep[~is_root[np.searchsorted(ranks, unit_rank)]]] = _REASON_CODE["near_duplicate"]
+    report = {
+        "mode": filters.near_duplicates,
+        "max_distance": filters.near_duplicate_distance,
+        "images_hashed": int(len(ranks)),
+        "unreadable": int((status == HASH_UNREADABLE).sum()),
+        "flat": int((status == HASH_FLAT).sum()),
+        "clusters": int((is_root & (sizes > 1)).sum()),
+        "images_in_clusters": int((sizes > 1).sum()),
+        "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+        "images_dropped": dropped,
+        "groups_merged": 0,
+    }
+    if report["unreadable"]:
+        log.warning(
+            "near-duplicates: %d kept images could not be decoded (kept; sharding skips them)", report["unreadable"]
+        )
+    # Time goes to the log, not the report: equal input must give an equal report.
+    log.info("near-duplicates: %s in %.1f s (%d threads)", report, time.perf_counter() - started, threads)
+    return _NearDuplicates(clusters.root, report)
+
+
+def _merge_near_duplicate_groups(table: pd.DataFrame, near: _NearDuplicates) -> None:
+    """``group`` mode: every member of a cluster takes the smallest group of the cluster, so the
+    grouped split puts them on one side. ``table`` is sorted by image_id, like the clusters."""
+    if near.root is None or near.report["mode"] != "group" or not near.report["clusters"]:
+        return
+    image = pd.factorize(table["image_id"], sort=False)[0]  # 0, 1, ... in image_id order
+    if image.max() + 1 != len(near.root):
+        raise AssertionError("near-duplicate clusters and the filtered table disagree")
+    cluster = near.root[image]
+    groups_before = table["group"].nunique()
+    table["group"] = table["group"].groupby(cluster).transform("min")
+    near.report["groups_merged"] = int(groups_before - table["group"].nunique())
+
+
 def _settle_rows(units: _Units, drops: _Drops) -> None:
     """Map unit decisions back onto every surviving row; extra caption rows are duplicates."""
     row_reason = units.reason[units.of_alive]
@@ -317,7 +439,7 @@ def _settle_rows(units: _Units, drops: _Drops) -> None:
     drops.reason[units.alive] = row_reason
 
 
-def _report(fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterSettings, ignored: list[str]) -> dict:
+def _report(fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterSettings, extra: dict) -> dict:
     """filter_report.json: what came in, what was kept, and every dropped row by reason."""
     keep_units = units.reason == 0
     kept_rows = units.rows[keep_units]
@@ -333,9 +455,9 @@ def _report(fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterS
         "dropped": {name: int(dropped_counts[code]) for name, code in _REASON_CODE.items() if dropped_counts[code]},
         "class_counts": {rows.classes[c]: int(k) for c, k in enumerate(kept_sizes) if k},
         "filters": filters.as_dict(),
+        "raw_labels": _raw_labels(rows),
+        **{key: value for key, value in extra.items() if value != []},
     }
-    if ignored:
-        report["ignored_filters"] = ignored
     assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
     return report
 
@@ -346,8 +468,10 @@ def filter_metadata(
     image_root: str | Path,
     filters: FilterSettings,
     columns: Mapping[str, Any] | None,
+    threads: int = 1,
 ) -> tuple[pd.DataFrame, dict]:
-    """Filter ``metadata_path`` (format ``fmt``) against ``image_root``: (table, report)."""
+    """Filter ``metadata_path`` (format ``fmt``) against ``image_root``: (table, report).
+    ``threads`` hash images for the near-duplicate search."""
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
@@ -358,15 +482,24 @@ def filter_metadata(
     drops = _Drops(rows, filters)
     paths = _drop_bad_paths(rows, drops, image_root)
     if rows.quilt:
+        _check_filter_columns(rows, filters, metadata_path)
         _drop_by_quilt_columns(rows, filters, drops)
     drops.drop("no_label", rows.label_code < 0)
+    _drop_outside_vocabulary(rows, filters, drops)
     _drop_missing_images(rows, paths, drops, image_root, root_listing.result())
     units = _image_units(rows, paths, drops, filters.dedupe)
     _drop_classes(rows.classes, units, filters, rows.n)
+    near = _near_duplicates(rows, paths, units, image_root, filters, threads)
     _settle_rows(units, drops)
     keep_units = units.reason == 0
-    table = _build_table(rows, units.rows[keep_units], paths.norm, units.n_captions[keep_units], paths.rank.result())
-    report = _report(fmt, rows, units, drops, filters, ignored)
+    table, unmatched = _build_table(
+        rows, units.rows[keep_units], paths.norm, units.n_captions[keep_units], paths.rank.result()
+    )
+    _merge_near_duplicate_groups(table, near)
+    extra = {"ignored_filters": ignored, "near_duplicates": near.report}
+    if rows.quilt:
+        extra["video_id_unmatched"] = unmatched
+    report = _report(fmt, rows, units, drops, filters, extra)
     log.info(
         "kept %d images (%d rows) of %d rows; dropped %s",
         report["images_kept"],
@@ -403,14 +536,20 @@ def _lookup(values: list[str], codes: np.ndarray | None, kept: np.ndarray) -> pa
     return pa.array(values, type=pa.string()).take(pa.array(c, mask=c < 0))
 
 
-def _group_column(rows: Rows, kept: np.ndarray, image_id: pa.Array, subset: pa.Array) -> pa.Array:
-    """Group: YouTube id for Quilt-subset images, else the configured column, else the file stem."""
+def _group_column(rows: Rows, kept: np.ndarray, image_id: pa.Array, subset: pa.Array) -> tuple[pa.Array, int]:
+    """(group, Quilt-subset images whose name has no video id): YouTube id for Quilt-subset
+    images, else the configured column, else the file stem."""
     nested = has_byte(image_id, "/")  # exact here: ids come from take(), no null slots
     base = pc.replace_substring_regex(image_id, r"^.*/", "") if nested else image_id
     group = pa.nulls(len(kept), type=pa.string())
+    unmatched = 0
     if rows.quilt:
         match = pc.extract_regex(base, VIDEO_ID_REGEX)  # null where the name does not match
-        use_vid = pc.and_(pc.fill_null(pc.equal(subset, "quilt"), False), pc.is_valid(match))
+        is_quilt = pc.fill_null(pc.equal(subset, "quilt"), False)
+        use_vid = pc.and_(is_quilt, pc.is_valid(match))
+        unmatched = int(pc.sum(is_quilt).as_py() or 0) - int(pc.sum(use_vid).as_py() or 0)
+        if unmatched:
+            log.warning("%d quilt-subset images have no video id in their name: each is its own group", unmatched)
         group = pc.if_else(use_vid, pc.struct_field(match, [0]), None)
     elif rows.group_code is not None:
         group = _lookup(rows.groups, rows.group_code, kept)
@@ -418,7 +557,7 @@ def _group_column(rows: Rows, kept: np.ndarray, image_id: pa.Array, subset: pa.A
     if pc.any(need_stem).as_py():  # stems only where needed: a regex pass over few rows
         stems = pc.replace_substring_regex(base.filter(need_stem), r"\.[^./]*$", "")
         group = pc.replace_with_mask(group, need_stem, stems)
-    return group
+    return group, unmatched
 
 
 def _build_table(
@@ -427,10 +566,11 @@ def _build_table(
     norm_paths: pa.Array,
     n_captions: np.ndarray,
     path_rank: np.ndarray,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, int]:
     """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id
     (stable: rows of one image keep file order, for ``dedupe: false``); ``path_rank`` is
-    :func:`_dense_rank` of ``norm_paths``."""
+    :func:`_dense_rank` of ``norm_paths``. Also returns the count of Quilt-subset images without
+    a video id in their name."""
     order = _stable_order(path_rank[rows.path_code[kept]])
     kept, n_captions = kept[order], n_captions[order]
     image_id = norm_paths.take(pa.array(rows.path_code[kept]))
@@ -441,11 +581,12 @@ def _build_table(
     else:
         pathologies = pa.array([[]] * len(kept), type=pa.list_(pa.string()))
     mag = rows.magnification[kept] if rows.magnification is not None else np.full(len(kept), np.nan)
+    group, unmatched = _group_column(rows, kept, image_id, subset)
     arrow = pa.Table.from_arrays(
         [
             image_id,
             label,
-            _group_column(rows, kept, image_id, subset),
+            group,
             pathologies,
             subset,
             _lookup(rows.splits, rows.split_code, kept),
@@ -454,4 +595,4 @@ def _build_table(
         ],
         schema=FILTERED_SCHEMA,
     )
-    return arrow_to_pandas(arrow)
+    return arrow_to_pandas(arrow), unmatched

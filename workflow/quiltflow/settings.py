@@ -95,11 +95,18 @@ class FilterSettings:
     min_per_class: int
     top_k_classes: int | None
     exclude_classes: tuple[str, ...]
+    classes: tuple[str, ...] | None  # allowed labels (quilt); None accepts any
+    single_wsi: bool | None  # None: no filter; True: only single-WSI rows; False: drop them
+    near_duplicates: str  # group | drop | off
+    near_duplicate_distance: int
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> FilterSettings:
         """From a (possibly partial) ``filters`` section; the schema fills the rest."""
-        return cls(**_frozen(section_values("filters", values)))
+        filters = section_values("filters", values)
+        if filters["near_duplicates"] is False:  # YAML 1.1 reads a bare `off` as false
+            filters["near_duplicates"] = "off"
+        return cls(**_frozen(filters))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON values (lists), as filter_report.json records them."""
@@ -134,6 +141,8 @@ class ShardSettings:
     image_size: int
     jpeg_quality: int
     images_per_shard: int
+    framing: str  # center_crop | pad | grid
+    grid_size: int  # cells per side when framing is grid
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None, *, image_size: int) -> ShardSettings:
@@ -143,7 +152,14 @@ class ShardSettings:
             top_level_value("image_size", image_size),
             tfrecords["jpeg_quality"],
             tfrecords["images_per_shard"],
+            tfrecords["framing"],
+            tfrecords["grid_size"],
         )
+
+    @property
+    def records_per_image(self) -> int:
+        """Records written for one usable image (grid cells, or 1)."""
+        return self.grid_size**2 if self.framing == "grid" else 1
 
 
 # --- models (train_model, extract_features, evaluate_model) -----------------------------------

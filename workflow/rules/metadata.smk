@@ -13,6 +13,7 @@ rule filter_metadata:
         "logs/filter_metadata.log",
     conda:
         "../../envs/data.yaml"
+    threads: 8  # near-duplicate hashing (~1,000+ images/s per thread); capped by --cores
     resources:
         mem_mb=4000,
         runtime=30,

@@ -20,5 +20,6 @@ table, report = filter_metadata(
     snakemake.input.image_root,
     FilterSettings.from_config(snakemake.params.filters),
     dict(snakemake.params.columns or {}),
+    threads=snakemake.threads,
 )
 write_filtered(table, report, snakemake.output.table, snakemake.output.report)
