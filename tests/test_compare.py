@@ -1,4 +1,4 @@
-"""quiltflow.compare / quiltflow.plots: the model comparison from metrics JSON + predictions Parquet only."""
+"""quiltflow.compare / quiltflow.plots: the video-level model comparison from metrics JSON + predictions Parquet only."""
 
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def outputs(tmp_path: Path, names: list[str]) -> dict:
         "metrics_plot": str(out / "plots" / "metrics.png"),
         "curves_plot": str(out / "plots" / "training_curves.png"),
         "confusion_plots": [str(out / "plots" / f"confusion_{n}.png") for n in names],
+        "reliability_plots": [str(out / "plots" / f"reliability_{n}.png") for n in names],
     }
 
 
@@ -121,6 +122,7 @@ def run_compare(paths: dict, **kwargs) -> dict:
         paths["label_map"],
         seed=0,
         bootstrap_samples=300,
+        permutations=kwargs.pop("permutations", 2000),
         alpha=0.05,
         **kwargs,
     )
@@ -129,33 +131,52 @@ def run_compare(paths: dict, **kwargs) -> dict:
 MODELS = {"good": _accurate(0.85, 1), "weak": _accurate(0.55, 2), "lazy": np.zeros(300, int)}
 
 
+ROW_KEYS = {
+    "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "f1_macro", "f1_macro_ci",
+    "auc_macro", "auc_macro_ci", "pr_auc_macro", "ece", "video_accuracy", "video_accuracy_ci", "design_effect",
+}  # fmt: skip
+
+
 def test_compare_verdicts_baselines_and_files(tmp_path):
     paths = make_run(tmp_path, MODELS)
     out = outputs(tmp_path, list(MODELS))
     doc = run_compare(paths, **out)
 
+    assert "resamples test videos" in doc["ci_method"] and doc["n_groups"] == 30
+    assert doc["folds"] == 1 and doc["seeds"] == 1 and doc["design_effect"] > 0
     rows = {r["name"]: r for r in doc["rows"]}
-    assert set(rows) == {"good", "weak", "lazy", "majority_baseline", "stratified_baseline"}
+    assert list(rows) == ["good", "weak", "lazy", "ensemble", "majority_baseline", "stratified_baseline"]
     assert rows["majority_baseline"]["accuracy"] == pytest.approx(0.5)  # 150 of 300 are the train majority
     assert rows["majority_baseline"]["predicts"] == "adeno"
+    assert rows["majority_baseline"]["auc_macro"] == 0.5  # constant scores rank nothing
     assert rows["stratified_baseline"]["expected_accuracy"] == pytest.approx(0.5 * 0.5 + 0.3 * 0.3 + 0.2 * 0.2)
+    assert rows["good"]["accuracy"] == pytest.approx(np.mean(MODELS["good"] == _y_true()))
     for r in doc["rows"]:
-        assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
-        assert r["f1_macro_ci"][0] <= r["f1_macro"] <= r["f1_macro_ci"][1]
-        assert r["n_test"] == 300
+        assert ROW_KEYS <= set(r), r["name"]
+        for key in ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro", "video_accuracy"):
+            assert r[f"{key}_ci"][0] <= r[key] <= r[f"{key}_ci"][1], (r["name"], key)
+        assert r["n_test"] == 300 and "accuracy_fold_mean" not in r
 
-    pairs = {(t["a"], t["b"]): t for t in doc["pairwise"]}
-    assert len(pairs) == 3
-    assert pairs[("good", "weak")]["better"] == "good"
-    assert pairs[("good", "weak")]["verdict"].startswith("good is significantly better than weak (p=")
-    assert pairs[("good", "weak")]["accuracy_difference_ci"][0] > 0
+    pairs = {(t["a"], t["b"], t["metric"]): t for t in doc["pairwise"]}
+    assert len(pairs) == 6 * 3  # 4 models incl. the ensemble, 3 scores each
+    for metric in ("accuracy", "balanced_accuracy", "f1_macro"):
+        good_weak = pairs[("good", "weak", metric)]
+        assert good_weak["test"] == "video_swap_permutation" and good_weak["better"] == "good", metric
+        assert good_weak["verdict"].startswith("good is significantly better than weak on ")
+        assert good_weak["difference_ci"][0] > 0 and good_weak["p_value"] <= good_weak["p_value_holm"]
+    # One Holm family over every reported test: m = 18 pairwise + 12 against the majority.
+    smallest = min(doc["pairwise"] + doc["vs_majority"], key=lambda t: t["p_value"])
+    assert smallest["p_value_holm"] == pytest.approx(min(1.0, 30 * smallest["p_value"]))
 
-    vs = {t["a"]: t for t in doc["vs_majority"]}
-    # A model identical to the majority baseline is not better than it.
-    assert vs["lazy"]["better_than_majority"] is False
-    assert vs["lazy"]["n_discordant"] == 0 and vs["lazy"]["p_value"] == 1.0
-    assert vs["lazy"]["verdict"] == "no significant difference between lazy and majority_baseline (p=1)"
-    assert vs["good"]["better_than_majority"] is True
+    vs = {(t["a"], t["metric"]): t for t in doc["vs_majority"]}
+    # A model identical to the majority baseline is not better than it on any score.
+    for metric in ("accuracy", "balanced_accuracy", "f1_macro"):
+        assert vs[("lazy", metric)]["better_than_majority"] is False
+        assert vs[("lazy", metric)]["p_value"] == 1.0 and vs[("lazy", metric)]["difference"] == 0
+        assert vs[("good", metric)]["better_than_majority"] is True
+    assert vs[("lazy", "accuracy")]["verdict"] == (
+        "no significant difference between lazy and majority_baseline on accuracy (video swap test, p=1)"
+    )
     assert any(
         "lazy is not significantly better than always predicting the majority class" in c for c in doc["caveats"]
     )
@@ -165,15 +186,70 @@ def test_compare_verdicts_baselines_and_files(tmp_path):
     assert saved == json.loads(json.dumps(doc))
     with open(out["csv_path"]) as fh:
         table = list(csv.DictReader(fh))
-    assert [r["model"] for r in table] == ["good", "weak", "lazy", "majority_baseline", "stratified_baseline"]
-    assert {"accuracy_ci_low", "f1_macro_ci_high", "weights", "n_test"} <= set(table[0])
+    assert [r["model"] for r in table] == list(rows)
+    assert {"accuracy_ci_low", "f1_macro_ci_high", "weights", "n_test", "auc_macro", "ece", "design_effect"} <= set(
+        table[0]
+    )
     md = Path(out["md_path"]).read_text()
-    assert "| good | model |" in md and "good is significantly better than weak" in md
+    assert "| good | model |" in md and "good is significantly better than weak on balanced accuracy" in md
+    assert "**The video is the unit**" in md and "| ensemble | ensemble |" in md
     assert "**Caveat:** lazy is not significantly better" in md
 
-    for png in [out["metrics_plot"], out["curves_plot"], *out["confusion_plots"]]:
+    for png in [out["metrics_plot"], out["curves_plot"], *out["confusion_plots"], *out["reliability_plots"]]:
         data = Path(png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
+
+
+def test_ensemble_can_be_switched_off(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"], "weak": MODELS["weak"]})
+    doc = run_compare(paths, ensemble=False)
+    assert [r["name"] for r in doc["rows"]] == ["good", "weak", "majority_baseline", "stratified_baseline"]
+
+
+def _with_folds_and_seeds(table: pd.DataFrame, n_seeds: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Every image once per seed; folds by video (3 folds), a little noise between seeds."""
+    frames = []
+    video = table["group"].str.slice(5).astype(int)
+    for seed in range(n_seeds):
+        frame = table.copy()
+        frame["fold"] = (video + seed) % 3
+        frame["seed"] = seed
+        flip = rng.random(len(frame)) < 0.05
+        frame.loc[flip, "pred_label"] = (frame.loc[flip, "true_label"] + 1) % 3
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_folds_and_seeds_add_fold_scores_and_the_corrected_t_test(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"], "weak": MODELS["weak"]})
+    rng = np.random.default_rng(0)
+    for i, pred_path in enumerate(paths["predictions"]):
+        table = _with_folds_and_seeds(pd.read_parquet(pred_path), 2, rng).sample(frac=1, random_state=i)
+        table.to_parquet(pred_path)  # rows shuffled: the comparison sorts them itself
+        doc = json.loads(Path(paths["metrics"][i]).read_text())
+        doc["metrics"]["n_test"] = len(table)
+        doc["metrics"]["accuracy"] = float(np.mean(table["pred_label"] == table["true_label"]))
+        doc["metrics"]["confusion_matrix"][0][0] += len(table) // 2
+        doc["dataset"]["n_manifest"] = len(table)
+        Path(paths["metrics"][i]).write_text(json.dumps(doc))
+    doc = run_compare(paths)
+    assert doc["folds"] == 3 and doc["seeds"] == 2 and doc["n_test"] == 300 and doc["n_predictions"] == 600
+    assert doc["test_train_ratio"] == pytest.approx(0.5, abs=0.05)  # a third of the videos against two thirds
+    good = next(r for r in doc["rows"] if r["name"] == "good")
+    assert 0 < good["accuracy_fold_sd"] < 0.2 and abs(good["accuracy_fold_mean"] - good["accuracy"]) < 0.01
+    tests = {t["test"] for t in doc["pairwise"]}
+    assert tests == {"video_swap_permutation", "corrected_resampled_t"}
+    t_test = next(t for t in doc["pairwise"] if t["test"] == "corrected_resampled_t" and t["metric"] == "accuracy")
+    assert t_test["df"] == 5 and t_test["better"] == "good"
+
+
+def test_a_video_in_two_folds_is_an_error(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"]})
+    table = pd.read_parquet(paths["predictions"][0])
+    table["fold"] = np.arange(len(table)) % 2  # frames of one video in both folds
+    table.to_parquet(paths["predictions"][0])
+    with pytest.raises(UserError, match="lies in several folds"):
+        run_compare(paths)
 
 
 def test_compare_is_seeded(tmp_path):
@@ -185,6 +261,7 @@ def test_synthetic_demo_caveat(tmp_path):
     paths = make_run(tmp_path, {"good": MODELS["good"]})
     doc = run_compare(paths, synthetic=True)
     assert doc["pairwise"] == [] and doc["synthetic"] is True
+    assert "ensemble" not in {r["name"] for r in doc["rows"]}  # one model: no ensemble
     assert any("synthetic demo" in c for c in doc["caveats"])
 
 
@@ -249,8 +326,16 @@ def test_compare_script_wiring(tmp_path):
             "metrics_plot": out["metrics_plot"],
             "curves_plot": out["curves_plot"],
             "confusion": out["confusion_plots"],
+            "reliability": out["reliability_plots"],
         },
-        params={"seed": 0, "bootstrap_samples": 50, "alpha": 0.05, "synthetic": False},  # as compare.smk passes
+        params={
+            "seed": 0,
+            "bootstrap_samples": 50,
+            "alpha": 0.05,
+            "permutations": 200,
+            "ensemble": True,
+            "synthetic": False,
+        },  # as compare.smk passes  # fmt: skip
         log=tmp_path / "compare.log",
     )
     # The script's setup_logging redirected the streams and replaced the handlers: all given back.
@@ -265,5 +350,6 @@ def test_compare_script_wiring(tmp_path):
         out["metrics_plot"],
         out["curves_plot"],
         *out["confusion_plots"],
+        *out["reliability_plots"],
     ]:
         assert Path(path).stat().st_size > 0, path

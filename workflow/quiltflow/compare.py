@@ -1,23 +1,40 @@
-"""Rule compare_models: a model comparison a reviewer can trust.
+"""Rule compare_models: a model comparison a reviewer can trust, with the video as the unit.
 
-Every model is compared on the same test images against two baselines fitted on the train label
-distribution, with bootstrap confidence intervals and McNemar's exact test, and the verdicts are
-written in plain words. Works from the metrics JSON and predictions Parquet files alone: this
-module must never import TensorFlow (tests check it in a fresh interpreter).
+Every model (and, by default, their ``ensemble``: mean probabilities) is compared on the same test
+images against two baselines fitted on the train label distribution. Frames of one video are
+correlated, so intervals come from a cluster bootstrap that resamples videos (the ``group`` column)
+with the same resamples for every row, and paired tests swap two models' predictions video by video
+(a sign-flip permutation of per-video differences); with several folds or seeds the corrected
+resampled t-test (Nadeau & Bengio 2003) on per-fold scores joins them. Every reported test is in
+one Holm family. Works from the metrics JSON and predictions Parquet files alone: this module must
+never import TensorFlow (tests check it in a fresh interpreter).
 
-``results/comparison.json`` keys: ``schema_version``, ``n_test``, ``class_names``,
-``test_class_counts``, ``train_class_counts``, ``synthetic``, ``seed``, ``bootstrap_samples``,
-``alpha``, ``ci_level``, ``rows`` (one per model then ``majority_baseline``, ``stratified_baseline``:
-``name, kind, accuracy, accuracy_ci, f1_macro, f1_macro_ci, balanced_accuracy, f1_weighted, weights,
-n_test`` + extras), ``pairwise`` and ``vs_majority`` (McNemar: ``a, b, a_correct_b_wrong,
-a_wrong_b_correct, n_discordant, p_value, p_value_holm, significant, better, verdict``; plus
-``accuracy_difference, accuracy_difference_ci`` in ``pairwise`` and ``better_than_majority`` in
+Folds and seeds: predictions may carry ``fold`` and ``seed`` columns (absent = fold 0, seed 0).
+Out-of-fold predictions are pooled per seed (each test image once per seed, a video in one fold);
+each metric is computed per seed on the same resampled videos and averaged over seeds, so a row
+estimates what one trained model achieves (averaging probabilities across seeds would score a seed
+ensemble instead). ``accuracy_fold_mean``/``accuracy_fold_sd`` come from the per-(fold, seed) scores.
+
+Macro ROC-AUC intervals use the first-order (influence) form of the same cluster bootstrap:
+AUC* = AUC + w @ psi with psi each video's clustered DeLong/Obuchowski component, so they cost one
+matrix product instead of a sort per resample.
+
+``results/comparison.json`` keys: ``schema_version``, ``n_test`` (distinct test images),
+``n_predictions``, ``n_groups``, ``folds``, ``seeds``, ``class_names``, ``test_class_counts``,
+``train_class_counts``, ``synthetic``, ``seed``, ``bootstrap_samples``, ``permutations``, ``alpha``,
+``ci_level``, ``ci_method``, ``test_method``, ``pooling``, ``design_effect`` (mean accuracy design
+effect of the trained models and ensemble), ``ece_bins``, ``test_train_ratio``, ``rows`` (models,
+``ensemble``, ``majority_baseline``, ``stratified_baseline``: ``name, kind, accuracy, accuracy_ci,
+balanced_accuracy, balanced_accuracy_ci, f1_macro, f1_macro_ci, f1_weighted, auc_macro, auc_macro_ci,
+pr_auc_macro, ece, video_accuracy, video_accuracy_ci, design_effect, weights, n_test`` and, with
+several folds or seeds, ``accuracy_fold_mean, accuracy_fold_sd``, + extras), ``pairwise`` and
+``vs_majority`` (``a, b, metric, test, difference, difference_ci, p_value, p_value_holm,
+significant, better, verdict``; ``t, df`` for the t-test; ``better_than_majority`` in
 ``vs_majority``), ``caveats``.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from itertools import combinations
@@ -25,78 +42,144 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from sklearn.metrics import f1_score
+import pandas as pd
 
-from quiltflow import plots, stats
+from quiltflow import clusterstats, plots, stats
+from quiltflow.compare_report import METRIC_LABELS, markdown_table, render_markdown, write_csv
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map, write_json
-from quiltflow.metrics import balanced_accuracy, load_metrics_document, read_predictions
+from quiltflow.metrics import load_metrics_document, probability_matrix, read_predictions
+
+__all__ = ["build_comparison", "compare_models", "markdown_table", "render_markdown", "write_csv"]
 
 log = logging.getLogger("quiltflow.compare")
 
-COMPARISON_SCHEMA_VERSION = 1
+COMPARISON_SCHEMA_VERSION = 2
 MAJORITY = "majority_baseline"
 STRATIFIED = "stratified_baseline"
-CSV_COLUMNS = [
-    "model",
-    "kind",
-    "accuracy",
-    "accuracy_ci_low",
-    "accuracy_ci_high",
-    "f1_macro",
-    "f1_macro_ci_low",
-    "f1_macro_ci_high",
-    "balanced_accuracy",
-    "f1_weighted",
-    "weights",
-    "n_test",
-]
+ENSEMBLE = "ensemble"
+SWAP_TEST = "video_swap_permutation"
+T_TEST = "corrected_resampled_t"
+
+CI_METHOD = (
+    "cluster (group) percentile bootstrap: resamples test videos (the predictions' group column) with "
+    "replacement, the same resamples for every row; macro ROC-AUC by its first-order (influence) form"
+)
+TEST_METHOD = (
+    "paired swap permutation test at the video level (each video's predictions of the two models swapped "
+    "at random, i.e. a sign flip of per-video differences); with several folds or seeds also the corrected "
+    "resampled t-test of Nadeau & Bengio (2003) on per-fold scores; one Holm family over all tests"
+)
+POOLING = (
+    "out-of-fold predictions pooled per seed; each metric computed per seed on the same resampled videos "
+    "and averaged over seeds (a row estimates one trained model, not a seed ensemble)"
+)
 
 
-class _TestSet(NamedTuple):
-    """What one model was evaluated on, and the files that say so."""
+class TestSet(NamedTuple):
+    """The test images one model was evaluated on (one row per image, image_id order), and the files
+    that say so. ``folds`` is [seeds, images]: a video's fold may differ between seeds."""
 
     metrics_path: str
     predictions_path: str
     manifest_sha256: str
     image_ids: np.ndarray
+    groups: np.ndarray
     y_true: np.ndarray
+    folds: np.ndarray
+    seeds: tuple[int, ...]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _by_seed(frame: pd.DataFrame, path: str) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """Add fold 0 / seed 0 where the columns are absent; sort by (seed, image_id); check that every
+    seed holds the same images once each."""
+    frame = frame.copy()
+    for column in ("fold", "seed"):
+        if column not in frame.columns:
+            frame[column] = 0
+    frame["image_id"] = frame["image_id"].astype(str)
+    frame = frame.sort_values(["seed", "image_id"], kind="stable").reset_index(drop=True)
+    duplicated = frame.duplicated(["seed", "image_id"])
+    if duplicated.any():
+        row = frame[duplicated].iloc[0]
+        raise UserError(f"predictions file {path}: image_id {row['image_id']} twice in seed {row['seed']}")
+    seeds = tuple(int(s) for s in pd.unique(frame["seed"]))
+    first = frame.loc[frame["seed"] == seeds[0], "image_id"].to_numpy()
+    for seed in seeds[1:]:
+        ids = frame.loc[frame["seed"] == seed, "image_id"].to_numpy()
+        if len(ids) != len(first) or not np.array_equal(ids, first):
+            raise UserError(f"predictions file {path}: seed {seed} has other test images than seed {seeds[0]}")
+    return frame, seeds
+
+
+def _check_folds_by_video(groups: np.ndarray, folds: np.ndarray, path: str) -> None:
+    """A video must lie in one fold (per seed): otherwise its frames leak between train and test."""
+    for seed_folds in folds:
+        pairs = pd.DataFrame({"group": groups, "fold": seed_folds}).drop_duplicates()
+        split = pairs["group"].duplicated()
+        if split.any():
+            raise UserError(
+                f"predictions file {path}: group {pairs.loc[split, 'group'].iloc[0]} lies in several folds "
+                "(folds must be grouped by video)"
+            )
 
 
 def _read_predictions_of(
     doc: dict[str, Any], metrics_path: str, predictions_path: str, class_names: list[str]
-) -> tuple[_TestSet, np.ndarray]:
-    """A model's predictions sorted by image_id, checked against its metrics document and the
-    label map; return (its test set, y_pred)."""
+) -> tuple[TestSet, np.ndarray, np.ndarray]:
+    """A model's predictions as arrays [seeds, images] in image_id order, checked against its metrics
+    document and the label map; return (its test set, y_pred, probabilities [seeds, images, k])."""
     if doc["metrics"]["class_names"] != class_names:
         raise UserError(f"metrics file {metrics_path}: class_names differ from the label map (stale file?)")
-    frame = read_predictions(predictions_path).sort_values("image_id", kind="stable")
+    frame = read_predictions(predictions_path)
     if len(frame) != doc["metrics"]["n_test"]:
         raise UserError(
             f"predictions file {predictions_path}: {len(frame)} rows but {metrics_path} says "
             f"n_test={doc['metrics']['n_test']} (stale file?)"
         )
-    ids = frame["image_id"].astype(str).to_numpy()
-    y_true = frame["true_label"].to_numpy(np.int64)
-    y_pred = frame["pred_label"].to_numpy(np.int64)
-    if ((y_pred < 0) | (y_pred >= len(class_names))).any():
+    frame, seeds = _by_seed(frame, predictions_path)
+    n_seeds, k = len(seeds), len(class_names)
+    n = len(frame) // n_seeds
+    y_pred = frame["pred_label"].to_numpy(np.int64).reshape(n_seeds, n)
+    if ((y_pred < 0) | (y_pred >= k)).any():
         raise UserError(f"predictions file {predictions_path}: pred_label outside the label map")
-    test_set = _TestSet(metrics_path, predictions_path, doc["dataset"]["sha256"], ids, y_true)
-    return test_set, y_pred
+    probs = probability_matrix(frame, source=f"predictions file {predictions_path}")
+    if probs.shape[1] != k:
+        raise UserError(f"predictions file {predictions_path}: probabilities have {probs.shape[1]} entries, not {k}")
+    y_true = frame["true_label"].to_numpy(np.int64).reshape(n_seeds, n)
+    groups = frame["group"].astype(str).to_numpy().reshape(n_seeds, n)
+    if (y_true != y_true[0]).any() or (groups != groups[0]).any():
+        raise UserError(f"predictions file {predictions_path}: true_label or group differs between seeds")
+    folds = frame["fold"].to_numpy(np.int64).reshape(n_seeds, n)
+    _check_folds_by_video(groups[0], folds, predictions_path)
+    ids = frame["image_id"].to_numpy()[:n]
+    test_set = TestSet(
+        metrics_path, predictions_path, doc["dataset"]["sha256"], ids, groups[0], y_true[0], folds, seeds
+    )
+    return test_set, y_pred, probs.reshape(n_seeds, n, k)
 
 
-def _check_same_test_set(first: _TestSet, other: _TestSet) -> None:
-    """McNemar pairs outcomes image by image: every model must have seen the same test images."""
+def _check_same_test_set(first: TestSet, other: TestSet) -> None:
+    """Paired tests pair outcomes video by video: every model must have seen the same test images,
+    groups, folds and seeds."""
     if len(other.image_ids) != len(first.image_ids) or not np.array_equal(other.image_ids, first.image_ids):
         diff = sorted(set(other.image_ids).symmetric_difference(first.image_ids))
         where = f"e.g. image_id {diff[0]}" if diff else "a duplicated image_id"
         raise UserError(
             f"predictions file {other.predictions_path}: test images differ from {first.predictions_path} ({where})"
         )
-    if not np.array_equal(other.y_true, first.y_true):
-        row = int(np.flatnonzero(other.y_true != first.y_true)[0])
+    for what, mine, theirs in (("true_label", other.y_true, first.y_true), ("group", other.groups, first.groups)):
+        if not np.array_equal(mine, theirs):
+            row = int(np.flatnonzero(mine != theirs)[0])
+            raise UserError(
+                f"predictions file {other.predictions_path}: {what} of image_id {other.image_ids[row]} differs"
+            )
+    if other.seeds != first.seeds or not np.array_equal(other.folds, first.folds):
         raise UserError(
-            f"predictions file {other.predictions_path}: true_label of image_id {other.image_ids[row]} differs"
+            f"predictions file {other.predictions_path}: folds or seeds differ from {first.predictions_path}"
         )
     if other.manifest_sha256 != first.manifest_sha256:
         raise UserError(
@@ -107,8 +190,8 @@ def _check_same_test_set(first: _TestSet, other: _TestSet) -> None:
 
 def _load_models(
     metrics_paths: Sequence[str], predictions_paths: Sequence[str], class_names: list[str]
-) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Load each model's metrics + predictions, aligned on image_id; return (models, y_true)."""
+) -> tuple[list[dict[str, Any]], TestSet]:
+    """Load each model's metrics + predictions, aligned on image_id; return (models, test set)."""
     if not metrics_paths:
         raise UserError("compare_models: no models to compare (config models is empty?)")
     if len(metrics_paths) != len(predictions_paths):
@@ -116,79 +199,40 @@ def _load_models(
             f"compare_models: {len(metrics_paths)} metrics files but {len(predictions_paths)} predictions files"
         )
     models: list[dict[str, Any]] = []
-    test_sets: list[_TestSet] = []
+    test_sets: list[TestSet] = []
     for metrics_path, predictions_path in zip(metrics_paths, predictions_paths):
         doc = load_metrics_document(metrics_path)
         name = doc["model"]
         if any(m["name"] == name for m in models):
             raise UserError(f"metrics file {metrics_path}: model {name!r} listed twice")
-        test_set, y_pred = _read_predictions_of(doc, metrics_path, predictions_path, class_names)
+        test_set, y_pred, probs = _read_predictions_of(doc, metrics_path, predictions_path, class_names)
         if test_sets:
             _check_same_test_set(test_sets[0], test_set)
         test_sets.append(test_set)
-        accuracy = stats.accuracy(test_set.y_true, y_pred)
+        accuracy = float(np.mean(y_pred == test_set.y_true))
         if abs(accuracy - doc["metrics"]["accuracy"]) > 1e-9:
             raise UserError(
                 f"metrics file {metrics_path}: accuracy {doc['metrics']['accuracy']:.6f} does not "
                 f"match {predictions_path} ({accuracy:.6f}); re-run evaluate_model"
             )
-        models.append({"name": name, "kind": "model", "doc": doc, "y_pred": y_pred})
-    return models, test_sets[0].y_true
+        models.append({"name": name, "kind": "model", "doc": doc, "y_pred": y_pred, "probs": probs})
+    return models, test_sets[0]
 
 
-def _row(
-    name: str,
-    kind: str,
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    k: int,
-    *,
-    weights: str,
-    seed: int,
-    samples: int,
-    level: float,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    boot = stats.bootstrap_metrics(y_true, y_pred, k, samples=samples, seed=seed, level=level)
-    row = {
-        "name": name,
-        "kind": kind,
-        "accuracy": boot.accuracy,
-        "accuracy_ci": list(boot.accuracy_ci),
-        "f1_macro": boot.f1_macro,
-        "f1_macro_ci": list(boot.f1_macro_ci),
-        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
-        "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
-        "weights": weights,
-        "n_test": int(len(y_true)),
-    }
-    row.update(extra or {})
-    return row
-
-
-def _test_dict(result: stats.McNemarResult, p_adjusted: float, alpha: float) -> dict[str, Any]:
-    winner, sentence = stats.verdict(result, alpha, p_adjusted=p_adjusted)
-    return {
-        "a": result.a,
-        "b": result.b,
-        "a_correct_b_wrong": result.a_only_correct,
-        "a_wrong_b_correct": result.b_only_correct,
-        "n_discordant": result.n_discordant,
-        "p_value": result.p_value,
-        "p_value_holm": p_adjusted,
-        "significant": winner is not None,
-        "better": winner,
-        "verdict": sentence,
-    }
-
-
-def _read_train_counts(split_report_path: str) -> dict[str, Any]:
+def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | None]:
+    """Train class counts, and n_test/n_train of the holdout split (None when not recorded)."""
     split_report = read_json(split_report_path, "split report")
     try:
-        return split_report["class_counts"]["train"]
+        train_counts = split_report["class_counts"]["train"]
     except (KeyError, TypeError):
         message = f"split report {split_report_path}: missing key class_counts.train"
         raise UserError(message) from None
+    counts = split_report.get("counts") or {}
+    ratio = counts["test"] / counts["train"] if counts.get("test") and counts.get("train") else None
+    return train_counts, ratio
+
+
+# --------------------------------------------------------------------------- rows to score
 
 
 def _model_extras(doc: dict[str, Any]) -> dict[str, Any]:
@@ -201,135 +245,405 @@ def _model_extras(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _metric_rows(
+def _scored_rows(
     models: list[dict[str, Any]],
-    y_true: np.ndarray,
+    test_set: TestSet,
     class_names: list[str],
     train_counts: dict[str, Any],
-    bootstrap: dict[str, Any],
-) -> tuple[list[dict[str, Any]], np.ndarray, str]:
-    """One row per model, then the majority and stratified baselines (both fitted on the train
-    label distribution); also return the majority baseline's predictions and class name.
-    ``bootstrap`` holds the keyword arguments ``seed``, ``samples`` and ``level`` of ``_row``."""
+    *,
+    seed: int,
+    ensemble: bool,
+) -> tuple[list[dict[str, Any]], str]:
+    """Everything scored: the models, their ensemble (mean probabilities; with 2+ models), then the
+    majority baseline (probabilities = the train prior) and the stratified-random baseline (one-hot
+    random guesses from the train prior). Each has ``y_pred`` [seeds, n] and ``probs`` [seeds, n, k]."""
+    n_seeds, n = models[0]["y_pred"].shape
     k = len(class_names)
-
-    def row(name: str, kind: str, y_pred: np.ndarray, weights: str, extra: dict) -> dict:
-        return _row(name, kind, y_true, y_pred, k, weights=weights, **bootstrap, extra=extra)
-
-    majority_pred = stats.majority_predictions(y_true, train_counts, class_names)
-    majority_name = class_names[stats.majority_class(train_counts, class_names)]
-    stratified_pred = stats.stratified_predictions(y_true, train_counts, class_names, seed=bootstrap["seed"])
-    expected = stats.stratified_expected_accuracy(y_true, train_counts, class_names)
-    rows = [row(m["name"], "model", m["y_pred"], m["doc"]["weights"], _model_extras(m["doc"])) for m in models]
-    rows.append(row(MAJORITY, "baseline", majority_pred, "none", {"predicts": majority_name}))
-    rows.append(row(STRATIFIED, "baseline", stratified_pred, "none", {"expected_accuracy": expected}))
-    return rows, majority_pred, majority_name
-
-
-def _pairwise_tests(correct: dict[str, np.ndarray], alpha: float, bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-    """McNemar between every two models (Holm within the family), with the accuracy difference."""
-    pairs = [stats.mcnemar_exact(correct[a], correct[b], a=a, b=b) for a, b in combinations(correct, 2)]
-    pairwise = []
-    for result, p_adj in zip(pairs, stats.holm_adjust([r.p_value for r in pairs])):
-        entry = _test_dict(result, p_adj, alpha)
-        diff, diff_ci = stats.bootstrap_accuracy_difference(correct[result.a], correct[result.b], **bootstrap)
-        entry.update({"accuracy_difference": diff, "accuracy_difference_ci": list(diff_ci)})
-        pairwise.append(entry)
-    return pairwise
-
-
-def _majority_tests(correct: dict[str, np.ndarray], majority_correct: np.ndarray, alpha: float) -> list[dict[str, Any]]:
-    """McNemar of every model against the majority-class baseline (Holm within the family)."""
-    tests = [stats.mcnemar_exact(correct[m], majority_correct, a=m, b=MAJORITY) for m in correct]
-    vs_majority = []
-    for result, p_adj in zip(tests, stats.holm_adjust([r.p_value for r in tests])):
-        entry = _test_dict(result, p_adj, alpha)
-        entry["better_than_majority"] = entry["better"] == result.a
-        vs_majority.append(entry)
-    return vs_majority
+    rows = [{**m, "weights": m["doc"]["weights"], "extra": _model_extras(m["doc"]), "comparable": True} for m in models]
+    if ensemble and len(models) >= 2:
+        mean_probs = np.mean([m["probs"] for m in models], axis=0)
+        members = ", ".join(m["name"] for m in models)
+        rows.append(
+            {"name": ENSEMBLE, "kind": "ensemble", "y_pred": mean_probs.argmax(axis=-1), "probs": mean_probs,
+             "weights": f"mean of {len(models)} models", "extra": {"members": members}, "comparable": True}
+        )  # fmt: skip
+    prior = stats.train_prior(train_counts, class_names)
+    majority = stats.majority_class(train_counts, class_names)
+    guesses = stats.stratified_predictions(test_set.y_true, train_counts, class_names, seed=seed)
+    expected = stats.stratified_expected_accuracy(test_set.y_true, train_counts, class_names)
+    rows.append(
+        {"name": MAJORITY, "kind": "baseline", "y_pred": np.full((n_seeds, n), majority),
+         "probs": np.broadcast_to(prior, (n_seeds, n, k)), "weights": "none",
+         "extra": {"predicts": class_names[majority]}, "comparable": False}
+    )  # fmt: skip
+    rows.append(
+        {"name": STRATIFIED, "kind": "baseline", "y_pred": np.broadcast_to(guesses, (n_seeds, n)),
+         "probs": np.broadcast_to(np.eye(k)[guesses], (n_seeds, n, k)), "weights": "none",
+         "extra": {"expected_accuracy": expected}, "comparable": False}
+    )  # fmt: skip
+    return rows, class_names[majority]
 
 
-def _caveats(synthetic: bool, vs_majority: list[dict[str, Any]], majority_name: str, n_test: int) -> list[str]:
+# --------------------------------------------------------------------------- per-group statistics
+
+
+class _Groups(NamedTuple):
+    """The test set reduced to videos: image -> group code, per-group true class counts and the
+    video label (the most frequent true label of its frames)."""
+
+    codes: np.ndarray
+    n_groups: int
+    k: int
+    true_counts: np.ndarray
+    video_label: np.ndarray
+
+
+def _groups_of(test_set: TestSet, k: int) -> _Groups:
+    codes, n_groups = clusterstats.group_codes(test_set.groups)
+    true_counts = clusterstats.counts_per_group(codes, test_set.y_true, n_groups, k)
+    return _Groups(codes, n_groups, k, true_counts, true_counts.argmax(axis=1))
+
+
+def _row_counts(row: dict[str, Any], y_true: np.ndarray, groups: _Groups) -> dict[str, np.ndarray]:
+    """Per seed and group: correct [S, G, k], predicted [S, G, k] counts, video-level correct [S, G]
+    (a video's prediction is the argmax of its frames' mean probability), AUC and its influence."""
+    correct, predicted, video_correct, aucs, influences = [], [], [], [], []
+    codes, n_groups, k = groups.codes, groups.n_groups, groups.k
+    for y_pred, probs in zip(row["y_pred"], row["probs"]):
+        hit = y_pred == y_true
+        correct.append(clusterstats.counts_per_group(codes[hit], y_true[hit], n_groups, k))
+        predicted.append(clusterstats.counts_per_group(codes, y_pred, n_groups, k))
+        video_probs = np.stack([np.bincount(codes, weights=probs[:, c], minlength=n_groups) for c in range(k)], 1)
+        video_correct.append(video_probs.argmax(axis=1) == groups.video_label)
+        auc, influence = clusterstats.macro_auc_with_influence(y_true, probs, codes, n_groups)
+        aucs.append(auc)
+        influences.append(influence)
+    return {
+        "correct": np.array(correct),
+        "predicted": np.array(predicted),
+        "video_correct": np.array(video_correct, dtype=np.float64),
+        "auc": None if any(a is None for a in aucs) else float(np.mean(aucs)),
+        "auc_influence": np.mean(influences, axis=0),
+    }
+
+
+def _point_estimates(row: dict[str, Any], counts: dict[str, np.ndarray], y_true: np.ndarray, groups: _Groups) -> dict:
+    """Seed-averaged point estimates of one row."""
+    true_n = groups.true_counts.sum(axis=0)
+    correct_n, pred_n = counts["correct"].sum(axis=1), counts["predicted"].sum(axis=1)
+    scores = {name: float(v.mean()) for name, v in clusterstats.scores_from_counts(true_n, correct_n, pred_n).items()}
+    f1 = np.divide(2 * correct_n, true_n + pred_n, out=np.zeros(correct_n.shape), where=(true_n + pred_n) > 0)
+    pr_aucs = [clusterstats.macro_pr_auc(y_true, probs) for probs in row["probs"]]
+    return {
+        **scores,
+        "f1_weighted": float((f1 @ true_n / true_n.sum()).mean()),
+        "auc_macro": counts["auc"],
+        "pr_auc_macro": None if any(p is None for p in pr_aucs) else float(np.mean(pr_aucs)),
+        "ece": float(np.mean([clusterstats.expected_calibration_error(y_true, p) for p in row["probs"]])),
+        "video_accuracy": float(counts["video_correct"].mean()),
+    }
+
+
+def _cluster_bootstrap(all_counts: list[dict], groups: _Groups, *, samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Resampled scores [B, rows] (seed-averaged) of every row from one set of video resamples:
+    accuracy, balanced accuracy, macro F1, video accuracy and (first-order) macro AUC."""
+    k, n_seeds = groups.k, all_counts[0]["correct"].shape[0]
+    blocks = [groups.true_counts]
+    for counts in all_counts:
+        for s in range(n_seeds):
+            blocks += [counts["correct"][s], counts["predicted"][s], counts["video_correct"][s][:, None]]
+    blocks += [counts["auc_influence"][:, None] for counts in all_counts]
+    sums = clusterstats.resampled_sums(
+        np.hstack(blocks), clusterstats.group_weight_chunks(groups.n_groups, samples, seed)
+    )
+    n_rows = len(all_counts)
+    per_row = sums[:, k : k + n_rows * n_seeds * (2 * k + 1)].reshape(-1, n_rows, n_seeds, 2 * k + 1)
+    true_n = sums[:, None, None, :k]
+    scores = clusterstats.scores_from_counts(true_n, per_row[..., :k], per_row[..., k : 2 * k])
+    resampled = {name: values.mean(axis=2) for name, values in scores.items()}
+    resampled["video_accuracy"] = per_row[..., 2 * k].mean(axis=2) / groups.n_groups
+    shift = sums[:, -n_rows:]
+    auc = np.array([np.nan if c["auc"] is None else c["auc"] for c in all_counts])
+    resampled["auc_macro"] = np.clip(auc[None, :] + shift, 0.0, 1.0)
+    return resampled
+
+
+def _fold_scores(row: dict[str, Any], test_set: TestSet, k: int) -> dict[str, np.ndarray]:
+    """Scores per (seed, fold), flattened to [J] in (seed, fold) order."""
+    per_metric: dict[str, list[np.ndarray]] = {name: [] for name in clusterstats.SCORE_NAMES}
+    y_true = test_set.y_true
+    for y_pred, folds in zip(row["y_pred"], test_set.folds):
+        fold_ids, fold_codes = np.unique(folds, return_inverse=True)
+        hit = y_pred == y_true
+        true_n = clusterstats.counts_per_group(fold_codes, y_true, len(fold_ids), k)
+        correct_n = clusterstats.counts_per_group(fold_codes[hit], y_true[hit], len(fold_ids), k)
+        pred_n = clusterstats.counts_per_group(fold_codes, y_pred, len(fold_ids), k)
+        for name, values in clusterstats.scores_from_counts(true_n, correct_n, pred_n).items():
+            per_metric[name].append(values)
+    return {name: np.concatenate(values) for name, values in per_metric.items()}
+
+
+def _test_train_ratio(test_set: TestSet, holdout_ratio: float | None) -> float | None:
+    """n_test/n_train of the corrected t-test: from the fold sizes with k >= 2 folds (a fold's
+    training set is the other folds), else the split report's holdout counts."""
+    sizes = [np.bincount(np.unique(folds, return_inverse=True)[1]) for folds in test_set.folds]
+    if all(len(s) >= 2 for s in sizes):
+        n = len(test_set.y_true)
+        return float(np.mean([size / (n - size) for s in sizes for size in s]))
+    return holdout_ratio
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def _comparisons(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(model vs model pairs incl. the ensemble, each of them vs the majority baseline)."""
+    names = [r["name"] for r in rows if r["comparable"]]
+    return list(combinations(names, 2)), [(name, MAJORITY) for name in names]
+
+
+def _seed_mean_difference(true_n: np.ndarray, a_totals: np.ndarray, b_totals: np.ndarray, k: int) -> dict:
+    """Seed-averaged score of A minus B from per-seed class totals [..., seeds, 2k] (correct | predicted)."""
+    score_a = clusterstats.scores_from_counts(true_n, a_totals[..., :k], a_totals[..., k:])
+    score_b = clusterstats.scores_from_counts(true_n, b_totals[..., :k], b_totals[..., k:])
+    return {name: (score_a[name] - score_b[name]).mean(axis=-1) for name in clusterstats.SCORE_NAMES}
+
+
+def _swap_p_values(
+    pairs: list[tuple[str, str]], counts: dict[str, dict], groups: _Groups, *, permutations: int, seed: int
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Video-level swap permutation test of every pair and score: under H0 the two models are
+    exchangeable within each video, so swapping their predictions in a random half of the videos
+    leaves the distribution of the score difference unchanged. The same swaps serve every pair."""
+    k, true_n = groups.k, groups.true_counts.sum(axis=0)
+    prepared = []
+    for a, b in pairs:
+        per_a = np.concatenate([counts[a]["correct"], counts[a]["predicted"]], axis=2)  # [S, G, 2k]
+        per_b = np.concatenate([counts[b]["correct"], counts[b]["predicted"]], axis=2)
+        diff = (per_a - per_b).transpose(1, 0, 2).reshape(groups.n_groups, -1).astype(np.float32)
+        prepared.append((diff, per_a.sum(axis=1).astype(np.float64), per_b.sum(axis=1).astype(np.float64)))
+    permuted: list[dict[str, list[np.ndarray]]] = [{m: [] for m in clusterstats.SCORE_NAMES} for _ in pairs]
+    for swaps in clusterstats.swap_chunks(groups.n_groups, permutations, seed):
+        for (diff, a_totals, b_totals), store in zip(prepared, permuted):
+            delta = (swaps @ diff).astype(np.float64).reshape(len(swaps), *a_totals.shape)
+            for name, values in _seed_mean_difference(true_n, a_totals - delta, b_totals + delta, k).items():
+                store[name].append(values)
+    p_values = {}
+    for pair, (_, a_totals, b_totals), store in zip(pairs, prepared, permuted):
+        observed = _seed_mean_difference(true_n, a_totals, b_totals, k)
+        p_values[pair] = {
+            name: float(clusterstats.swap_permutation_p(observed[name], np.concatenate(store[name])))
+            for name in clusterstats.SCORE_NAMES
+        }
+    return p_values
+
+
+def _t_test_entry(a: str, b: str, metric: str, fold_scores: dict, ratio: float, level: float) -> dict[str, Any]:
+    """Corrected resampled t-test of per-(fold, seed) score differences, with its interval."""
+    from scipy.stats import t as student_t
+
+    differences = fold_scores[a][metric] - fold_scores[b][metric]
+    t_value, p_value, df = clusterstats.corrected_resampled_t(differences, ratio)
+    half = student_t.ppf(0.5 + level / 2, df) * np.sqrt((1 / len(differences) + ratio) * differences.var(ddof=1))
+    mean = float(differences.mean())
+    return {"a": a, "b": b, "metric": metric, "test": T_TEST, "difference": mean,
+            "difference_ci": [mean - float(half), mean + float(half)], "p_value": p_value,
+            "t": t_value if np.isfinite(t_value) else None, "df": df}  # fmt: skip
+
+
+def _test_entries(
+    pairs: list[tuple[str, str]],
+    point: dict[str, dict],
+    resampled: dict[str, np.ndarray],
+    index: dict[str, int],
+    swap_p: dict[tuple[str, str], dict[str, float]],
+    fold_scores: dict[str, dict] | None,
+    ratio: float | None,
+    level: float,
+) -> list[dict[str, Any]]:
+    """One entry per pair, score and test (swap test always; t-test with several folds or seeds)."""
+    entries = []
+    for a, b in pairs:
+        for metric in clusterstats.SCORE_NAMES:
+            paired = resampled[metric][:, index[a]] - resampled[metric][:, index[b]]
+            difference = point[a][metric] - point[b][metric]
+            entries.append(
+                {"a": a, "b": b, "metric": metric, "test": SWAP_TEST, "difference": difference,
+                 "difference_ci": list(clusterstats.percentile_ci(paired, difference, level)),
+                 "p_value": swap_p[(a, b)][metric]}
+            )  # fmt: skip
+            if fold_scores is not None:
+                entries.append(_t_test_entry(a, b, metric, fold_scores, ratio, level))
+    return entries
+
+
+def _decide(entries: list[dict[str, Any]], alpha: float) -> None:
+    """Holm-adjust every reported test as one family, then give each its plain-words verdict."""
+    for entry, p_adjusted in zip(entries, stats.holm_adjust([e["p_value"] for e in entries])):
+        winner, sentence = stats.difference_verdict(
+            entry["a"], entry["b"], METRIC_LABELS[entry["metric"]], entry["difference"],
+            p_value=entry["p_value"], p_adjusted=p_adjusted, alpha=alpha,
+            test="video swap test" if entry["test"] == SWAP_TEST else "corrected resampled t-test",
+        )  # fmt: skip
+        entry.update({"p_value_holm": p_adjusted, "significant": winner is not None, "better": winner})
+        entry["verdict"] = sentence
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def _row_document(
+    row: dict[str, Any], point: dict, resampled: dict[str, np.ndarray], i: int, n_test: int, level: float
+) -> dict[str, Any]:
+    def ci(metric: str) -> list[float] | None:
+        if point[metric] is None:
+            return None
+        return list(clusterstats.percentile_ci(resampled[metric][:, i], point[metric], level))
+
+    document = {"name": row["name"], "kind": row["kind"]}
+    for metric in ("accuracy", "balanced_accuracy", "f1_macro"):
+        document.update({metric: point[metric], f"{metric}_ci": ci(metric)})
+    document.update(
+        {"f1_weighted": point["f1_weighted"], "auc_macro": point["auc_macro"], "auc_macro_ci": ci("auc_macro"),
+         "pr_auc_macro": point["pr_auc_macro"], "ece": point["ece"], "video_accuracy": point["video_accuracy"],
+         "video_accuracy_ci": ci("video_accuracy"),
+         "design_effect": clusterstats.design_effect(resampled["accuracy"][:, i], point["accuracy"], n_test),
+         "weights": row["weights"], "n_test": n_test}
+    )  # fmt: skip
+    return document
+
+
+def _caveats(document: dict[str, Any], majority_name: str) -> list[str]:
     caveats = []
-    if synthetic:
+    if document["synthetic"]:
         caveats.append(
             "These results come from the synthetic demo data set: they test the pipeline, not any "
             "model's ability to classify histopathology."
         )
-    for entry in vs_majority:
-        if not entry["better_than_majority"]:
+    for row in document["rows"]:
+        tests = [t for t in document["vs_majority"] if t["a"] == row["name"]]
+        if tests and not any(t["better_than_majority"] for t in tests):
             caveats.append(
-                f"{entry['a']} is not significantly better than always predicting the majority "
-                f"class ({majority_name}): {entry['verdict']}."
+                f"{row['name']} is not significantly better than always predicting the majority class "
+                f"({majority_name}) on accuracy, balanced accuracy or macro F1 (video-level tests, Holm-adjusted)."
             )
-    if n_test < 100:
-        caveats.append(f"Only {n_test} test images: confidence intervals are wide and tests have little power.")
+    if document["n_groups"] < 30:
+        caveats.append(
+            f"Only {document['n_groups']} test videos ({document['n_test']} images): the video is the unit, "
+            "so intervals are wide and tests have little power."
+        )
+    elif document["n_test"] < 100:
+        caveats.append(
+            f"Only {document['n_test']} test images: confidence intervals are wide and tests have little power."
+        )
     return caveats
+
+
+def _score_everything(rows, test_set, k, *, seed, bootstrap_samples, level):
+    """Point estimates, paired cluster-bootstrap resamples and per-fold scores of every row."""
+    groups = _groups_of(test_set, k)
+    counts = {r["name"]: _row_counts(r, test_set.y_true, groups) for r in rows}
+    point = {r["name"]: _point_estimates(r, counts[r["name"]], test_set.y_true, groups) for r in rows}
+    resampled = _cluster_bootstrap([counts[r["name"]] for r in rows], groups, samples=bootstrap_samples, seed=seed)
+    n_folds = max(len(np.unique(f)) for f in test_set.folds)
+    several = n_folds * len(test_set.seeds) >= 2
+    fold_scores = {r["name"]: _fold_scores(r, test_set, k) for r in rows} if several else None
+    documents = []
+    for i, row in enumerate(rows):
+        document = _row_document(row, point[row["name"]], resampled, i, len(test_set.y_true), level)
+        if fold_scores is not None:
+            accuracies = fold_scores[row["name"]]["accuracy"]
+            document.update(
+                {"accuracy_fold_mean": float(accuracies.mean()), "accuracy_fold_sd": float(accuracies.std(ddof=1))}
+            )
+        documents.append({**document, **row["extra"]})
+    return documents, groups, counts, point, resampled, fold_scores, n_folds
 
 
 def build_comparison(
     models: list[dict[str, Any]],
-    y_true: np.ndarray,
+    test_set: TestSet,
     class_names: list[str],
     train_counts: dict[str, Any],
     *,
     seed: int,
     bootstrap_samples: int,
+    permutations: int,
     alpha: float,
+    ensemble: bool = True,
     synthetic: bool = False,
+    holdout_ratio: float | None = None,
 ) -> dict[str, Any]:
-    """The comparison document of loaded models (see the module docstring); reads and writes
-    nothing. ``models`` are ``{"name", "kind", "doc", "y_pred"}`` dicts on the test images
-    ``y_true``; CIs have level ``1 - alpha``."""
+    """The comparison document of loaded models (see the module docstring); reads and writes nothing.
+    ``models`` are ``{"name", "kind", "doc", "y_pred" [seeds, n], "probs" [seeds, n, k]}`` dicts on
+    ``test_set``; CIs have level ``1 - alpha``."""
     level = 1.0 - alpha
-    bootstrap = {"seed": seed, "samples": bootstrap_samples, "level": level}
-    rows, majority_pred, majority_name = _metric_rows(models, y_true, class_names, train_counts, bootstrap)
-    correct = {m["name"]: m["y_pred"] == y_true for m in models}
-    pairwise = _pairwise_tests(correct, alpha, bootstrap)
-    vs_majority = _majority_tests(correct, majority_pred == y_true, alpha)
-    test_counts = np.bincount(y_true, minlength=len(class_names)).astype(int).tolist()
-    return {
-        "schema_version": COMPARISON_SCHEMA_VERSION,
-        "n_test": len(y_true),
-        "class_names": class_names,
+    rows, majority_name = _scored_rows(models, test_set, class_names, train_counts, seed=seed, ensemble=ensemble)
+    scored = _score_everything(
+        rows, test_set, len(class_names), seed=seed, bootstrap_samples=bootstrap_samples, level=level
+    )
+    row_documents, groups, counts, point, resampled, fold_scores, n_folds = scored
+    pairs, vs_majority_pairs = _comparisons(rows)
+    ratio = _test_train_ratio(test_set, holdout_ratio) if fold_scores is not None else None
+    if fold_scores is not None and ratio is None:
+        raise UserError("split report: counts.train and counts.test are needed for the corrected t-test over seeds")
+    swap_p = _swap_p_values(pairs + vs_majority_pairs, counts, groups, permutations=permutations, seed=seed)
+    index = {r["name"]: i for i, r in enumerate(rows)}
+    args = (point, resampled, index, swap_p, fold_scores, ratio, level)
+    pairwise, vs_majority = _test_entries(pairs, *args), _test_entries(vs_majority_pairs, *args)
+    _decide(pairwise + vs_majority, alpha)
+    for entry in vs_majority:
+        entry["better_than_majority"] = entry["better"] == entry["a"]
+    effects = [r["design_effect"] for r in row_documents if r["kind"] != "baseline" and r["design_effect"] is not None]
+    test_counts = groups.true_counts.sum(axis=0).astype(int).tolist()
+    document = {
+        "schema_version": COMPARISON_SCHEMA_VERSION, "n_test": len(test_set.y_true),
+        "n_predictions": len(test_set.y_true) * len(test_set.seeds), "n_groups": groups.n_groups,
+        "folds": n_folds, "seeds": len(test_set.seeds), "class_names": class_names,
         "test_class_counts": dict(zip(class_names, test_counts)),
         "train_class_counts": {c: int(train_counts.get(c, 0)) for c in class_names},
-        "synthetic": bool(synthetic),
-        "seed": int(seed),
-        "bootstrap_samples": int(bootstrap_samples),
-        "alpha": float(alpha),
-        "ci_level": level,
-        "rows": rows,
-        "pairwise": pairwise,
-        "vs_majority": vs_majority,
-        "caveats": _caveats(synthetic, vs_majority, majority_name, len(y_true)),
-    }
+        "synthetic": bool(synthetic), "seed": int(seed), "bootstrap_samples": int(bootstrap_samples),
+        "permutations": int(permutations), "alpha": float(alpha), "ci_level": level, "ci_method": CI_METHOD,
+        "test_method": TEST_METHOD, "pooling": POOLING, "ece_bins": clusterstats.ECE_BINS,
+        "design_effect": float(np.mean(effects)) if effects else None, "test_train_ratio": ratio,
+        "rows": row_documents, "pairwise": pairwise, "vs_majority": vs_majority,
+    }  # fmt: skip
+    document["caveats"] = _caveats(document, majority_name)
+    return document
 
 
 def _write_plots(
     document: dict[str, Any],
     models: list[dict[str, Any]],
+    test_set: TestSet,
     history_paths: Sequence[str],
-    *,
-    metrics_plot: str | None,
-    curves_plot: str | None,
-    confusion_plots: Sequence[str] | None,
+    plot_paths: dict[str, Any],
 ) -> None:
-    """Metric bars with CIs, one row-normalised confusion matrix per model, training curves."""
-    if metrics_plot:
-        plots.plot_metric_bars(document["rows"], metrics_plot, level=document["ci_level"])
-    if confusion_plots is not None:
-        if len(confusion_plots) != len(models):
-            raise UserError(f"compare_models: {len(confusion_plots)} confusion plot paths for {len(models)} models")
-        for model, path in zip(models, confusion_plots):
-            title = f"{model['name']}: confusion matrix (row-normalised)"
-            matrix = model["doc"]["metrics"]["confusion_matrix"]
-            plots.plot_confusion(matrix, document["class_names"], title, path)
-    if curves_plot:
+    """Metric bars with CIs; per model a row-normalised confusion matrix and a reliability diagram;
+    training curves. ``plot_paths``: ``metrics_plot``, ``curves_plot``, ``confusion_plots``,
+    ``reliability_plots`` (lists matched to models by position); None skips a plot."""
+    if plot_paths.get("metrics_plot"):
+        plots.plot_metric_bars(document["rows"], plot_paths["metrics_plot"], level=document["ci_level"])
+    ece = {r["name"]: r["ece"] for r in document["rows"]}
+    for key, what in (("confusion_plots", "confusion plot"), ("reliability_plots", "reliability plot")):
+        paths = plot_paths.get(key)
+        if paths is None:
+            continue
+        if len(paths) != len(models):
+            raise UserError(f"compare_models: {len(paths)} {what} paths for {len(models)} models")
+        for model, path in zip(models, paths):
+            if key == "confusion_plots":
+                title = f"{model['name']}: confusion matrix (row-normalised)"
+                plots.plot_confusion(model["doc"]["metrics"]["confusion_matrix"], document["class_names"], title, path)
+            else:
+                probs = model["probs"].reshape(-1, model["probs"].shape[-1])  # every seed's predictions
+                table = clusterstats.reliability_bins(np.tile(test_set.y_true, model["probs"].shape[0]), probs)
+                plots.plot_reliability(table, f"{model['name']}: reliability (ECE {ece[model['name']]:.3f})", path)
+    if plot_paths.get("curves_plot"):
         if len(history_paths) != len(models):
             raise UserError(f"compare_models: {len(history_paths)} history files for {len(models)} models")
         histories = {m["name"]: plots.read_history(p) for m, p in zip(models, history_paths)}
-        plots.plot_training_curves(histories, curves_plot)
+        plots.plot_training_curves(histories, plot_paths["curves_plot"])
 
 
 def compare_models(
@@ -342,6 +656,8 @@ def compare_models(
     seed: int,
     bootstrap_samples: int,
     alpha: float,
+    permutations: int = 2000,
+    ensemble: bool = True,
     synthetic: bool = False,
     json_path: str | None = None,
     csv_path: str | None = None,
@@ -349,28 +665,23 @@ def compare_models(
     metrics_plot: str | None = None,
     curves_plot: str | None = None,
     confusion_plots: Sequence[str] | None = None,
+    reliability_plots: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compare every model with each other and with baselines; write whichever outputs are given.
 
     Files are matched by position: ``metrics_paths[i]``, ``predictions_paths[i]``,
-    ``history_paths[i]`` and ``confusion_plots[i]`` belong to the same model. CIs have level
-    ``1 - alpha``. Returns the comparison document (also written to ``json_path``).
+    ``history_paths[i]``, ``confusion_plots[i]`` and ``reliability_plots[i]`` belong to the same
+    model. CIs have level ``1 - alpha``. Returns the comparison document (also written to ``json_path``).
     """
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
     class_names = read_label_map(label_map_path)
-    train_counts = _read_train_counts(split_report_path)
-    models, y_true = _load_models(metrics_paths, predictions_paths, class_names)
+    train_counts, holdout_ratio = _read_split_report(split_report_path)
+    models, test_set = _load_models(metrics_paths, predictions_paths, class_names)
     document = build_comparison(
-        models,
-        y_true,
-        class_names,
-        train_counts,
-        seed=seed,
-        bootstrap_samples=bootstrap_samples,
-        alpha=alpha,
-        synthetic=synthetic,
-    )
+        models, test_set, class_names, train_counts, seed=seed, bootstrap_samples=bootstrap_samples,
+        permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
+    )  # fmt: skip
     # Tables first, then plots: the order the rule's outputs were always written in.
     if json_path:
         write_json(document, json_path)
@@ -379,86 +690,7 @@ def compare_models(
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
         Path(md_path).write_text(render_markdown(document))
-    _write_plots(
-        document,
-        models,
-        history_paths,
-        metrics_plot=metrics_plot,
-        curves_plot=curves_plot,
-        confusion_plots=confusion_plots,
-    )
+    plot_paths = {"metrics_plot": metrics_plot, "curves_plot": curves_plot, "confusion_plots": confusion_plots,
+                  "reliability_plots": reliability_plots}  # fmt: skip
+    _write_plots(document, models, test_set, history_paths, plot_paths)
     return document
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """One row per model and baseline (CI bounds as separate columns)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {
-                    "model": r["name"],
-                    "kind": r["kind"],
-                    "accuracy": f"{r['accuracy']:.6f}",
-                    "accuracy_ci_low": f"{r['accuracy_ci'][0]:.6f}",
-                    "accuracy_ci_high": f"{r['accuracy_ci'][1]:.6f}",
-                    "f1_macro": f"{r['f1_macro']:.6f}",
-                    "f1_macro_ci_low": f"{r['f1_macro_ci'][0]:.6f}",
-                    "f1_macro_ci_high": f"{r['f1_macro_ci'][1]:.6f}",
-                    "balanced_accuracy": f"{r['balanced_accuracy']:.6f}",
-                    "f1_weighted": f"{r['f1_weighted']:.6f}",
-                    "weights": r["weights"],
-                    "n_test": r["n_test"],
-                }
-            )
-
-
-def _ci(value: float, ci: Sequence[float]) -> str:
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def render_markdown(document: dict[str, Any]) -> str:
-    """The comparison as Markdown: table, pairwise tests with verdicts, baseline tests, caveats."""
-    pct = f"{document['ci_level']:.0%}"
-    lines = [
-        "# Model comparison",
-        "",
-        f"{document['n_test']} test images, {len(document['class_names'])} classes. Intervals: {pct} "
-        f"percentile bootstrap over test images ({document['bootstrap_samples']} resamples, seed "
-        f"{document['seed']}). Tests: McNemar's exact test on the same test images, alpha={document['alpha']:g}, "
-        "Holm-adjusted within each family of tests.",
-        "",
-        f"| model | kind | accuracy [{pct} CI] | macro F1 [{pct} CI] | balanced accuracy | weighted F1 | weights | n_test |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in document["rows"]:
-        lines.append(
-            f"| {r['name']} | {r['kind']} | {_ci(r['accuracy'], r['accuracy_ci'])} | "
-            f"{_ci(r['f1_macro'], r['f1_macro_ci'])} | {r['balanced_accuracy']:.3f} | {r['f1_weighted']:.3f} | "
-            f"{r['weights']} | {r['n_test']} |"
-        )
-    lines += ["", "## Models against each other", ""]
-    if document["pairwise"]:
-        for t in document["pairwise"]:
-            d, ci = t["accuracy_difference"], t["accuracy_difference_ci"]
-            lines.append(
-                f"- {t['verdict']}. {t['a']} right/{t['b']} wrong on {t['a_correct_b_wrong']} images, the reverse "
-                f"on {t['a_wrong_b_correct']}; accuracy difference {d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]."
-            )
-    else:
-        lines.append("- Only one model: no pairwise test.")
-    lines += ["", "## Models against the majority-class baseline", ""]
-    for t in document["vs_majority"]:
-        lines.append(f"- {t['verdict']} ({t['a_correct_b_wrong']} vs {t['a_wrong_b_correct']} discordant images).")
-    if document["caveats"]:
-        lines += ["", "## Caveats", ""]
-        lines += [f"- **Caveat:** {c}" for c in document["caveats"]]
-    return "\n".join(lines) + "\n"
-
-
-def markdown_table(document: dict[str, Any]) -> str:
-    """Just the metrics table of :func:`render_markdown` (printed to the job log)."""
-    return "\n".join(line for line in render_markdown(document).splitlines() if line.startswith("|")) + "\n"

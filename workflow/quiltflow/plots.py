@@ -48,7 +48,7 @@ def plot_metric_bars(rows: Sequence[Mapping], path: str | Path, *, level: float 
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score on the test set")
-    ax.set_title(f"Test metrics with {level:.0%} bootstrap CIs (hatched: baselines)")
+    ax.set_title(f"Test metrics with {level:.0%} cluster-bootstrap CIs over videos (hatched: baselines)")
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
@@ -141,3 +141,32 @@ def _colors(n: int) -> list:
 
     cmap = colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
+
+
+def plot_reliability(table: Mapping[str, np.ndarray], title: str, path: str | Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (the diagonal is
+    perfect calibration), with the share of images per bin below.
+
+    ``table``: ``edges`` [M + 1], ``count``, ``confidence``, ``accuracy`` [M] (empty bins NaN).
+    """
+    edges = np.asarray(table["edges"], dtype=float)
+    count = np.asarray(table["count"], dtype=float)
+    filled = count > 0
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    fig = Figure(figsize=(5.0, 6.0))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.bar(centres[filled], np.asarray(table["accuracy"])[filled], width * 0.9, alpha=0.7, label="accuracy")
+    top.plot(np.asarray(table["confidence"])[filled], np.asarray(table["accuracy"])[filled], "o-", color="black",
+             markersize=3, label="accuracy at mean confidence")  # fmt: skip
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy of the top class")
+    top.set_title(title)
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.bar(centres, count / max(1.0, count.sum()), width * 0.9, color="tab:grey")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("share of images")
+    _save(fig, path)

@@ -244,3 +244,27 @@ def verdict(result: McNemarResult, alpha: float, *, p_adjusted: float | None = N
         winner, loser = (result.a, result.b) if result.a_only_correct > result.b_only_correct else (result.b, result.a)
         return winner, f"{winner} is significantly better than {loser} ({shown})"
     return None, f"no significant difference between {result.a} and {result.b} ({shown})"
+
+
+def difference_verdict(
+    a: str,
+    b: str,
+    metric: str,
+    difference: float,
+    *,
+    p_value: float,
+    p_adjusted: float,
+    alpha: float,
+    test: str,
+) -> tuple[str | None, str]:
+    """(winner or None, plain-words sentence) for a paired test of score(A) - score(B) on ``metric``.
+
+    The decision uses the Holm-adjusted p-value; the sentence shows both and names the test.
+    """
+    shown = f"{test}, p={format_p(p_value)}"
+    if p_adjusted != p_value:
+        shown += f", Holm-adjusted p={format_p(p_adjusted)}"
+    if p_adjusted < alpha and difference != 0:
+        winner, loser = (a, b) if difference > 0 else (b, a)
+        return winner, f"{winner} is significantly better than {loser} on {metric} ({shown})"
+    return None, f"no significant difference between {a} and {b} on {metric} ({shown})"

@@ -1,5 +1,6 @@
 rule compare_models:
-    """Every model vs baselines: bootstrap intervals, paired McNemar tests, plots (no TensorFlow)."""
+    """Every model, their ensemble and baselines: video-level (cluster bootstrap) intervals, paired
+    video-level tests in one Holm family, reliability diagrams, plots (no TensorFlow)."""
     input:
         metrics=expand("results/metrics/{model}.json", model=MODELS),
         predictions=expand("results/predictions/{model}.parquet", model=MODELS),
@@ -27,6 +28,11 @@ rule compare_models:
             caption="../report/confusion.rst",
             category="Confusion matrices",
         ),
+        reliability=report(
+            expand("results/plots/reliability_{model}.png", model=MODELS),
+            caption="../report/reliability.rst",
+            category="Calibration",
+        ),
     log:
         "logs/compare_models.log",
     conda:
@@ -41,6 +47,8 @@ rule compare_models:
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],
+        permutations=config["comparison"]["permutations"],
+        ensemble=config["comparison"]["ensemble"],
         synthetic=DEMO,
         code=script_code("compare_models.py"),
     script:

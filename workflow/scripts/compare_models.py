@@ -1,4 +1,4 @@
-"""Rule compare_models: baselines, bootstrap CIs, McNemar tests, tables and plots (no TensorFlow)."""
+"""Rule compare_models: baselines, ensemble, video-level intervals and tests, tables and plots (no TensorFlow)."""
 
 import sys
 from pathlib import Path
@@ -19,6 +19,8 @@ document = compare_models(
     seed=snakemake.params.seed,
     bootstrap_samples=snakemake.params.bootstrap_samples,
     alpha=snakemake.params.alpha,
+    permutations=snakemake.params.permutations,
+    ensemble=bool(snakemake.params.ensemble),
     synthetic=bool(snakemake.params.synthetic),  # demo data: a caveat line
     json_path=snakemake.output.json,
     csv_path=snakemake.output.csv,
@@ -26,6 +28,7 @@ document = compare_models(
     metrics_plot=snakemake.output.metrics_plot,
     curves_plot=snakemake.output.curves_plot,
     confusion_plots=list(snakemake.output.confusion),
+    reliability_plots=list(snakemake.output.reliability),
 )
 print(markdown_table(document))
 for caveat in document["caveats"]:
