@@ -125,3 +125,18 @@ def test_baseline_bad_counts():
         stats.train_prior({"a": 1, "z": 2}, CLASSES)
     with pytest.raises(UserError, match="no training images"):
         stats.train_prior({"a": 0}, CLASSES)
+
+
+def test_difference_verdict_decides_on_the_holm_adjusted_p():
+    winner, sentence = stats.difference_verdict(
+        "A", "B", "balanced accuracy", -0.1, p_value=0.001, p_adjusted=0.004, alpha=0.05, test="video swap test"
+    )
+    assert winner == "B"
+    assert (
+        sentence
+        == "B is significantly better than A on balanced accuracy (video swap test, p=0.001, Holm-adjusted p=0.004)"
+    )
+    winner, sentence = stats.difference_verdict(
+        "A", "B", "accuracy", 0.2, p_value=0.02, p_adjusted=0.08, alpha=0.05, test="video swap test"
+    )
+    assert winner is None and sentence.startswith("no significant difference between A and B on accuracy")
