@@ -175,7 +175,7 @@ def test_shard_settings_bounds_come_from_the_schema(tfrecords, image_size, messa
 
 
 def test_shard_settings_defaults_come_from_the_schema():
-    assert ShardSettings.from_config(None, image_size=64) == ShardSettings(64, 90, 1000)
+    assert ShardSettings.from_config(None, image_size=64) == ShardSettings(64, 90, 1000, "center_crop", 2)
 
 
 def test_plan_counts_rows_from_the_footers(tmp_path: Path):
@@ -376,7 +376,7 @@ def test_same_input_gives_byte_identical_shards(dataset):
 
 
 def test_failed_shard_leaves_no_final_or_temp_file(dataset, monkeypatch):
-    real, calls = shards.prepare_image, []
+    real, calls = shards.prepare_views, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -384,7 +384,7 @@ def test_failed_shard_leaves_no_final_or_temp_file(dataset, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shards, "prepare_image", flaky)
+    monkeypatch.setattr(shards, "prepare_views", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         _shard(dataset, 0, 1)
     folder = dataset["tmp"] / "out"
@@ -515,7 +515,14 @@ def test_snakemake_scripts_write_shard_report_and_index(dataset):
             "shard_tfrecords.py",
             input={"manifest": str(dataset["manifest"]), "image_root": str(dataset["root"])},
             output={"shard": str(shard), "report": str(report)},
-            params={"shard_index": i, "num_shards": n, "image_size": S, "jpeg_quality": 90},
+            params={
+                "shard_index": i,
+                "num_shards": n,
+                "image_size": S,
+                "jpeg_quality": 90,
+                "framing": "center_crop",
+                "grid_size": 2,
+            },
             log=tmp / f"shard{i}.log",
         )
         shard_files.append(str(shard))

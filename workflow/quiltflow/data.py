@@ -21,6 +21,8 @@ FEATURES = {
     "image/label": tf.io.FixedLenFeature([], tf.int64),
     "image/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "image/group": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    # Grid framing: the image a cell record was cut from (empty for whole-image records).
+    "image/source": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 # What training reads: parsing id strings it never uses, then a map stage to drop them, cost
 # ~15 % of read throughput on short epochs (bench_shards.py: ~2,450 vs ~2,890 img/s).
@@ -121,7 +123,7 @@ def _records(files: list[str], num_records: int, training: bool, seed: int | Non
 
 
 def _decoder(stored: int, size: int, features: dict, with_ids: bool):
-    """record -> (uint8 image [size, size, 3], int32 label[, id])."""
+    """record -> (uint8 image [size, size, 3], int32 label[, source image id])."""
 
     def decode(record: tf.Tensor) -> tuple[tf.Tensor, ...]:
         ex = tf.io.parse_single_example(record, features)
@@ -133,7 +135,11 @@ def _decoder(stored: int, size: int, features: dict, with_ids: bool):
         label = tf.cast(ex["image/label"], tf.int32)
         # Ids ride along only when asked for: every extra map stage or string feature costs
         # throughput on short epochs (benchmarks/bench_shards.py, check (c)).
-        return (image, label, ex["image/id"]) if with_ids else (image, label)
+        if not with_ids:
+            return image, label
+        # The id is the source image's: a grid image's cells share it, and evaluation averages them.
+        source = ex["image/source"]
+        return image, label, tf.where(tf.strings.length(source) > 0, source, ex["image/id"])
 
     return decode
 

@@ -40,22 +40,32 @@ def _as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def predict(
-    model: Any,
-    dataset: Any,
-    class_names: Sequence[str],
-    *,
-    groups: Mapping[str, str] | None = None,
-) -> pd.DataFrame:
-    """Predict every batch of ``dataset`` (``(uint8 images, int32 labels, string ids)``).
+def _average_cells(
+    ids: list[str], labels: np.ndarray, probs: np.ndarray, records_per_image: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One row per source image: the mean probability over its cells (grid framing)."""
+    table = pd.DataFrame({"image_id": ids, "label": labels})
+    counts = table.groupby("image_id", sort=False).size()
+    wrong = counts[counts != records_per_image]
+    if len(wrong):
+        raise UserError(
+            f"test dataset: image_id {wrong.index[0]} has {wrong.iloc[0]} cell records, expected {records_per_image}"
+        )
+    if (table.groupby("image_id", sort=False)["label"].nunique() > 1).any():
+        raise UserError("test dataset: the cells of one image carry different labels")
+    codes, order = pd.factorize(table["image_id"])  # first-seen order of the source images
+    sums = np.zeros((len(order), probs.shape[1]))
+    np.add.at(sums, codes, probs)
+    first = np.unique(codes, return_index=True)[1]
+    return list(order), labels[first], sums / records_per_image
 
-    Returns the predictions table of docs/interfaces.md. ``group`` comes from ``groups``
-    (image_id -> leakage group, read from the test manifest); an id missing there is an error.
-    Without ``groups`` the column is empty strings.
-    """
+
+def _predict_batches(
+    model: Any, dataset: Any, num_classes: int
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """(ids, label batches, output batches) of every batch of ``dataset``."""
     import tensorflow as tf
 
-    num_classes = len(class_names)
     name = getattr(model, "name", "model")
     ids: list[str] = []
     labels: list[np.ndarray] = []
@@ -73,10 +83,31 @@ def predict(
         outputs.append(out)
         labels.append(np.asarray(batch_labels).reshape(-1))
         ids.extend(i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in np.asarray(batch_ids).reshape(-1))
+    return ids, labels, outputs
 
+
+def predict(
+    model: Any,
+    dataset: Any,
+    class_names: Sequence[str],
+    *,
+    groups: Mapping[str, str] | None = None,
+    records_per_image: int = 1,
+) -> pd.DataFrame:
+    """Predict every batch of ``dataset`` (``(uint8 images, int32 labels, string ids)``).
+
+    Returns the predictions table of docs/interfaces.md. ``group`` comes from ``groups``
+    (image_id -> leakage group, read from the test manifest); an id missing there is an error.
+    Without ``groups`` the column is empty strings. With ``records_per_image`` > 1 (grid
+    framing) the ids are source images' and each image's cell probabilities are averaged.
+    """
+    ids, labels, outputs = _predict_batches(model, dataset, len(class_names))
     if not ids:
         raise UserError("test dataset is empty: nothing to evaluate")
-    probs = _as_probabilities(np.concatenate(outputs), name)
+    probs = _as_probabilities(np.concatenate(outputs), getattr(model, "name", "model"))
+    true_labels = np.concatenate(labels).astype(np.int32)
+    if records_per_image > 1:
+        ids, true_labels, probs = _average_cells(ids, true_labels, probs, records_per_image)
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise UserError(f"test dataset: image_id {dup} appears more than once")
@@ -91,7 +122,7 @@ def predict(
         {
             "image_id": ids,
             "group": group_col,
-            "true_label": np.concatenate(labels).astype(np.int32),
+            "true_label": true_labels,
             "pred_label": probs.argmax(axis=1).astype(np.int32),
             "probabilities": list(probs.astype(np.float32)),
         }
@@ -135,7 +166,8 @@ def _predict_test_split(model_path, test_index_path, batch_size, class_names, gr
     model = keras.models.load_model(model_path, compile=False)
     dataset = _make_test_dataset(test_index_path, int(batch_size))
     start = time.perf_counter()
-    predictions = predict(model, dataset, class_names, groups=groups)
+    records_per_image = int(read_json(test_index_path, "test index").get("records_per_image", 1))
+    predictions = predict(model, dataset, class_names, groups=groups, records_per_image=records_per_image)
     return predictions, time.perf_counter() - start
 
 

@@ -141,6 +141,8 @@ class ShardSettings:
     image_size: int
     jpeg_quality: int
     images_per_shard: int
+    framing: str  # center_crop | pad | grid
+    grid_size: int  # cells per side when framing is grid
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None, *, image_size: int) -> ShardSettings:
@@ -150,7 +152,14 @@ class ShardSettings:
             top_level_value("image_size", image_size),
             tfrecords["jpeg_quality"],
             tfrecords["images_per_shard"],
+            tfrecords["framing"],
+            tfrecords["grid_size"],
         )
+
+    @property
+    def records_per_image(self) -> int:
+        """Records written for one usable image (grid cells, or 1)."""
+        return self.grid_size**2 if self.framing == "grid" else 1
 
 
 # --- models (train_model, extract_features, evaluate_model) -----------------------------------

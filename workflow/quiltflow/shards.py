@@ -7,6 +7,7 @@ standard library, numpy and PIL at the top; pyarrow is imported where a manifest
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -177,34 +178,54 @@ def prepare_image(
 ) -> bytes:
     """Decode ``path`` and return the JPEG bytes of its ``image_size`` x ``image_size`` RGB view.
 
-    Policy: take the centred square whose side is the image's short side, resize it to
-    ``image_size`` (bilinear) and encode JPEG at ``jpeg_quality`` -- the same pixels as "resize
-    the short side to image_size, then centre-crop". JPEGs are decoded with DCT scaling
-    (``draft``) to the smallest size still >= image_size, which does most of the shrinking for
-    free. EXIF orientation is applied to the small result (the centred square is the same
-    pixels in any orientation, and transposing 224^2 is cheaper than the full image). Every mode
-    becomes RGB (see ``_to_rgb``). Same input and PIL version -> same bytes.
+    Policy (``center_crop`` framing): take the centred square whose side is the image's short
+    side, resize it to ``image_size`` (bilinear) and encode JPEG at ``jpeg_quality`` -- the same
+    pixels as "resize the short side to image_size, then centre-crop". See ``prepare_views``.
+    """
+    return prepare_views(path, image_size, jpeg_quality, framing="center_crop", max_pixels=max_pixels)[0]
+
+
+def prepare_views(
+    path: str | os.PathLike,
+    image_size: int,
+    jpeg_quality: int,
+    *,
+    framing: str = "center_crop",
+    grid_size: int = 2,
+    max_pixels: int = MAX_PIXELS,
+) -> list[bytes]:
+    """The JPEG bytes of every square record one image becomes (the one home of this policy).
+
+    ``center_crop``: one view, the centred square of the short side. ``pad``: one view, the whole
+    image resized to fit and letterboxed with black bars. ``grid``: ``grid_size``^2 views, row by
+    row, each the centred square of its cell. JPEGs are decoded with DCT scaling (``draft``) to
+    the smallest size still large enough, which does most of the shrinking for free. EXIF
+    orientation is applied (to the small centre crop, where it is cheapest). Every mode becomes
+    RGB (see ``_to_rgb``). Same input and PIL version -> same bytes.
 
     Raises :class:`BadImage` (with a skip reason) for missing, empty, unreadable, non-image,
     truncated, corrupt or oversized (> ``max_pixels``) files.
     """
-    path = Path(path)
-    data = _read_file(path)
+    data = _read_file(Path(path))
+    draft_side = image_size * (grid_size if framing == "grid" else 1)
+    with _bad_image_reasons(data):
+        rgb, orientation = _decode(data, draft_side, max_pixels)
+        if framing == "center_crop":
+            views = [_square(rgb, (0, 0, *rgb.size), image_size)]
+        else:
+            if orientation in _TRANSPOSE:  # the frame is not square: orient it before framing
+                rgb, orientation = rgb.transpose(_TRANSPOSE[orientation]), 1
+            views = _letterbox(rgb, image_size) if framing == "pad" else _grid_cells(rgb, image_size, grid_size)
+    if orientation in _TRANSPOSE:
+        views = [view.transpose(_TRANSPOSE[orientation]) for view in views]
+    return [_jpeg(view, jpeg_quality) for view in views]
+
+
+@contextlib.contextmanager
+def _bad_image_reasons(data: bytes):
+    """Turn PIL's many decode errors into BadImage with a skip reason."""
     try:
-        im = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = im.size
-        if width * height > max_pixels:
-            raise BadImage(DECOMPRESSION_BOMB, f"{width}x{height} pixels > {max_pixels}")
-        if width < 1 or height < 1:
-            raise BadImage(CORRUPT, f"size {width}x{height}")
-        im.draft("RGB", (image_size, image_size))  # no-op for non-JPEG formats
-        im.load()  # decode now, so broken data raises here and not in a later accessor
-        orientation = _orientation(im)
-        rgb = _to_rgb(im)
-        w, h = rgb.size
-        side = min(w, h)
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        out = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+        yield
     except BadImage:
         raise
     except Image.DecompressionBombError as e:  # PIL's own limit, for formats it sizes late
@@ -217,10 +238,56 @@ def prepare_image(
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on junk
         reason = TRUNCATED if "truncated" in str(e).lower() else CORRUPT
         raise BadImage(reason, f"{type(e).__name__}: {e}") from None
-    if orientation in _TRANSPOSE:
-        out = out.transpose(_TRANSPOSE[orientation])
+
+
+def _decode(data: bytes, draft_side: int, max_pixels: int) -> tuple[Image.Image, int]:
+    """(RGB image decoded at >= draft_side where the format allows, EXIF orientation)."""
+    im = Image.open(io.BytesIO(data))  # reads the header only
+    width, height = im.size
+    if width * height > max_pixels:
+        raise BadImage(DECOMPRESSION_BOMB, f"{width}x{height} pixels > {max_pixels}")
+    if width < 1 or height < 1:
+        raise BadImage(CORRUPT, f"size {width}x{height}")
+    im.draft("RGB", (draft_side, draft_side))  # no-op for non-JPEG formats
+    im.load()  # decode now, so broken data raises here and not in a later accessor
+    orientation = _orientation(im)
+    return _to_rgb(im), orientation
+
+
+def _square(rgb: Image.Image, cell: tuple[float, float, float, float], image_size: int) -> Image.Image:
+    """The centred square of ``cell`` (left, top, right, bottom), resized to image_size."""
+    left, top, right, bottom = cell
+    side = min(right - left, bottom - top)
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    return rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+
+
+def _letterbox(rgb: Image.Image, image_size: int) -> list[Image.Image]:
+    """The whole image, its long side resized to image_size, centred on a black square."""
+    w, h = rgb.size
+    scale = image_size / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    canvas = Image.new("RGB", (image_size, image_size))
+    canvas.paste(resized, ((image_size - size[0]) // 2, (image_size - size[1]) // 2))
+    return [canvas]
+
+
+def _grid_cells(rgb: Image.Image, image_size: int, grid_size: int) -> list[Image.Image]:
+    """grid_size x grid_size equal cells, row by row, each its centred square at image_size."""
+    w, h = rgb.size
+    cw, ch = w / grid_size, h / grid_size
+    return [
+        _square(rgb, (col * cw, row * ch, (col + 1) * cw, (row + 1) * ch), image_size)
+        for row in range(grid_size)
+        for col in range(grid_size)
+    ]
+
+
+def _jpeg(view: Image.Image, jpeg_quality: int) -> bytes:
     buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=int(jpeg_quality), subsampling="4:2:0")
+    view.save(buf, format="JPEG", quality=int(jpeg_quality), subsampling="4:2:0")
     return buf.getvalue()
 
 
@@ -275,18 +342,30 @@ def _write_records(
                 f"{rows.manifest_path}: row {rows.start + offset} has a missing image_id or invalid label_index"
             )
         try:
-            jpeg = prepare_image(image_root / image_id, settings.image_size, settings.jpeg_quality)
+            views = prepare_views(
+                image_root / image_id,
+                settings.image_size,
+                settings.jpeg_quality,
+                framing=settings.framing,
+                grid_size=settings.grid_size,
+            )
         except BadImage as e:
             skipped.append({"image_id": image_id, "reason": e.reason, "detail": e.detail})
             continue
-        example = {
-            "image/encoded": jpeg,
-            "image/label": int(label),
-            "image/id": image_id,
-            "image/group": group if group is not None else "",
-        }
-        writer.write(encode_example(example))
+        for example in _examples(views, image_id, int(label), group):
+            writer.write(encode_example(example))
     return writer, skipped
+
+
+def _examples(views: list[bytes], image_id: str, label: int, group: str | None) -> list[dict]:
+    """One record per view; grid cells get their own id and carry the source image's id."""
+    common = {"image/label": label, "image/group": group if group is not None else ""}
+    if len(views) == 1:
+        return [{"image/encoded": views[0], "image/id": image_id, **common}]
+    return [
+        {"image/encoded": view, "image/id": f"{image_id}#cell{k}", "image/source": image_id, **common}
+        for k, view in enumerate(views)
+    ]
 
 
 def _write_atomically(
@@ -333,7 +412,11 @@ def _shard_report(
         "empty": writer.records == 0,  # true when every row was skipped (or there were none)
         "image_size": settings.image_size,
         "jpeg_quality": settings.jpeg_quality,
+        "framing": settings.framing,
+        "records_per_image": settings.records_per_image,
     }
+    # kept counts images; a grid image is several records.
+    report["kept"], report["records"] = writer.records // settings.records_per_image, writer.records
     assert report["kept"] + len(skipped) == n_rows, "shard counts do not reconcile"
     return report
 
@@ -446,8 +529,8 @@ def _index_entry(shard: Path, report_file: Path, index_dir: Path, class_counts: 
     if size != report["bytes"] or sha != report["sha256"]:
         raise UserError(f"{shard}: size/sha256 differ from {report_file.name} (stale shard?)")
     records = _count_labels(shard, data, class_counts)
-    if records != report["kept"]:
-        raise UserError(f"{shard}: {records} records but its report says {report['kept']}")
+    if records != report.get("records", report["kept"]):
+        raise UserError(f"{shard}: {records} records but its report says {report.get('records', report['kept'])}")
     if report["rows"] != report["kept"] + sum(report["skipped_by_reason"].values()):
         raise UserError(f"{report_file}: rows != kept + skipped")
     rel = os.path.relpath(shard.resolve(), index_dir.resolve())
@@ -476,12 +559,15 @@ def write_index(
         raise UserError(f"{index_path}: {len(shard_paths)} shard files but {len(report_paths)} shard reports")
     shards, skipped_by_reason = [], Counter()
     class_counts = [0] * int(num_classes)
-    total_rows = 0
+    total_rows, records_per_image = 0, set()
     for shard, report_file in zip(map(Path, shard_paths), map(Path, report_paths)):
         entry, report = _index_entry(shard, report_file, index_path.parent, class_counts)
         shards.append(entry)
         total_rows += report["rows"]
         skipped_by_reason.update(report["skipped_by_reason"])
+        records_per_image.add(int(report.get("records_per_image", 1)))
+    if len(records_per_image) > 1:
+        raise UserError(f"{index_path}: shards of one split were framed differently (stale shards?)")
 
     num_records = sum(s["records"] for s in shards)
     index = {
@@ -493,6 +579,8 @@ def write_index(
         "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
         "rows": total_rows,
         "class_counts": class_counts,
+        # Records of one source image (grid framing: its cells); evaluation averages them.
+        "records_per_image": records_per_image.pop() if records_per_image else 1,
     }
     index_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(index, index_path)

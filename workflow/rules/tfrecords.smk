@@ -39,6 +39,8 @@ rule shard_tfrecords:
         num_shards=lambda wc: int(wc.total),
         image_size=config["image_size"],
         jpeg_quality=config["tfrecords"]["jpeg_quality"],
+        framing=config["tfrecords"]["framing"],
+        grid_size=config["tfrecords"]["grid_size"],
         code=script_code("shard_tfrecords.py"),
     script:
         "../scripts/shard_tfrecords.py"

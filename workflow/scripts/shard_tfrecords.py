@@ -13,7 +13,10 @@ from quiltflow.shards import write_shard
 
 params = snakemake.params
 # The rule passes the keys this job uses; section_values fills the rest from the schema.
-settings = ShardSettings.from_config({"jpeg_quality": params.jpeg_quality}, image_size=params.image_size)
+settings = ShardSettings.from_config(
+    {"jpeg_quality": params.jpeg_quality, "framing": params.framing, "grid_size": params.grid_size},
+    image_size=params.image_size,
+)
 write_shard(
     manifest_path=snakemake.input.manifest,
     image_root=snakemake.input.image_root,
