@@ -31,12 +31,12 @@ rule all:
 # Stage targets (use these, not --until, for stages after the plan_shards checkpoint).
 rule tfrecords:
     input:
-        expand("results/tfrecords/{split}.index.json", split=["train", "val", "test"]),
+        expand("results/tfrecords/{split}.index.json", split=BUCKETS),
 
 
 rule train:
     input:
-        expand("results/models/{model}/model.keras", model=MODELS),
+        model_runs("results/models/{model}{run}/model.keras"),
 
 
 rule evaluate:

@@ -183,7 +183,7 @@ def test_evaluate_script_on_real_tiles(tmp_path, lc25000):
             "info": str(info),
         },
         output={"predictions": str(tmp_path / "pred.parquet"), "metrics": str(tmp_path / "metrics.json")},
-        params={"model": "cnn", "top_k": 2, "batch_size": 5},
+        params={"model": "cnn", "top_k": 2, "batch_size": 5, "fold": 0, "seed": 42, "folds": 1},
         log=tmp_path / "eval.log",
     )
     doc = load_metrics_document(tmp_path / "metrics.json")

@@ -118,3 +118,10 @@ def test_grid_run_reports_images_not_cells(tmp_path):
     skipped = sum(index["skipped_by_reason"].values())
     assert len(predictions) == len(manifest) - skipped == index["num_records"] // 4
     assert predictions["image_id"].is_unique and set(predictions["image_id"]) <= set(manifest["image_id"])
+
+
+def test_pad_equals_center_crop_on_square_tiles(tmp_path):
+    """On square tiles (LC25000, most pathology tiles) the two framings are the same bytes."""
+    path = tmp_path / "square.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(path)
+    assert prepare_views(path, 64, 90, framing="pad") == prepare_views(path, 64, 90, framing="center_crop")

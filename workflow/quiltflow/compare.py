@@ -46,6 +46,7 @@ import pandas as pd
 
 from quiltflow import clusterstats, plots, stats
 from quiltflow.compare_report import METRIC_LABELS, markdown_table, render_markdown, write_csv
+from quiltflow.cv import run_buckets
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map, write_json
 from quiltflow.metrics import load_metrics_document, probability_matrix, read_predictions
@@ -220,16 +221,32 @@ def _load_models(
 
 
 def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | None]:
-    """Train class counts, and n_test/n_train of the holdout split (None when not recorded)."""
+    """Training class counts and n_test/n_train, from the split report.
+
+    Holdout: the train bucket. k folds: summed over every run's training buckets, i.e. the
+    average training distribution of the k runs (each run's prior comes from its own training
+    buckets only), and the mean n_test/n_train of the runs.
+    """
     split_report = read_json(split_report_path, "split report")
+    folds = int(split_report.get("folds", 1))
     try:
-        train_counts = split_report["class_counts"]["train"]
-    except (KeyError, TypeError):
-        message = f"split report {split_report_path}: missing key class_counts.train"
+        class_counts = split_report["class_counts"]
+        plans = [run_buckets(fold, folds) for fold in range(folds)]
+        counts: dict[str, int] = {}
+        for plan in plans:
+            for bucket in plan["train"]:
+                for name, n in class_counts[bucket].items():
+                    counts[name] = counts.get(name, 0) + int(n)
+    except (KeyError, TypeError) as err:
+        message = f"split report {split_report_path}: missing key class_counts.{err.args[0] if err.args else ''}"
         raise UserError(message) from None
-    counts = split_report.get("counts") or {}
-    ratio = counts["test"] / counts["train"] if counts.get("test") and counts.get("train") else None
-    return train_counts, ratio
+    sizes = split_report.get("counts") or {}
+    ratios = [
+        sum(sizes.get(b, 0) for b in plan["test"]) / train
+        for plan in plans
+        if (train := sum(sizes.get(b, 0) for b in plan["train"]))
+    ]
+    return counts, (float(np.mean(ratios)) if ratios else None)
 
 
 # --------------------------------------------------------------------------- rows to score

@@ -7,11 +7,13 @@ keeps batches 4x smaller than float32 and saved models self-contained.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from .errors import UserError
 from .shards import index_shard_files, load_index
 
 __all__ = ["make_dataset", "num_examples", "load_index", "FEATURES"]
@@ -41,9 +43,31 @@ SATURATION_RANGE = (0.9, 1.1)
 HUE_DELTA = 0.02
 
 
-def num_examples(index_path: str | os.PathLike) -> int:
-    """Exact number of records in a split (from its index JSON)."""
-    return int(load_index(index_path)["num_records"])
+IndexPaths = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _as_list(index_paths: IndexPaths) -> list[Path]:
+    if isinstance(index_paths, (str, os.PathLike)):
+        return [Path(index_paths)]
+    return [Path(p) for p in index_paths]
+
+
+def num_examples(index_paths: IndexPaths) -> int:
+    """Exact number of records in one bucket's index JSON, or several buckets' together."""
+    return sum(int(load_index(path)["num_records"]) for path in _as_list(index_paths))
+
+
+def _shards_of(index_paths: IndexPaths) -> tuple[list[str], int, int]:
+    """(shard files, records, stored image size) of one or several bucket indexes."""
+    files, records, sizes = [], 0, set()
+    for path in _as_list(index_paths):
+        index = load_index(path)
+        files += [str(f) for f in index_shard_files(path, index)]
+        records += int(index["num_records"])
+        sizes.add(int(index["image_size"]))
+    if len(sizes) != 1:
+        raise UserError(f"indexes {[str(p) for p in _as_list(index_paths)]}: need one image size, got {sorted(sizes)}")
+    return files, records, sizes.pop()
 
 
 def _dihedral_table(size: int) -> np.ndarray:
@@ -165,7 +189,7 @@ def _augmented(ds: tf.data.Dataset, size: int, seed: int | None, deterministic: 
 
 
 def make_dataset(
-    index_path: str | os.PathLike,
+    index_path: IndexPaths,
     batch_size: int,
     *,
     training: bool,
@@ -174,7 +198,8 @@ def make_dataset(
     with_ids: bool = False,
     image_size: int | None = None,
 ) -> tf.data.Dataset:
-    """Batched ``(images uint8 [B,S,S,3], labels int32 [B])`` (+ ``ids`` string [B]) of a split.
+    """Batched ``(images uint8 [B,S,S,3], labels int32 [B])`` (+ ``ids`` string [B]) of a split
+    (one index JSON, or a list: several buckets read as one, e.g. a fold's training buckets).
 
     ``training=True`` shuffles shard order and records (buffer = split size, capped at
     ``SHUFFLE_BUFFER_CAP``) but does not repeat: Keras runs the epochs, each reshuffled. With an
@@ -183,15 +208,12 @@ def make_dataset(
     shards' interleaved order, always the same. ``image_size`` resizes when it differs from the
     index's (the shards are stored at the index's size).
     """
-    index_path = Path(index_path)
-    index = load_index(index_path)
-    files = [str(f) for f in index_shard_files(index_path, index)]
-    stored = int(index["image_size"])
+    files, num_records, stored = _shards_of(index_path)
     size = stored if image_size is None else int(image_size)
     deterministic = seed is not None or not training
     autotune = tf.data.AUTOTUNE
 
-    ds = _records(files, int(index["num_records"]), training, seed, deterministic)
+    ds = _records(files, num_records, training, seed, deterministic)
     decode = _decoder(stored, size, FEATURES if with_ids else _TRAINING_FEATURES, with_ids)
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=False)

@@ -6,8 +6,11 @@ saved predictions table so that they can be recomputed, and compared, without a 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +25,7 @@ from quiltflow.metrics import (
     compute_metrics,
     write_predictions,
 )
+from quiltflow.pooling import run_summary
 
 __all__ = ["METRICS_SCHEMA_VERSION", "predict", "evaluate_model"]
 
@@ -144,18 +148,38 @@ def _train_info(info_path: str, model_name: str) -> dict[str, Any]:
     return info
 
 
-def _skipped_by_reason(test_index_path: str) -> dict[str, int]:
-    index = read_json(test_index_path, "test index")
-    return {str(k): int(v) for k, v in index.get("skipped_by_reason", {}).items()}
+Paths = str | Sequence[str]
 
 
-def _test_groups(manifest_path: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The test manifest and its image id -> group (video) map."""
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
+def _paths(paths: Paths) -> list[str]:
+    """One file, or a run's several test buckets."""
+    return [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
+
+
+def _skipped_by_reason(test_index_paths: Paths) -> dict[str, int]:
+    skipped: Counter = Counter()
+    for path in _paths(test_index_paths):
+        skipped.update(read_json(path, "test index").get("skipped_by_reason", {}))
+    return {str(k): int(v) for k, v in sorted(skipped.items())}
+
+
+def _test_groups(manifest_paths: Paths) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The test manifest(s) and the image id -> group (video) map."""
+    manifest = pd.concat(
+        [pd.read_parquet(path, columns=["image_id", "group"]) for path in _paths(manifest_paths)], ignore_index=True
+    )
     groups = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str)))
     if len(groups) != len(manifest):
-        raise UserError(f"test manifest {manifest_path}: image_id values are not unique")
+        raise UserError(f"test manifest {manifest_paths}: image_id values are not unique")
     return manifest, groups
+
+
+def _manifest_digest(manifest_paths: Paths) -> str:
+    """SHA-256 of the one test manifest, or of the list of several manifests' digests."""
+    paths = _paths(manifest_paths)
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    return hashlib.sha256("".join(f"{sha256_file(p)}\n" for p in paths).encode()).hexdigest()
 
 
 def _predict_test_split(model_path, test_index_path, batch_size, class_names, groups) -> tuple[pd.DataFrame, float]:
@@ -166,7 +190,7 @@ def _predict_test_split(model_path, test_index_path, batch_size, class_names, gr
     model = keras.models.load_model(model_path, compile=False)
     dataset = _make_test_dataset(test_index_path, int(batch_size))
     start = time.perf_counter()
-    records_per_image = int(read_json(test_index_path, "test index").get("records_per_image", 1))
+    records_per_image = int(read_json(_paths(test_index_path)[0], "test index").get("records_per_image", 1))
     predictions = predict(model, dataset, class_names, groups=groups, records_per_image=records_per_image)
     return predictions, time.perf_counter() - start
 
@@ -183,8 +207,8 @@ def _check_reconciled(manifest_path, test_index_path, n_manifest: int, n_predict
 def evaluate_model(
     *,
     model_path: str,
-    test_index_path: str,
-    manifest_path: str,
+    test_index_path: Paths,
+    manifest_path: Paths,
     label_map_path: str,
     info_path: str,
     predictions_path: str,
@@ -193,8 +217,15 @@ def evaluate_model(
     top_k: int,
     batch_size: int,
     threads: int = 1,
+    fold: int = 0,
+    seed: int = 0,
+    folds: int = 1,
 ) -> dict[str, Any]:
-    """Predict the test split, write the predictions Parquet and the metrics JSON; return the JSON."""
+    """Predict the test split, write the predictions Parquet and the metrics JSON; return the JSON.
+
+    ``test_index_path``/``manifest_path``: one bucket, or a run's test buckets; ``fold`` and
+    ``seed`` name the run and become columns of the predictions.
+    """
     from quiltflow.runtime import set_thread_pools
 
     set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything
@@ -205,20 +236,22 @@ def evaluate_model(
     predictions, eval_seconds = _predict_test_split(model_path, test_index_path, batch_size, class_names, groups)
     _check_reconciled(manifest_path, test_index_path, len(manifest), len(predictions), sum(skipped.values()))
 
+    predictions = predictions.assign(fold=np.int32(fold), seed=np.int32(seed))
     metrics = compute_metrics(predictions, class_names, top_k=int(top_k))
     document = build_metrics_document(
         model=model_name,
         architecture=str(info.get("architecture", "unknown")),
         weights=str(info.get("weights", "unknown")),
-        dataset_sha256=sha256_file(manifest_path),
+        dataset_sha256=_manifest_digest(manifest_path),
         train_seconds=info.get("train_seconds"),
         eval_seconds=eval_seconds,
         metrics=metrics,
-        test_manifest=str(manifest_path),
+        test_manifest=",".join(_paths(manifest_path)),
         n_manifest=len(manifest),
         skipped_by_reason=skipped,
         device=info.get("device"),
     )
+    document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
     write_predictions(predictions, predictions_path)
     write_json(document, metrics_path)
     log.info(

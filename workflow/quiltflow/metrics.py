@@ -32,6 +32,8 @@ METRICS_SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "metrics.schema.json"
 
 PREDICTION_COLUMNS = ("image_id", "group", "true_label", "pred_label", "probabilities")
+# The run of each prediction (cross-validation fold, seed); written whenever present.
+RUN_COLUMNS = ("fold", "seed")
 PREDICTIONS_ARROW_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -41,6 +43,7 @@ PREDICTIONS_ARROW_SCHEMA = pa.schema(
         ("probabilities", pa.list_(pa.float32())),
     ]
 )
+_RUN_FIELDS = [pa.field(name, pa.int32()) for name in RUN_COLUMNS]
 # Softmax outputs stored as float32 sum to 1 within ~1e-6; anything further off is not a distribution.
 _PROB_SUM_TOLERANCE = 1e-3
 
@@ -48,6 +51,11 @@ _PROB_SUM_TOLERANCE = 1e-3
 def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
     """Write a predictions table with the exact column types of docs/interfaces.md."""
     probs = probability_matrix(predictions, source=str(path))
+    run_columns = [name for name in RUN_COLUMNS if name in predictions.columns]
+    schema = PREDICTIONS_ARROW_SCHEMA
+    for field in _RUN_FIELDS:
+        if field.name in run_columns:
+            schema = schema.append(field)
     table = pa.table(
         {
             "image_id": pa.array(predictions["image_id"].astype(str).tolist(), pa.string()),
@@ -57,8 +65,9 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
             "probabilities": pa.FixedSizeListArray.from_arrays(
                 pa.array(probs.astype(np.float32).ravel(), pa.float32()), probs.shape[1]
             ).cast(pa.list_(pa.float32())),
+            **{name: pa.array(predictions[name].to_numpy(np.int32), pa.int32()) for name in run_columns},
         },
-        schema=PREDICTIONS_ARROW_SCHEMA,
+        schema=schema,
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

@@ -120,6 +120,7 @@ class SplitSettings:
     fractions: dict[str, float]  # train, val, test
     use_source_val: bool
     seed: int
+    folds: int = 1  # >= 2: k-fold cross-validation by video (quiltflow.cv)
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None, *, seed: int) -> SplitSettings:
@@ -131,7 +132,9 @@ class SplitSettings:
         total = sum(fractions.values())
         if abs(total - 1.0) > 1e-6:
             raise UserError(f"config key splits.fractions: train+val+test must sum to 1, got {total:g}")
-        return cls(fractions, splits["use_source_val"], top_level_value("seed", seed))
+        if splits["folds"] > 1 and splits["use_source_val"]:
+            raise UserError("config key splits.use_source_val: cannot be combined with splits.folds >= 2")
+        return cls(fractions, splits["use_source_val"], top_level_value("seed", seed), splits["folds"])
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from quiltflow.cv import buckets
 from quiltflow.errors import UserError
 from quiltflow.jsonio import write_json
 from quiltflow.settings import SplitSettings
@@ -100,7 +101,7 @@ def _place_single_image_groups(
         if need.sum() <= 0:
             need = np.where(active, weights, 0).astype(np.float64)
         counts = _largest_remainder(len(members), need)
-        split[members] = np.repeat(np.arange(3), counts)
+        split[members] = np.repeat(np.arange(len(weights)), counts)
 
 
 def _assign_groups(
@@ -111,9 +112,9 @@ def _assign_groups(
     n_strata: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Split index (0..2) per group; ``pinned >= 0`` fixes a group, ``weights`` are split shares."""
+    """Bucket index per group; ``pinned >= 0`` fixes a group, ``weights`` are bucket shares."""
     split = pinned.copy()
-    have = np.zeros((n_strata, 3), dtype=np.float64)
+    have = np.zeros((n_strata, len(weights)), dtype=np.float64)
     np.add.at(have, (strata[split >= 0], split[split >= 0]), sizes[split >= 0])
     free = split < 0
     totals = np.bincount(strata[free], weights=sizes[free], minlength=n_strata)
@@ -125,7 +126,7 @@ def _assign_groups(
     multi = np.flatnonzero(free & (sizes > 1))
     multi = multi[rng.permutation(len(multi))]
     multi = multi[np.argsort(-np.floor(np.log2(sizes[multi])), kind="stable")]
-    open_splits = [i for i in range(3) if active[i]]
+    open_splits = [i for i in range(len(weights)) if active[i]]
     _place_multi_image_groups(split, multi, strata, sizes, targets, have, open_splits)
 
     singles = np.flatnonzero(free & (sizes == 1))
@@ -184,8 +185,12 @@ def _split_groups(
     n_classes: int,
     settings: SplitSettings,
 ) -> np.ndarray:
-    """Split index per group; with ``use_source_val`` val is exactly the source's val groups."""
+    """Bucket index per group; with ``use_source_val`` val is exactly the source's val groups.
+    With folds, every bucket (half a fold) gets an equal share."""
     pinned = np.full(len(sizes), -1, dtype=np.int64)
+    if settings.folds > 1:
+        weights = np.full(len(buckets(settings.folds)), 1.0)
+        return _assign_groups(strata, sizes, pinned, weights, n_classes, np.random.default_rng(settings.seed))
     weights = np.array([settings.fractions[name] for name in SPLITS])
     if settings.use_source_val:
         is_val = (table["source_split"].astype(object) == "val").to_numpy(dtype=bool)
@@ -208,12 +213,13 @@ def _check_one_split_per_image(ids: pa.Array, row_split: np.ndarray) -> None:
 
 
 def _manifests(
-    table: pd.DataFrame, row_split: np.ndarray, label_index: np.ndarray, seed: int
+    table: pd.DataFrame, row_split: np.ndarray, label_index: np.ndarray, settings: SplitSettings
 ) -> dict[str, pd.DataFrame]:
-    """One manifest per split, rows in a seeded order so contiguous shards are class-mixed."""
+    """One manifest per bucket, rows in a seeded order so contiguous shards are class-mixed."""
+    seed = settings.seed
     table = table.assign(label_index=label_index.astype(np.int32))
     manifests: dict[str, pd.DataFrame] = {}
-    for i, name in enumerate(SPLITS):
+    for i, name in enumerate(buckets(settings.folds)):
         rows = np.flatnonzero(row_split == i)
         rows = rows[np.random.default_rng([seed, i]).permutation(len(rows))]  # one stream each
         manifests[name] = table.take(rows).reset_index(drop=True)
@@ -228,30 +234,32 @@ def _split_report(
     group_split: np.ndarray,
     settings: SplitSettings,
 ) -> dict:
-    """split_report.json: counts per split and class, and a warning per split lacking a class."""
-    per_split = np.zeros((3, len(classes)), dtype=np.int64)
+    """split_report.json: counts per bucket and class, and a warning per bucket lacking a class."""
+    names = buckets(settings.folds)
+    per_split = np.zeros((len(names), len(classes)), dtype=np.int64)
     np.add.at(per_split, (row_split, label_index), 1)
     class_counts = {
         name: {c: int(per_split[i, j]) for j, c in enumerate(classes) if per_split[i, j]}
-        for i, name in enumerate(SPLITS)
+        for i, name in enumerate(names)
     }
     warnings = []
-    for name in SPLITS:
-        if settings.fractions[name] > 0 or (name == "val" and settings.use_source_val):
+    for name in names:
+        if settings.folds > 1 or settings.fractions[name] > 0 or (name == "val" and settings.use_source_val):
             lacking = [c for c in classes if c not in class_counts[name]]
             if lacking:
                 warnings.append(f"split {name} has no images of class(es) {lacking} (too few groups)")
     for warning in warnings:
         log.warning(warning)
-    groups_per_split = np.bincount(group_split, minlength=3)
+    groups_per_split = np.bincount(group_split, minlength=len(names))
     return {
         "seed": int(settings.seed),
         "fractions": dict(settings.fractions),
         "use_source_val": bool(settings.use_source_val),
         "counts": {name: len(m) for name, m in manifests.items()},
         "class_counts": class_counts,
-        "groups": {name: int(n) for name, n in zip(SPLITS, groups_per_split)},
+        "groups": {name: int(n) for name, n in zip(names, groups_per_split)},
         "warnings": warnings,
+        "folds": int(settings.folds),
     }
 
 
@@ -263,7 +271,7 @@ def make_splits(table: pd.DataFrame, settings: SplitSettings) -> tuple[dict[str,
     group_split = _split_groups(table, group_code, strata, sizes, len(classes), settings)
     row_split = group_split[group_code]
     _check_one_split_per_image(ids, row_split)
-    manifests = _manifests(table, row_split, label_index, settings.seed)
+    manifests = _manifests(table, row_split, label_index, settings)
     label_map = {"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}}
     report = _split_report(manifests, classes, row_split, label_index, group_split, settings)
     log.info("split %d rows into %s", len(table), report["counts"])
@@ -278,8 +286,28 @@ def write_splits(
     label_map_path: str | Path,
     report_path: str | Path,
 ) -> None:
-    """Write one Parquet manifest per split plus ``label_map.json`` and ``split_report.json``."""
-    for name in SPLITS:
-        write_parquet_stable(manifests[name], split_paths[name], MANIFEST_SCHEMA)
+    """Write one Parquet manifest per bucket plus ``label_map.json`` and ``split_report.json``."""
+    for name, manifest in manifests.items():
+        write_parquet_stable(manifest, split_paths[name], MANIFEST_SCHEMA)
     write_json(label_map, label_map_path, sort_keys=True)
     write_json(report, report_path, sort_keys=True)
+
+
+def fold_assignment(manifests: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """``folds.parquet``: image_id, group, label, fold, bucket of every image.
+
+    ``fold`` is the run whose test set holds the image: with k folds, the fold of its bucket
+    (``fold{f}a``/``fold{f}b``); with one holdout, 0 for test images and -1 for train/val ones.
+    """
+    parts = [
+        m[["image_id", "group", "label"]].assign(fold=_fold_of_bucket(name), bucket=name)
+        for name, m in manifests.items()
+    ]
+    table = pd.concat(parts, ignore_index=True).sort_values("image_id", kind="stable")
+    return table.reset_index(drop=True).astype({"fold": "int32"})
+
+
+def _fold_of_bucket(name: str) -> int:
+    if name.startswith("fold"):
+        return int(name[len("fold") : -1])
+    return 0 if name == "test" else -1

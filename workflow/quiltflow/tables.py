@@ -29,6 +29,16 @@ FILTERED_SCHEMA = pa.schema(
     ]
 )
 MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32()))
+# results/splits/folds.parquet: which run tests each image (quiltflow.splits.fold_assignment).
+FOLDS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("group", pa.string()),
+        ("label", pa.string()),
+        ("fold", pa.int32()),
+        ("bucket", pa.string()),
+    ]
+)
 
 
 def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:

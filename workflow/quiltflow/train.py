@@ -260,6 +260,16 @@ def _check_features(features: Mapping[str, Mapping[str, np.ndarray]], num_classe
             raise UserError(f"{name}: labels do not match features or the {num_classes} classes")
 
 
+def _image_model_with_head(s: ModelSettings, num_classes: int, image_size: int, head, backbone_seed: int):
+    """The full image model: the base the features came from (same weights and seed) + ``head``."""
+    with float32_policy():
+        final = build_model(
+            s.architecture, num_classes, image_size, weights=s.weights, dropout=s.dropout, seed=backbone_seed
+        )
+    final.get_layer("head").set_weights(head.get_weights())
+    return final
+
+
 def train_frozen_head(
     features_train: Mapping[str, np.ndarray],
     features_val: Mapping[str, np.ndarray],
@@ -272,12 +282,14 @@ def train_frozen_head(
     class_counts: Mapping[int, int] | Sequence[int] | None = None,
     threads: int | None = None,
     shuffle: bool = True,
+    backbone_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train the head of a features-trained architecture on cached features (``extract_features``).
 
     The head never sees the base, so an epoch costs a few dense layers, not a ResNet50 pass.
     ``model.keras`` is still the full image model (base + trained head), like the others.
-    ``checkpoints/best.keras`` holds the head alone.
+    ``checkpoints/best.keras`` holds the head alone. ``backbone_seed`` (default ``seed``) is the
+    seed the features were extracted with: a random base must be rebuilt from it.
     """
     s = settings
     if not s.spec.trains_on_features:
@@ -310,9 +322,7 @@ def train_frozen_head(
     seconds = time.perf_counter() - start
 
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else head
-    with float32_policy():  # same weights and seed as extraction -> the same base
-        final = build_model(s.architecture, num_classes, image_size, weights=s.weights, dropout=s.dropout, seed=seed)
-    final.get_layer("head").set_weights(best.get_weights())
+    final = _image_model_with_head(s, num_classes, image_size, best, seed if backbone_seed is None else backbone_seed)
     shutil.rmtree(run.backup, ignore_errors=True)
     info = _info(s, device, image_size, seed, len(labels), len(features_val["labels"]), resume, class_weight, seconds)
     info["trained_on"] = "cached features"
@@ -322,16 +332,22 @@ def train_frozen_head(
 # --- workflow entry point ----------------------------------------------------------------------
 
 
-def _train_class_counts(label_map: str | Path, split_report: str | Path) -> tuple[list[str], list[int]]:
-    """(class names, train images per class in label order) from the split stage's files."""
+def _train_class_counts(
+    label_map: str | Path, split_report: str | Path, train_buckets: Sequence[str]
+) -> tuple[list[str], list[int]]:
+    """(class names, training images per class in label order) from the split stage's files."""
     classes = read_label_map(label_map)
-    train_counts = read_json(split_report, "split report").get("class_counts", {}).get("train")
-    if train_counts is None:
-        raise UserError(f"{split_report}: class_counts.train missing")
-    unknown = sorted(set(train_counts) - set(classes))
-    if unknown:
-        raise UserError(f"{split_report}: class_counts.train has classes not in {label_map}: {unknown[:3]}")
-    return classes, [int(train_counts.get(name, 0)) for name in classes]
+    class_counts = read_json(split_report, "split report").get("class_counts", {})
+    counts = dict.fromkeys(classes, 0)
+    for bucket in train_buckets:
+        if bucket not in class_counts:
+            raise UserError(f"{split_report}: class_counts.{bucket} missing")
+        unknown = sorted(set(class_counts[bucket]) - set(classes))
+        if unknown:
+            raise UserError(f"{split_report}: class_counts.{bucket} has classes not in {label_map}: {unknown[:3]}")
+        for name, count in class_counts[bucket].items():
+            counts[name] += int(count)
+    return classes, [counts[name] for name in classes]
 
 
 def _load_cached_features(features, s: ModelSettings, image_size: int):
@@ -340,34 +356,42 @@ def _load_cached_features(features, s: ModelSettings, image_size: int):
 
     if not features:
         raise UserError(f"models.{s.name}: {s.architecture} needs features_train/features_val inputs")
-    loaded = [load_features(path, image_size=image_size) for path in features]
-    for path, data in zip(features, loaded):
-        if "weights" in data and str(data["weights"]) != weights_description(s.weights):
-            raise UserError(
-                f"{path}: extracted with weights {data['weights']}, "
-                f"models.{s.name}.weights is {weights_description(s.weights)}"
-            )
+    loaded = []
+    for paths in features:  # (train buckets, val buckets)
+        parts = [load_features(path, image_size=image_size) for path in paths]
+        for path, data in zip(paths, parts):
+            if "weights" in data and str(data["weights"]) != weights_description(s.weights):
+                raise UserError(
+                    f"{path}: extracted with weights {data['weights']}, "
+                    f"models.{s.name}.weights is {weights_description(s.weights)}"
+                )
+        loaded.append({key: np.concatenate([part[key] for part in parts]) for key in ("features", "labels")})
     return loaded
 
 
 def train_from_files(
     *,
-    train_index: str | Path,
-    val_index: str | Path,
+    train_index: str | Path | Sequence[str | Path],
+    val_index: str | Path | Sequence[str | Path],
     label_map: str | Path,
     split_report: str | Path,
-    features: tuple[str | Path, str | Path] | None,
+    features: tuple[Sequence[str | Path], Sequence[str | Path]] | None,
     out_dir: str | Path,
     settings: ModelSettings,
     image_size: int,
     seed: int,
+    train_buckets: Sequence[str] = ("train",),
+    feature_seed: int | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """What the ``train_model`` rule runs: read the split files, train, write ``out_dir``.
 
-    ``features`` = (train.npz, val.npz) for architectures that train on cached features.
+    ``train_index``/``val_index``: one bucket's index JSON or a list (a fold's buckets);
+    ``train_buckets`` name the training buckets in the split report (class weights). ``features``
+    = (train .npz files, val .npz files) for architectures that train on cached features, which
+    were extracted with ``feature_seed`` (default ``seed``); ``seed`` is this run's seed.
     """
-    classes, counts = _train_class_counts(label_map, split_report)
+    classes, counts = _train_class_counts(label_map, split_report, train_buckets)
     common = dict(
         out_dir=out_dir,
         settings=settings,
@@ -379,7 +403,8 @@ def train_from_files(
     )
     if settings.spec.trains_on_features:
         train_f, val_f = _load_cached_features(features, settings, image_size)
-        return train_frozen_head(train_f, val_f, **common)
+        backbone_seed = seed if feature_seed is None else feature_seed
+        return train_frozen_head(train_f, val_f, backbone_seed=backbone_seed, **common)
 
     from quiltflow.data import make_dataset, num_examples
 

@@ -19,6 +19,7 @@ from quiltflow.config import (  # noqa: E402
     validate_config,
     weights_files,
 )
+from quiltflow.cv import buckets, run_buckets, run_of, runs  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
 from quiltflow.shards import shard_names  # noqa: E402
 
@@ -37,10 +38,20 @@ MODELS = sorted(config["models"])
 FROZEN = frozen_models(config)
 DATASET = config["dataset"]
 DEMO = DATASET["demo"]["enabled"]
+# Cross-validation by video (quiltflow.cv): buckets of images (each sharded and featurised once)
+# and runs (fold x seed). One holdout run keeps the single-run paths (empty run suffix).
+FOLDS = config["splits"]["folds"]
+SEEDS = config["seeds"] or [config["seed"]]
+BUCKETS = buckets(FOLDS)
+RUNS = runs(FOLDS, SEEDS)
+RUN_SUFFIXES = [run.suffix for run in RUNS]
+SINGLE_RUN = RUN_SUFFIXES == [""]
 
 
 wildcard_constraints:
-    split="train|val|test",
+    split="|".join(BUCKETS),
+    # "(?:)" matches only the empty suffix (an empty constraint would mean "any").
+    run=r"(?:)" if SINGLE_RUN else r"[/]fold\d+-seed\d+",
     model="|".join(MODELS),
     index=r"\d{5}",
     total=r"\d{5}",
@@ -71,19 +82,46 @@ def model_settings(wildcards):
     return config["models"][wildcards.model]
 
 
+def run_split(wildcards, split):
+    """The buckets a run trains (split="train"), validates or tests on."""
+    return run_buckets(run_of(wildcards.run, FOLDS, SEEDS).fold, FOLDS)[split]
+
+
+def run_seed(wildcards):
+    return run_of(wildcards.run, FOLDS, SEEDS).seed
+
+
 def train_inputs(wildcards):
+    train, val = run_split(wildcards, "train"), run_split(wildcards, "val")
     inputs = {
-        "train": "results/tfrecords/train.index.json",
-        "val": "results/tfrecords/val.index.json",
+        "train": [f"results/tfrecords/{b}.index.json" for b in train],
+        "val": [f"results/tfrecords/{b}.index.json" for b in val],
         "label_map": "results/splits/label_map.json",
         "split_report": "results/splits/split_report.json",
     }
     if wildcards.model in FROZEN:
-        inputs["features_train"] = f"results/features/{wildcards.model}/train.npz"
-        inputs["features_val"] = f"results/features/{wildcards.model}/val.npz"
+        inputs["features_train"] = [f"results/features/{wildcards.model}/{b}.npz" for b in train]
+        inputs["features_val"] = [f"results/features/{wildcards.model}/{b}.npz" for b in val]
     else:
         inputs["weights"] = model_weights(wildcards)
     return inputs
+
+
+def evaluate_inputs(wildcards):
+    test = run_split(wildcards, "test")
+    model_dir = f"results/models/{wildcards.model}{wildcards.run}"
+    return {
+        "model": f"{model_dir}/model.keras",
+        "info": f"{model_dir}/train_info.json",
+        "test": [f"results/tfrecords/{b}.index.json" for b in test],
+        "manifest": [f"results/splits/{b}.parquet" for b in test],
+        "label_map": "results/splits/label_map.json",
+    }
+
+
+def model_runs(pattern):
+    """``pattern`` (with {model} and {run}) for every model and run."""
+    return [pattern.format(model=m, run=r) for m in MODELS for r in RUN_SUFFIXES]
 
 
 def model_weights(wildcards):
@@ -125,5 +163,5 @@ def all_targets(wildcards):
     return [
         "results/comparison.md",
         *expand("results/metrics/{model}.json", model=MODELS),
-        *expand("results/models/{model}/model.keras", model=MODELS),
+        *model_runs("results/models/{model}{run}/model.keras"),
     ]

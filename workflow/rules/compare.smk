@@ -4,7 +4,10 @@ rule compare_models:
     input:
         metrics=expand("results/metrics/{model}.json", model=MODELS),
         predictions=expand("results/predictions/{model}.parquet", model=MODELS),
-        histories=expand("results/models/{model}/history.csv", model=MODELS),
+        # Training curves of each model's first run (fold 0, first seed).
+        histories=expand(
+            "results/models/{model}{run}/history.csv", model=MODELS, run=RUN_SUFFIXES[0]
+        ),
         split_report="results/splits/split_report.json",
         label_map="results/splits/label_map.json",
     output:

@@ -1,16 +1,12 @@
 rule evaluate_model:
     """Predictions on the test shards, then every metric from scikit-learn on those predictions."""
     input:
-        model="results/models/{model}/model.keras",
-        info="results/models/{model}/train_info.json",
-        test="results/tfrecords/test.index.json",
-        manifest="results/splits/test.parquet",
-        label_map="results/splits/label_map.json",
+        unpack(evaluate_inputs),
     output:
-        predictions="results/predictions/{model}.parquet",
-        metrics="results/metrics/{model}.json",
+        predictions="results/predictions/{model}{run}.parquet",
+        metrics="results/metrics/{model}{run}.json",
     log:
-        "logs/evaluate_model/{model}.log",
+        "logs/evaluate_model/{model}{run}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["resources"]["train_threads"]
@@ -20,8 +16,37 @@ rule evaluate_model:
         runtime=60,
     params:
         model="{model}",
+        fold=lambda wc: run_of(wc.run, FOLDS, SEEDS).fold,
+        seed=run_seed,
+        folds=FOLDS,
         top_k=config["evaluation"]["top_k"],
         batch_size=config["evaluation"]["batch_size"],
         code=script_code("evaluate_model.py"),
     script:
         "../scripts/evaluate_model.py"
+
+
+if not SINGLE_RUN:
+
+    rule pool_runs:
+        """Every fold's and seed's test predictions of one model in one table; pooled metrics."""
+        input:
+            predictions=expand("results/predictions/{{model}}{run}.parquet", run=RUN_SUFFIXES),
+            metrics=expand("results/metrics/{{model}}{run}.json", run=RUN_SUFFIXES),
+            label_map="results/splits/label_map.json",
+            folds="results/splits/folds.parquet",
+        output:
+            predictions="results/predictions/{model}.parquet",
+            metrics="results/metrics/{model}.json",
+        log:
+            "logs/pool_runs/{model}.log",
+        conda:
+            "../../envs/report.yaml"
+        params:
+            model="{model}",
+            folds=FOLDS,
+            seeds=SEEDS,
+            top_k=config["evaluation"]["top_k"],
+            code=script_code("pool_runs.py"),
+        script:
+            "../scripts/pool_runs.py"

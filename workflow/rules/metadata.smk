@@ -27,15 +27,14 @@ rule filter_metadata:
 
 
 rule split_manifests:
-    """Stratified, video-grouped train/val/test manifests with a seeded, stable row order."""
+    """Stratified, video-grouped manifests (train/val/test, or k folds) with a seeded, stable row order."""
     input:
         table="results/metadata/filtered.parquet",
     output:
-        train="results/splits/train.parquet",
-        val="results/splits/val.parquet",
-        test="results/splits/test.parquet",
+        manifests=expand("results/splits/{bucket}.parquet", bucket=BUCKETS),
         label_map="results/splits/label_map.json",
         report="results/splits/split_report.json",
+        folds="results/splits/folds.parquet",
     log:
         "logs/split_manifests.log",
     conda:
@@ -47,6 +46,8 @@ rule split_manifests:
         seed=config["seed"],
         fractions=config["splits"]["fractions"],
         use_source_val=config["splits"]["use_source_val"],
+        folds=FOLDS,
+        buckets=BUCKETS,
         code=script_code("split_manifests.py"),
     script:
         "../scripts/split_manifests.py"

@@ -1,9 +1,7 @@
 checkpoint plan_shards:
     """Rows and shard count per split (the one checkpoint: shard jobs are scheduled from it)."""
     input:
-        train="results/splits/train.parquet",
-        val="results/splits/val.parquet",
-        test="results/splits/test.parquet",
+        manifests=expand("results/splits/{bucket}.parquet", bucket=BUCKETS),
     output:
         plan="results/tfrecords/shard_plan.json",
     log:
@@ -13,6 +11,7 @@ checkpoint plan_shards:
     params:
         images_per_shard=config["tfrecords"]["images_per_shard"],
         image_size=config["image_size"],
+        buckets=BUCKETS,
         code=script_code("plan_shards.py"),
     script:
         "../scripts/plan_shards.py"

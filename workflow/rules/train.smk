@@ -24,15 +24,15 @@ rule extract_features:
 
 
 rule train_model:
-    """One GPU job per model; resumable (BackupAndRestore) when a killed job is rerun."""
+    """One GPU job per model and run (fold x seed); resumable (BackupAndRestore) when rerun."""
     input:
         unpack(train_inputs),
     output:
-        model="results/models/{model}/model.keras",
-        history="results/models/{model}/history.csv",
-        info="results/models/{model}/train_info.json",
+        model="results/models/{model}{run}/model.keras",
+        history="results/models/{model}{run}/history.csv",
+        info="results/models/{model}{run}/train_info.json",
     log:
-        "logs/train_model/{model}.log",
+        "logs/train_model/{model}{run}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["resources"]["train_threads"]
@@ -44,7 +44,10 @@ rule train_model:
         model="{model}",
         settings=model_settings,
         image_size=config["image_size"],
-        seed=config["seed"],
+        seed=run_seed,
+        # Cached features (and the frozen base re-attached to the head) come from this seed.
+        feature_seed=config["seed"],
+        train_buckets=lambda wc: run_split(wc, "train"),
         code=script_code("train_model.py"),
     script:
         "../scripts/train_model.py"

@@ -12,8 +12,10 @@ from quiltflow.evaluate import evaluate_model  # after logging: TF messages go t
 
 evaluate_model(
     model_path=snakemake.input.model,
-    test_index_path=snakemake.input.test,
-    manifest_path=snakemake.input.manifest,
+    test_index_path=list(snakemake.input.test) if not isinstance(snakemake.input.test, str) else snakemake.input.test,
+    manifest_path=list(snakemake.input.manifest)
+    if not isinstance(snakemake.input.manifest, str)
+    else snakemake.input.manifest,
     label_map_path=snakemake.input.label_map,
     info_path=snakemake.input.info,
     predictions_path=snakemake.output.predictions,
@@ -22,4 +24,7 @@ evaluate_model(
     top_k=snakemake.params.top_k,
     batch_size=snakemake.params.batch_size,
     threads=snakemake.threads,
+    fold=snakemake.params.fold,
+    seed=snakemake.params.seed,
+    folds=snakemake.params.folds,
 )

@@ -16,7 +16,7 @@ params = snakemake.params
 # The plan needs images_per_shard only; image_size is passed so the settings are this config's.
 settings = ShardSettings.from_config({"images_per_shard": params.images_per_shard}, image_size=params.image_size)
 plan = plan_shards(
-    {split: snakemake.input[split] for split in ("train", "val", "test")},
+    dict(zip(params.buckets, snakemake.input.manifests)),
     settings,
 )
 write_json(plan, snakemake.output.plan, sort_keys=True)

@@ -9,21 +9,15 @@ from quiltflow.smk import setup_logging
 log = setup_logging(snakemake.log[0])
 
 from quiltflow.settings import SplitSettings
-from quiltflow.splits import make_splits, write_splits
-from quiltflow.tables import read_filtered
+from quiltflow.splits import fold_assignment, make_splits, write_splits
+from quiltflow.tables import FOLDS_SCHEMA, read_filtered, write_parquet_stable
 
 params = snakemake.params
 settings = SplitSettings.from_config(
-    {"fractions": dict(params.fractions), "use_source_val": params.use_source_val},
+    {"fractions": dict(params.fractions), "use_source_val": params.use_source_val, "folds": params.folds},
     seed=params.seed,
 )
 manifests, label_map, report = make_splits(read_filtered(snakemake.input.table), settings)
 out = snakemake.output
-write_splits(
-    manifests,
-    label_map,
-    report,
-    {"train": out.train, "val": out.val, "test": out.test},
-    out.label_map,
-    out.report,
-)
+write_splits(manifests, label_map, report, dict(zip(params.buckets, out.manifests)), out.label_map, out.report)
+write_parquet_stable(fold_assignment(manifests), out.folds, FOLDS_SCHEMA)

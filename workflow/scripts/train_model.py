@@ -12,11 +12,18 @@ from quiltflow.settings import ModelSettings
 from quiltflow.train import train_from_files
 
 inp, params = snakemake.input, snakemake.params
+
+
+def as_list(value):
+    """A named input is a string for one file and a list-like for several."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 # Only frozen-backbone models have feature inputs.
-features = (inp.features_train, inp.features_val) if hasattr(inp, "features_train") else None
+features = (as_list(inp.features_train), as_list(inp.features_val)) if hasattr(inp, "features_train") else None
 train_from_files(
-    train_index=inp.train,
-    val_index=inp.val,
+    train_index=as_list(inp.train),
+    val_index=as_list(inp.val),
     label_map=inp.label_map,
     split_report=inp.split_report,
     features=features,
@@ -24,5 +31,7 @@ train_from_files(
     settings=ModelSettings.from_config(params.settings, params.model),
     image_size=params.image_size,
     seed=params.seed,
+    train_buckets=list(params.train_buckets),
+    feature_seed=params.feature_seed,
     threads=snakemake.threads,
 )

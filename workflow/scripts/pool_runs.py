@@ -1,0 +1,25 @@
+"""Snakemake script of rule pool_runs: one model's out-of-fold predictions and pooled metrics."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
+from quiltflow.smk import setup_logging
+
+log = setup_logging(snakemake.log[0])
+
+from quiltflow.pooling import pool_runs
+
+params = snakemake.params
+pool_runs(
+    list(snakemake.input.predictions),
+    list(snakemake.input.metrics),
+    label_map_path=snakemake.input.label_map,
+    folds_path=snakemake.input.folds,
+    predictions_out=snakemake.output.predictions,
+    metrics_out=snakemake.output.metrics,
+    model=params.model,
+    folds=params.folds,
+    seeds=list(params.seeds),
+    top_k=params.top_k,
+)
