@@ -229,17 +229,14 @@ def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | 
     """
     split_report = read_json(split_report_path, "split report")
     folds = int(split_report.get("folds", 1))
-    try:
-        class_counts = split_report["class_counts"]
-        plans = [run_buckets(fold, folds) for fold in range(folds)]
-        counts: dict[str, int] = {}
-        for plan in plans:
-            for bucket in plan["train"]:
-                for name, n in class_counts[bucket].items():
-                    counts[name] = counts.get(name, 0) + int(n)
-    except (KeyError, TypeError) as err:
-        message = f"split report {split_report_path}: missing key class_counts.{err.args[0] if err.args else ''}"
-        raise UserError(message) from None
+    class_counts = split_report.get("class_counts")
+    plans = [run_buckets(fold, folds) for fold in range(folds)]
+    counts: dict[str, int] = {}
+    for bucket in (bucket for plan in plans for bucket in plan["train"]):
+        if not isinstance(class_counts, dict) or not isinstance(class_counts.get(bucket), dict):
+            raise UserError(f"split report {split_report_path}: missing key class_counts.{bucket}")
+        for name, n in class_counts[bucket].items():
+            counts[name] = counts.get(name, 0) + int(n)
     sizes = split_report.get("counts") or {}
     ratios = [
         sum(sizes.get(b, 0) for b in plan["test"]) / train
