@@ -183,7 +183,7 @@ def test_plan_counts_rows_from_the_footers(tmp_path: Path):
     for split, rows in (("train", 7), ("val", 2), ("test", 0)):
         ids = ["a.jpg"] * rows
         paths[split] = str(write_manifest(tmp_path / f"{split}.parquet", ids, [0] * rows))
-    plan = plan_shards(paths, ShardSettings.from_config({"images_per_shard": 3}, image_size=S))
+    plan = plan_shards(paths, 3)
     assert plan == {
         "images_per_shard": 3,
         "splits": {

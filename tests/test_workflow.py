@@ -83,8 +83,8 @@ def test_hyperparameter_change_reruns_only_that_model(finished_run, tmp_path):
     )
     jobs = planned_jobs(workdir, configfiles=configs)
     assert jobs == {
-        "train_model[model=custom_cnn]",
-        "evaluate_model[model=custom_cnn]",
+        "train_model[model=custom_cnn, run=]",
+        "evaluate_model[model=custom_cnn, run=]",
         "compare_models",
         "all",
     }
@@ -95,8 +95,8 @@ def test_new_model_adds_only_its_jobs(finished_run, tmp_path):
     configs = overlay_configs(workdir, {"models": {"small_cnn": {"architecture": "custom_cnn", "epochs": 1}}})
     jobs = planned_jobs(workdir, configfiles=configs)
     assert jobs == {
-        "train_model[model=small_cnn]",
-        "evaluate_model[model=small_cnn]",
+        "train_model[model=small_cnn, run=]",
+        "evaluate_model[model=small_cnn, run=]",
         "compare_models",
         "all",
     }
@@ -159,7 +159,7 @@ def test_editing_the_comparison_script_reruns_only_the_comparison(finished_run, 
         ({"models": {"bad": {"architecture": "vgg16"}}}, "models.bad.architecture"),
         ({"models": {"custom_cnn": {"architecture": "custom_cnn", "epochs": "ten"}}}, "models.custom_cnn.epochs"),
         (
-            {"dataset": {"demo": {"enabled": False}, "metadata": "missing/lookup.csv"}},
+            {"dataset": {"metadata": "missing/lookup.csv", "image_root": "config"}},
             "dataset.metadata",
         ),
         ({"splits": {"fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}}, "splits.fractions"),

@@ -87,7 +87,7 @@ def shard_bounds(rows: int, num_shards: int, index: int) -> tuple[int, int]:
     return min(index * per_shard, rows), min((index + 1) * per_shard, rows)
 
 
-def plan_shards(manifest_paths: dict[str, str], settings: ShardSettings) -> dict:
+def plan_shards(manifest_paths: dict[str, str], images_per_shard: int) -> dict:
     """Rows and shard count per split, read from the manifests' Parquet footers (no data read).
 
     The plan is the workflow's checkpoint: Snakemake reads it to know how many shard jobs to
@@ -98,8 +98,8 @@ def plan_shards(manifest_paths: dict[str, str], settings: ShardSettings) -> dict
     splits = {}
     for split, path in sorted(manifest_paths.items()):
         rows = pq.read_metadata(path).num_rows
-        splits[split] = {"rows": rows, "num_shards": shard_count(rows, settings.images_per_shard)}
-    return {"images_per_shard": settings.images_per_shard, "splits": splits}
+        splits[split] = {"rows": rows, "num_shards": shard_count(rows, images_per_shard)}
+    return {"images_per_shard": images_per_shard, "splits": splits}
 
 
 def shard_names(plan: dict, split: str, suffix: str = ".tfrecord") -> list[str]:

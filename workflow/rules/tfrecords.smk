@@ -10,7 +10,6 @@ checkpoint plan_shards:
         "../../envs/data.yaml"
     params:
         images_per_shard=config["tfrecords"]["images_per_shard"],
-        image_size=config["image_size"],
         buckets=BUCKETS,
         code=script_code("plan_shards.py"),
     script:

@@ -7,17 +7,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 from quiltflow.jsonio import write_json
-from quiltflow.settings import ShardSettings
+from quiltflow.settings import section_values
 from quiltflow.shards import plan_shards
 from quiltflow.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 params = snakemake.params
-# The plan needs images_per_shard only; image_size is passed so the settings are this config's.
-settings = ShardSettings.from_config({"images_per_shard": params.images_per_shard}, image_size=params.image_size)
-plan = plan_shards(
-    dict(zip(params.buckets, snakemake.input.manifests)),
-    settings,
-)
+# The plan needs images_per_shard only (no image_size: a new image size must not re-plan, or the
+# shard jobs it reruns would hide behind the checkpoint in a dry run).
+images_per_shard = section_values("tfrecords", {"images_per_shard": params.images_per_shard})["images_per_shard"]
+plan = plan_shards(dict(zip(params.buckets, snakemake.input.manifests)), images_per_shard)
 write_json(plan, snakemake.output.plan, sort_keys=True)
 log.info("shard plan: %s", json.dumps(plan["splits"], sort_keys=True))
