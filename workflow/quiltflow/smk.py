@@ -20,3 +20,8 @@ def setup_logging(log_path: str | None) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     return logger
+
+
+def as_paths(value) -> list[str]:
+    """A named input as a list: Snakemake gives a string for one file and a list-like for several."""
+    return [value] if isinstance(value, str) else [str(v) for v in value]

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
@@ -12,10 +12,8 @@ from quiltflow.evaluate import evaluate_model  # after logging: TF messages go t
 
 evaluate_model(
     model_path=snakemake.input.model,
-    test_index_path=list(snakemake.input.test) if not isinstance(snakemake.input.test, str) else snakemake.input.test,
-    manifest_path=list(snakemake.input.manifest)
-    if not isinstance(snakemake.input.manifest, str)
-    else snakemake.input.manifest,
+    test_index_path=as_paths(snakemake.input.test),
+    manifest_path=as_paths(snakemake.input.manifest),
     label_map_path=snakemake.input.label_map,
     info_path=snakemake.input.info,
     predictions_path=snakemake.output.predictions,

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
@@ -14,16 +14,11 @@ from quiltflow.train import train_from_files
 inp, params = snakemake.input, snakemake.params
 
 
-def as_list(value):
-    """A named input is a string for one file and a list-like for several."""
-    return [value] if isinstance(value, str) else list(value)
-
-
 # Only frozen-backbone models have feature inputs.
-features = (as_list(inp.features_train), as_list(inp.features_val)) if hasattr(inp, "features_train") else None
+features = (as_paths(inp.features_train), as_paths(inp.features_val)) if hasattr(inp, "features_train") else None
 train_from_files(
-    train_index=as_list(inp.train),
-    val_index=as_list(inp.val),
+    train_index=as_paths(inp.train),
+    val_index=as_paths(inp.val),
     label_map=inp.label_map,
     split_report=inp.split_report,
     features=features,
