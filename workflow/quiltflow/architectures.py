@@ -14,6 +14,25 @@ from quiltflow.errors import UserError
 
 NO_WEIGHTS = "none"
 IMAGENET = "imagenet"
+PRETRAINED_PREFIX = "pretrained:"  # weights: pretrained:<name> -> a pretraining.<name> job's backbone
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor that architectures share and ``pretrain_encoder`` can pretrain."""
+
+    name: str
+    builder: str  # function in quiltflow.models: (image_size) -> the bare base, float input
+    preprocess: str  # layer class in quiltflow.models: uint8 RGB -> the base's input
+    feature_dim: int  # width of the pooled features
+
+
+BACKBONES: dict[str, Backbone] = {
+    spec.name: spec
+    for spec in (
+        Backbone(name="resnet50", builder="resnet50_base", preprocess="ResNet50Preprocess", feature_dim=2048),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +46,7 @@ class Architecture:
     finetunes_backbone: bool  # head warm-up (warmup_epochs), then the backbone unfrozen
     default_augment: bool  # when a model's augment is null
     default_dropout: float  # when a model's dropout is null
+    backbone: str | None = None  # BACKBONES entry whose weights it loads (None: no backbone)
 
 
 REGISTRY: dict[str, Architecture] = {
@@ -53,6 +73,7 @@ REGISTRY: dict[str, Architecture] = {
             finetunes_backbone=False,
             default_augment=False,  # cached features cannot be augmented
             default_dropout=0.0,
+            backbone="resnet50",
         ),
         Architecture(
             name="resnet50_finetune",
@@ -64,6 +85,7 @@ REGISTRY: dict[str, Architecture] = {
             finetunes_backbone=True,
             default_augment=True,
             default_dropout=0.0,
+            backbone="resnet50",
         ),
     )
 }
@@ -77,6 +99,14 @@ def architecture(name: str, where: str = "architecture") -> Architecture:
         raise UserError(f"{where}: unknown architecture {name!r}; choose one of {sorted(REGISTRY)}") from None
 
 
+def backbone_spec(name: str, where: str = "backbone") -> Backbone:
+    """The backbone entry of ``name``; an unknown name is a one-line UserError naming ``where``."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise UserError(f"{where}: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
 def weights_name(weights: str | None) -> str:
     """Normalise a weights value: None/"none"/"random"/"" -> "none", "imagenet", or a file path."""
     if weights is None or str(weights).strip().lower() in (NO_WEIGHTS, "random", ""):
@@ -86,5 +116,12 @@ def weights_name(weights: str | None) -> str:
     return str(weights)
 
 
+def pretrained_name(weights: str | None) -> str | None:
+    """``"simclr"`` for ``weights: pretrained:simclr``; None for any other weights value."""
+    name = weights_name(weights)
+    return name[len(PRETRAINED_PREFIX) :] if name.startswith(PRETRAINED_PREFIX) else None
+
+
 def is_weights_file(weights: str | None) -> bool:
-    return weights_name(weights) not in (NO_WEIGHTS, IMAGENET)
+    """A path to a weights file the user names (not none, imagenet or pretrained:<name>)."""
+    return weights_name(weights) not in (NO_WEIGHTS, IMAGENET) and pretrained_name(weights) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from quiltflow.architectures import IMAGENET, NO_WEIGHTS, architecture, weights_name
+from quiltflow.architectures import IMAGENET, NO_WEIGHTS, architecture, backbone_spec, weights_name
 from quiltflow.errors import UserError
 from quiltflow.jsonio import sha256_file
 
@@ -99,9 +99,7 @@ def backbone(image_size: int, weights: str | None, seed: int = 0) -> keras.Model
     weights_file = resolve_weights(weights)
     if weights_file is None:
         keras.utils.set_random_seed(seed)
-    base = keras.applications.ResNet50(
-        include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg"
-    )
+    base = resnet50_base(image_size)
     if weights_file is not None:
         try:
             base.load_weights(weights_file)
@@ -112,6 +110,22 @@ def backbone(image_size: int, weights: str | None, seed: int = 0) -> keras.Model
     x = ResNet50Preprocess(name="resnet50_preprocess")(inputs)
     outputs = base(x, training=False)
     return keras.Model(inputs, outputs, name="backbone")
+
+
+def resnet50_base(image_size: int) -> keras.Model:
+    """The bare ResNet50 (no top, global average pooling, random init) named ``resnet50``.
+
+    Its ``save_weights`` file (``pretrain_encoder``) is what ``backbone(weights=<file>)`` loads.
+    """
+    return keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg"
+    )
+
+
+def backbone_base(name: str, image_size: int) -> tuple[layers.Layer, keras.Model]:
+    """(preprocessing layer for uint8 RGB, bare base) of a registered backbone, random init."""
+    spec = backbone_spec(name)
+    return globals()[spec.preprocess](name=f"{spec.name}_preprocess"), globals()[spec.builder](image_size)
 
 
 def _resnet50(
