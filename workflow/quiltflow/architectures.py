@@ -29,9 +29,7 @@ class Backbone:
 
 BACKBONES: dict[str, Backbone] = {
     spec.name: spec
-    for spec in (
-        Backbone(name="resnet50", builder="resnet50_base", preprocess="ResNet50Preprocess", feature_dim=2048),
-    )
+    for spec in (Backbone(name="resnet50", builder="resnet50_base", preprocess="ResNet50Preprocess", feature_dim=2048),)
 }
 
 

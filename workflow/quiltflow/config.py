@@ -13,8 +13,9 @@ import jsonschema
 
 from quiltflow.architectures import architecture, is_weights_file
 from quiltflow.errors import UserError
+from quiltflow.pretraining import check_model_pretraining
 from quiltflow.schema import fill_defaults, key_path, load_schema
-from quiltflow.settings import ModelSettings, SplitSettings
+from quiltflow.settings import ModelSettings, PretrainSettings, SplitSettings
 
 # The folders the workflow writes (and `make clean` deletes), relative to the working directory.
 # Every rule's outputs and logs lie below one of them (tests/test_data_safety.py); a user's data
@@ -50,6 +51,9 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
         settings = ModelSettings.from_config(model, name)  # one-line errors naming the key
         model["weights"] = settings.weights  # null -> the architecture's default
         _check_weights_file(settings, base_dir)
+    for name, entry in config["pretraining"].items():
+        PretrainSettings.from_config(entry, name, image_size=config["image_size"])
+    check_model_pretraining(config)
 
 
 def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:

@@ -22,6 +22,7 @@ from quiltflow.metrics import (
     read_predictions,
     write_predictions,
 )
+from quiltflow.pretraining import pooled_description
 
 log = logging.getLogger("quiltflow.pooling")
 
@@ -75,7 +76,7 @@ def pool_runs(
     document = build_metrics_document(
         model=model,
         architecture=documents[0]["architecture"],
-        weights=documents[0]["weights"],
+        weights=pooled_description([doc["weights"] for doc in documents]),
         dataset_sha256=sha256_file(folds_path),
         train_seconds=sum(doc["timing"]["train_seconds"] or 0.0 for doc in documents),
         eval_seconds=sum(doc["timing"]["eval_seconds"] for doc in documents),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import jsonschema
 
-from quiltflow.architectures import architecture, weights_name
+from quiltflow.architectures import architecture, backbone_spec, pretrained_name, weights_name
 from quiltflow.errors import UserError
 from quiltflow.schema import fill_defaults, key_path, load_schema
 
@@ -29,8 +29,8 @@ def _schema() -> dict:
 def section_schema(section: str) -> dict:
     """The schema of one top-level config section; ``models.*`` is one model's entry."""
     properties = _schema()["properties"]
-    if section == "models.*":
-        return properties["models"]["additionalProperties"]
+    if section in ("models.*", "pretraining.*"):
+        return properties[section[:-2]]["additionalProperties"]
     if section not in properties:
         raise KeyError(f"no config section {section!r} in the schema")
     return properties[section]
@@ -196,6 +196,8 @@ class ModelSettings:
         weights = weights_name(model["weights"] or spec.default_weights)
         if not spec.accepts_weights and weights != "none":
             raise UserError(f"config key {where}.weights: {spec.name} trains from scratch; use none")
+        if pretrained_name(weights) == "":
+            raise UserError(f"config key {where}.weights: pretrained: needs a name, e.g. pretrained:simclr")
         augment = spec.default_augment if model["augment"] is None else model["augment"]
         if augment and spec.trains_on_features:
             raise UserError(f"config key {where}.augment: {spec.name} trains on cached features; set false")
@@ -227,8 +229,45 @@ class ModelSettings:
         """This model's architecture registry entry."""
         return architecture(self.architecture)
 
+    def with_weights_file(self, path: str) -> ModelSettings:
+        """This model starting from ``path`` (the file a ``pretrained:<name>`` resolves to)."""
+        return replace(self, weights=str(path))
+
     def as_dict(self) -> dict[str, Any]:
         """JSON values for train_info.json (the test-only failure switch left out)."""
         values = asdict(self)
         values.pop("inject_failure")
         return values
+
+
+# --- pretraining (pretrain_encoder) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """One ``pretraining.<name>`` entry with its nulls resolved (image size from the top level)."""
+
+    name: str
+    method: str
+    backbone: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    temperature: float
+    projection_dim: int
+    image_size: int
+    pool: str
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None, name: str, *, image_size: int) -> PretrainSettings:
+        """From one (possibly partial) entry; errors name ``pretraining.<name>.<key>``."""
+        entry = section_values("pretraining.*", values, where=f"pretraining.{name}")
+        backbone_spec(entry["backbone"], f"config key pretraining.{name}.backbone")
+        if entry["image_size"] is None:
+            entry["image_size"] = top_level_value("image_size", image_size)
+        entry["learning_rate"] = float(entry["learning_rate"])
+        entry["temperature"] = float(entry["temperature"])
+        return cls(name=name, **entry)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

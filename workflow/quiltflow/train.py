@@ -126,6 +126,7 @@ def _info(s: ModelSettings, device, image_size, seed, num_train, num_val, resume
         "model": s.name,
         "architecture": s.architecture,
         "weights": weights_description(s.weights),
+        "weights_source": s.weights,
         "image_size": int(image_size),
         "seed": int(seed),
         "num_train": int(num_train),
@@ -136,6 +137,14 @@ def _info(s: ModelSettings, device, image_size, seed, num_train, num_val, resume
         "settings": s.as_dict(),
         "train_seconds": round(seconds, 3),
     }
+
+
+def _with_provenance(info: dict[str, Any], provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A pretrained backbone's provenance (quiltflow.pretraining.provenance) replaces the bare
+    file description: comparison rows then say which pretraining, method and pool."""
+    if provenance:
+        info.update(weights=provenance["description"], pretraining=provenance["pretraining"])
+    return info
 
 
 def _class_weight(s: ModelSettings, class_counts, num_classes: int) -> dict[int, float] | None:
@@ -197,6 +206,7 @@ def train_model(
     threads: int | None = None,
     num_train: int | None = None,
     num_val: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on batched ``(uint8 images, int labels)`` datasets; returns ``train_info``.
 
@@ -241,7 +251,8 @@ def train_model(
         final = build_model(s.architecture, num_classes, image_size, weights="none", dropout=s.dropout, seed=seed)
     final.set_weights(best.get_weights())
     shutil.rmtree(run.backup, ignore_errors=True)
-    return _finish(run, final, _info(s, device, image_size, seed, num_train, num_val, resume, class_weight, seconds))
+    info = _info(s, device, image_size, seed, num_train, num_val, resume, class_weight, seconds)
+    return _finish(run, final, _with_provenance(info, provenance))
 
 
 def _features_dataset(data: Mapping[str, np.ndarray], batch_size: int, shuffle: bool, seed: int):
@@ -283,6 +294,7 @@ def train_frozen_head(
     threads: int | None = None,
     shuffle: bool = True,
     backbone_seed: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the head of a features-trained architecture on cached features (``extract_features``).
 
@@ -326,7 +338,7 @@ def train_frozen_head(
     shutil.rmtree(run.backup, ignore_errors=True)
     info = _info(s, device, image_size, seed, len(labels), len(features_val["labels"]), resume, class_weight, seconds)
     info["trained_on"] = "cached features"
-    return _finish(run, final, info)
+    return _finish(run, final, _with_provenance(info, provenance))
 
 
 # --- workflow entry point ----------------------------------------------------------------------
@@ -383,6 +395,7 @@ def train_from_files(
     train_buckets: Sequence[str] = ("train",),
     feature_seed: int | None = None,
     threads: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the ``train_model`` rule runs: read the split files, train, write ``out_dir``.
 
@@ -400,6 +413,7 @@ def train_from_files(
         seed=seed,
         class_counts=counts,
         threads=threads,
+        provenance=provenance,
     )
     if settings.spec.trains_on_features:
         train_f, val_f = _load_cached_features(features, settings, image_size)

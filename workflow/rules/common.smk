@@ -21,6 +21,14 @@ from quiltflow.config import (  # noqa: E402
 )
 from quiltflow.cv import buckets, run_buckets, run_of, runs  # noqa: E402
 from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.pretraining import (  # noqa: E402
+    model_pretraining,
+    output_path,
+    pool_buckets,
+    pretrain_folds,
+    pretrain_suffix,
+    fold_of_suffix,
+)
 from quiltflow.shards import shard_names  # noqa: E402
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
@@ -46,6 +54,9 @@ BUCKETS = buckets(FOLDS)
 RUNS = runs(FOLDS, SEEDS)
 RUN_SUFFIXES = [run.suffix for run in RUNS]
 SINGLE_RUN = RUN_SUFFIXES == [""]
+# Pretraining jobs (quiltflow.pretraining): one per entry, or per entry and fold with folds >= 2.
+PRETRAININGS = sorted(config["pretraining"])
+PRETRAIN_FOLDS = pretrain_folds(FOLDS)
 
 
 wildcard_constraints:
@@ -53,6 +64,11 @@ wildcard_constraints:
     # "(?:)" matches only the empty suffix (an empty constraint would mean "any").
     run=r"(?:)" if SINGLE_RUN else r"[/]fold\d+-seed\d+",
     model="|".join(MODELS),
+    pretrain="|".join(PRETRAININGS) or r"(?!)",
+    # The pretraining job a run's backbone comes from ('' or /fold{f}); features of a model
+    # that starts from a per-fold pretraining are cached per fold too.
+    fold=r"(?:)" if FOLDS == 1 else r"[/]fold\d+",
+    pretrain_fold=r"(?:)" if FOLDS == 1 else r"(?:|[/]fold\d+)",
     index=r"\d{5}",
     total=r"\d{5}",
 
@@ -93,17 +109,19 @@ def run_seed(wildcards):
 
 def train_inputs(wildcards):
     train, val = run_split(wildcards, "train"), run_split(wildcards, "val")
+    fold = run_of(wildcards.run, FOLDS, SEEDS).fold
     inputs = {
         "train": [f"results/tfrecords/{b}.index.json" for b in train],
         "val": [f"results/tfrecords/{b}.index.json" for b in val],
         "label_map": "results/splits/label_map.json",
         "split_report": "results/splits/split_report.json",
+        "weights": weights_input(wildcards.model, fold),
+        "pretrain_info": pretrain_info_input(wildcards.model, fold),
     }
     if wildcards.model in FROZEN:
-        inputs["features_train"] = [f"results/features/{wildcards.model}/{b}.npz" for b in train]
-        inputs["features_val"] = [f"results/features/{wildcards.model}/{b}.npz" for b in val]
-    else:
-        inputs["weights"] = model_weights(wildcards)
+        features = f"results/features/{wildcards.model}{features_suffix(wildcards.model, fold)}"
+        inputs["features_train"] = [f"{features}/{b}.npz" for b in train]
+        inputs["features_val"] = [f"{features}/{b}.npz" for b in val]
     return inputs
 
 
@@ -124,9 +142,40 @@ def model_runs(pattern):
     return [pattern.format(model=m, run=r) for m in MODELS for r in RUN_SUFFIXES]
 
 
-def model_weights(wildcards):
-    """A model's weights file as an input: made by an earlier rule, or a changed file, reruns it."""
-    return weights_files(config, wildcards.model)
+def weights_input(model, fold):
+    """A model's weights file as an input (a user's file, or the backbone of the pretraining job
+    of ``fold``): a changed or remade file reruns the model. Empty for none/imagenet."""
+    name = model_pretraining(config, model)
+    if name is None:
+        return weights_files(config, model)
+    return [output_path(name, pretrain_suffix(fold, FOLDS))]
+
+
+def pretrain_info_input(model, fold):
+    """pretrain_info.json of the model's pretraining job (its provenance in train_info.json)."""
+    name = model_pretraining(config, model)
+    return (
+        []
+        if name is None
+        else [output_path(name, pretrain_suffix(fold, FOLDS), "pretrain_info.json")]
+    )
+
+
+def features_suffix(model, fold):
+    """Path part of a frozen model's feature cache: per fold when its backbone is (pretraining)."""
+    return "" if model_pretraining(config, model) is None else pretrain_suffix(fold, FOLDS)
+
+
+def features_weights(wildcards):
+    """extract_features' weights input; its {pretrain_fold} tells which fold's backbone."""
+    return weights_input(wildcards.model, fold_of_suffix(wildcards.pretrain_fold))
+
+
+def pretrain_pool(wildcards):
+    """Index JSONs of the buckets a pretraining job reads (quiltflow.pretraining.pool_buckets)."""
+    pool = config["pretraining"][wildcards.pretrain]["pool"]
+    buckets = pool_buckets(pool, fold_of_suffix(wildcards.fold), FOLDS)
+    return [f"results/tfrecords/{b}.index.json" for b in buckets]
 
 
 # --- --until and the plan_shards checkpoint ---------------------------------------------------

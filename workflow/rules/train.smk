@@ -2,11 +2,11 @@ rule extract_features:
     """Frozen-backbone models: pooled backbone features computed once per split, cached to disk."""
     input:
         index="results/tfrecords/{split}.index.json",
-        weights=model_weights,
+        weights=features_weights,
     output:
-        features="results/features/{model}/{split}.npz",
+        features="results/features/{model}{pretrain_fold}/{split}.npz",
     log:
-        "logs/extract_features/{model}-{split}.log",
+        "logs/extract_features/{model}{pretrain_fold}-{split}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["resources"]["train_threads"]

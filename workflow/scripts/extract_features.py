@@ -4,16 +4,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
 from quiltflow.data import make_dataset
 from quiltflow.features import extract_features, save_features
+from quiltflow.pretraining import resolve_model_weights
 from quiltflow.runtime import configure_runtime
 from quiltflow.settings import ModelSettings
 
-settings = ModelSettings.from_config(snakemake.params.settings, snakemake.wildcards.model)
+settings, _ = resolve_model_weights(
+    ModelSettings.from_config(snakemake.params.settings, snakemake.wildcards.model), as_paths(snakemake.input.weights)
+)
 configure_runtime(snakemake.threads)
 ds = make_dataset(snakemake.input.index, settings.batch_size, training=False, with_ids=True)
 data = extract_features(

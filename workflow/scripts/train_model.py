@@ -8,10 +8,14 @@ from quiltflow.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
+from quiltflow.pretraining import resolve_model_weights
 from quiltflow.settings import ModelSettings
 from quiltflow.train import train_from_files
 
 inp, params = snakemake.input, snakemake.params
+settings, provenance = resolve_model_weights(
+    ModelSettings.from_config(params.settings, params.model), as_paths(inp.weights), as_paths(inp.pretrain_info)
+)
 
 
 # Only frozen-backbone models have feature inputs.
@@ -23,10 +27,11 @@ train_from_files(
     split_report=inp.split_report,
     features=features,
     out_dir=Path(snakemake.output.model).parent,
-    settings=ModelSettings.from_config(params.settings, params.model),
+    settings=settings,
     image_size=params.image_size,
     seed=params.seed,
     train_buckets=list(params.train_buckets),
     feature_seed=params.feature_seed,
     threads=snakemake.threads,
+    provenance=provenance,
 )
