@@ -38,6 +38,32 @@ def hashes_of(paths: list[Path]) -> np.ndarray:
     return np.array([dhash_file(p)[0] for p in paths], dtype=np.uint64)
 
 
+def reference_dhash(path: Path) -> int:
+    """The hash definition, spelled out with numpy: draft decode, grey, 9x8 BOX thumbnail, bit k
+    (most significant first) = right neighbour brighter, rows top to bottom."""
+    with Image.open(path) as image:
+        image.draft("L", (64, 64))
+        a = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    return int.from_bytes(np.packbits((a[:, 1:] > a[:, :-1]).ravel()).tobytes(), "big")
+
+
+def test_dhash_matches_its_definition_for_jpeg_and_other_modes(lc25000: Path, tmp_path: Path) -> None:
+    tiles = sorted(lc25000.glob("*/*.jpeg"))[::20]
+    source = Image.open(tiles[0]).convert("RGB").resize((512, 384))
+    others = {"grey.jpg": source.convert("L"), "cmyk.jpg": source.convert("CMYK"), "rgb.png": source}
+    others |= {
+        "palette.png": source.convert("P"),
+        "alpha.png": source.convert("LA"),
+        "wide16.png": source.convert("I;16"),
+    }
+    for name, image in others.items():
+        image.save(tmp_path / name)
+    paths = tiles + [tmp_path / name for name in others]
+    for path in paths:
+        value, status = dhash_file(path)
+        assert status == HASH_OK and value == reference_dhash(path), path
+
+
 def test_near_pairs_is_exact_against_brute_force() -> None:
     rng = np.random.default_rng(0)
     for max_distance in (0, 3, 7, 9):
