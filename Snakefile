@@ -17,6 +17,7 @@ include: "workflow/rules/tfrecords.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/predict.smk"
 
 
 # Per-model outputs are targets too: Snakemake (>= 7.7) does not regenerate a missing
