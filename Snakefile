@@ -18,6 +18,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/predict.smk"
 
 
 # Per-model outputs are targets too: Snakemake (>= 7.7) does not regenerate a missing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -97,7 +98,20 @@ def every_rule_output(workdir: Path, configfiles: tuple[str, ...]) -> dict[str, 
     outputs = planned_outputs(workdir, *targets, "--forceall", configfiles=configfiles)
     for rule, paths in planned_outputs(workdir, "--forcerun", "shard_tfrecords", configfiles=configfiles).items():
         outputs.setdefault(rule, set()).update(paths)
+    for rule, paths in predict_outputs(workdir, configfiles).items():
+        outputs.setdefault(rule, set()).update(paths)
     return outputs
+
+
+def predict_outputs(workdir: Path, configfiles: tuple[str, ...]) -> dict[str, set[str]]:
+    """Outputs of the `predict` target (not in the default DAG), with predict.images set to a
+    folder outside the workflow and the config file beside it."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "images").mkdir()
+        predict_yaml = Path(folder) / "predict.yaml"
+        predict_yaml.write_text(yaml.safe_dump({"predict": {"images": str(Path(folder) / "images")}}))
+        configs = (*configfiles, str(predict_yaml))
+        return planned_outputs(workdir, "predict", "--forcerun", "predict_images", configfiles=configs)
 
 
 def listed_rules(workdir: Path, configfiles: tuple[str, ...]) -> set[str]:
@@ -109,6 +123,7 @@ def assert_outputs_owned(workdir: Path, configfiles: tuple[str, ...], data: Path
     outputs = every_rule_output(workdir, configfiles)
     assert set(outputs) == listed_rules(workdir, configfiles), "a rule is missing from the DAG check"
     assert "shard_tfrecords" in outputs and outputs["shard_tfrecords"]
+    assert outputs.get("predict_images"), "the predict target planned no predict_images job"
     for rule, paths in outputs.items():
         for path in paths:
             assert not Path(path).is_absolute(), f"rule {rule} writes an absolute path {path}"

@@ -214,3 +214,37 @@ def all_targets(wildcards):
         *expand("results/metrics/{model}.json", model=MODELS),
         *model_runs("results/models/{model}{run}/model.keras"),
     ]
+
+
+# --- prediction on new images (rules predict_images, predict) ----------------------------------
+PREDICT = config["predict"]
+_unknown_predict_models = sorted(set(PREDICT["models"] or []) - set(MODELS))
+if _unknown_predict_models:
+    raise WorkflowError(
+        f"config key predict.models: {_unknown_predict_models[0]!r} is not a model of this config "
+        f"(models: {', '.join(MODELS)})"
+    )
+PREDICT_MODELS = PREDICT["models"] or MODELS
+
+
+def predict_images_input(wildcards):
+    """The predict.images folder or table; one line when it is unset or missing."""
+    images = PREDICT["images"]
+    if not images:
+        raise WorkflowError(
+            "snakemake predict: config key predict.images is not set; name a folder of images or "
+            "a CSV/Parquet with a path column in your config (predict: {images: /path/to/images})"
+        )
+    if not Path(images).exists():
+        raise WorkflowError(f"config key predict.images: {images} does not exist")
+    return images
+
+
+def predict_models_input(wildcards):
+    """Every run's model.keras of one model (one holdout run: just results/models/{model}/)."""
+    return [f"results/models/{wildcards.model}{run}/model.keras" for run in RUN_SUFFIXES]
+
+
+def predict_targets(wildcards):
+    predict_images_input(wildcards)
+    return expand("results/predict/{model}.{ext}", model=PREDICT_MODELS, ext=("parquet", "csv"))

@@ -1,0 +1,31 @@
+"""Rule predict_images: one trained model (its runs averaged) on the images of predict.images."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
+from quiltflow.smk import as_paths, setup_logging
+
+log = setup_logging(snakemake.log[0])
+
+from quiltflow.predict import predict_images  # after logging: TF messages go to the log
+from quiltflow.settings import ShardSettings
+
+predict_images(
+    model_paths=as_paths(snakemake.input.models),
+    images=snakemake.input.images,
+    label_map_path=snakemake.input.label_map,
+    settings=ShardSettings.from_config(
+        {
+            "jpeg_quality": snakemake.params.jpeg_quality,
+            "framing": snakemake.params.framing,
+            "grid_size": snakemake.params.grid_size,
+        },
+        image_size=snakemake.params.image_size,
+    ),
+    parquet_path=snakemake.output.parquet,
+    csv_path=snakemake.output.csv,
+    batch_size=snakemake.params.batch_size,
+    max_pixels=snakemake.params.max_image_pixels,
+    threads=snakemake.threads,
+)
