@@ -1,6 +1,6 @@
 """SimCLR pretraining of a registry backbone (Chen et al. 2020): two views per image, NT-Xent.
 
-``pretrain_simclr`` is what rule ``pretrain_encoder`` runs (through ``quiltflow.pretraining``).
+``pretrain_simclr`` is what rule ``pretrain_encoder`` runs (through ``quiltflow.encoders``).
 ``out_dir`` receives ``backbone.weights.h5`` (the bare base's ``save_weights``: what
 ``models.backbone(weights=<file>)`` loads) and ``history.csv`` (epoch, loss, learning_rate).
 Rerunning after a kill resumes from the last finished epoch (``backup/``, removed at the end).
