@@ -24,7 +24,7 @@ report: venv
 	snakemake --report results/report.html
 
 test: venv
-	pytest -rA tests
+	pytest -rA --durations=25 tests
 
 test-fast: venv
 	pytest -rA -m "not slow" tests
