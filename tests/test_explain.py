@@ -22,7 +22,7 @@ from quiltflow.explain import (
     top_mistakes,
 )
 from quiltflow.jsonio import read_label_map
-from workflow_runner import clone_run, planned_jobs, rules_of, snakemake
+from workflow_runner import clone_run, planned_jobs, rules_of, run_without_tensorflow, snakemake
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -178,6 +178,12 @@ def test_gallery_files_are_safe_and_in_label_map_order():
         gallery_files(["Mistakes", "Breast"])
 
 
+def test_naming_selection_and_galleries_need_no_tensorflow():
+    run_without_tensorflow(
+        "from quiltflow.explain import gallery_files, select_examples, top_mistakes\nimport quiltflow.gallery"
+    )
+
+
 def fake_predictions(n: int = 60, classes: int = 3, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(classes), size=n).astype(np.float32)
@@ -248,7 +254,9 @@ def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(finished
     for model in ("custom_cnn", "resnet50_frozen", "resnet50_finetune"):
         folder = workdir / "results/explain" / model
         files = gallery_files(class_names)
-        assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "index.json"])
+        # (.snakemake_timestamp: Snakemake's marker in every directory() output)
+        listed = sorted(p.name for p in folder.iterdir() if p.name != ".snakemake_timestamp")
+        assert listed == sorted([*files, "index.json"])
         for name in files:
             width, height = _valid_png(folder / name)
             assert width > 100 and height > 100
@@ -262,3 +270,16 @@ def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(finished
     assert planned_jobs(workdir, "explain") == set()
     report = snakemake(workdir, "--report", "report.html", "all", "explain")
     assert (workdir / "report.html").stat().st_size > 0, report.stderr[-2000:]
+
+
+def test_explain_models_must_be_configured_models():
+    from quiltflow.config import explain_models, validate_config
+
+    config = {
+        "dataset": {"format": "quilt"},
+        "models": {"b": {"architecture": "custom_cnn"}, "a": {"architecture": "custom_cnn"}},
+    }
+    assert explain_models(validate_config(config)) == ["a", "b"]
+    assert explain_models(validate_config({**config, "explain": {"models": ["b"]}})) == ["b"]
+    with pytest.raises(UserError, match=r"^config key explain.models: 'c' is not a model of this config"):
+        validate_config({**config, "explain": {"models": ["c"]}})

@@ -76,7 +76,8 @@ def class_gallery(examples: pd.DataFrame, class_names: Sequence[str], cls: int, 
 def mistakes_gallery(mistakes: pd.DataFrame, class_names: Sequence[str], title: str, path: str | Path) -> None:
     """The most confident mistakes, ``MISTAKES_PER_ROW`` to a row, most confident first."""
     chunks = [mistakes.iloc[i : i + MISTAKES_PER_ROW] for i in range(0, len(mistakes), MISTAKES_PER_ROW)]
-    rows = [(f"#{i * MISTAKES_PER_ROW + 1}-", chunk) for i, chunk in enumerate(chunks)] or [("mistakes", mistakes)]
+    ranks = [f"#{i * MISTAKES_PER_ROW + 1}-{i * MISTAKES_PER_ROW + len(chunk)}" for i, chunk in enumerate(chunks)]
+    rows = list(zip(ranks, chunks)) or [("mistakes", mistakes)]
     draw_gallery(rows, class_names, title, path, columns=min(MISTAKES_PER_ROW, max(1, len(mistakes))))
 
 
