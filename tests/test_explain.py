@@ -266,6 +266,7 @@ def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(finished
             kinds = {row["kind"] for row in index["explained"]}
             assert {"wrong", "mistake"} <= kinds
         assert index["max_probability_difference"] < 1e-3
+        assert index["target_grid"] == ([1, 1] if model.startswith("resnet50") else [8, 8])  # 32 px
     assert planned_jobs(workdir) == set()
     assert planned_jobs(workdir, "explain") == set()
     report = snakemake(workdir, "--report", "report.html", "all", "explain")

@@ -254,17 +254,20 @@ def gradcam(
 # --- the rule ------------------------------------------------------------------------------------------
 
 
-def explain_rows(model: Any, path: Sequence[str], table: pd.DataFrame, images: dict, batch_size: int) -> pd.DataFrame:
-    """``table`` (selected rows) with ``image``, ``heat`` (of the evaluated predicted class) and
-    ``model_prob`` (that class's probability recomputed here) per row."""
+def explain_rows(
+    model: Any, path: Sequence[str], table: pd.DataFrame, images: dict, batch_size: int
+) -> tuple[pd.DataFrame, list[int]]:
+    """(``table`` (selected rows) with ``image``, ``heat`` (of the evaluated predicted class) and
+    ``model_prob`` (that class's probability recomputed here) per row, the target's grid [h, w])."""
     stacked = np.stack([images[i] for i in table["image_id"]]) if len(table) else np.zeros((0, 1, 1, 3), np.uint8)
-    heats, probs = [], []
+    heats, probs, grid = [], [], []
     for start in range(0, len(table), batch_size):
         classes = table["pred_label"].to_numpy()[start : start + batch_size]
-        heat, prob = gradcam(model, stacked[start : start + batch_size], path, classes)
-        heats.extend(heat)
+        acts, grads, prob = class_gradients(model, stacked[start : start + batch_size], path, classes)
+        heats.extend(heat_maps(acts, grads, stacked.shape[1]))
         probs.extend(prob[np.arange(len(classes)), classes])
-    return table.assign(image=list(stacked), heat=heats, model_prob=np.asarray(probs, dtype=float))
+        grid = [int(acts.shape[1]), int(acts.shape[2])]
+    return table.assign(image=list(stacked), heat=heats, model_prob=np.asarray(probs, dtype=float)), grid
 
 
 def _check_probabilities(rows: pd.DataFrame, model_name: str) -> float:
@@ -321,16 +324,18 @@ def explain_model(
     images = read_test_images(test_index_paths, sorted(set(table["image_id"])), int(batch_size))
     model = _load(model_path)
     path = target_path(model, architecture_name)
-    rows = explain_rows(model, path, table, images, int(batch_size))
+    rows, grid = explain_rows(model, path, table, images, int(batch_size))
     gap = _check_probabilities(rows, model_name)
     out = Path(out_dir)
     layer = "/".join(path)
+    # The grid in every title: a 1 x 1 target (ResNet50 at 32 px) gives a uniform map.
+    where = f"Grad-CAM of the predicted class at {layer}, a {'x'.join(map(str, grid)) or '-'} grid"
     for cls, name in enumerate(class_names):
-        title = f"{model_name}: test images of class {name} (Grad-CAM of the predicted class at {layer})"
+        title = f"{model_name}: test images of class {name}\n({where})"
         class_gallery(rows[rows["kind"] != "mistake"], class_names, cls, title, out / files[cls])
-    title = f"{model_name}: the {len(worst)} most confident mistakes (Grad-CAM of the predicted class at {layer})"
+    title = f"{model_name}: the {len(worst)} most confident mistakes\n({where})"
     mistakes_gallery(rows[rows["kind"] == "mistake"], class_names, title, out / files[-1])
-    index = _index(model_name, layer, seed, class_names, files, rows, gap)
+    index = _index(model_name, layer, seed, class_names, files, rows, gap) | {"target_grid": grid}
     write_json(index, out / INDEX_FILE)
     log.info("%s: %d images explained at %s into %d galleries", model_name, len(rows), layer, len(files))
     return index
