@@ -20,8 +20,10 @@ demo: venv
 	@echo
 	@cat results/comparison.md
 
+# Rule all does not request the Grad-CAM galleries (`snakemake explain`), and a report covers only
+# the jobs of its targets: every model folder already under results/explain/ is added as a target.
 report: venv
-	snakemake --report results/report.html
+	snakemake --report results/report.html all $(patsubst %/,%,$(wildcard results/explain/*/))
 
 test: venv
 	pytest -rA --durations=25 tests

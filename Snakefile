@@ -19,6 +19,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/explain.smk"
 
 
 # Per-model outputs are targets too: Snakemake (>= 7.7) does not regenerate a missing
@@ -44,3 +45,9 @@ rule train:
 rule evaluate:
     input:
         expand("results/metrics/{model}.json", model=MODELS),
+
+
+# Grad-CAM galleries (explain.smk); not in rule all, to keep the demo fast.
+rule explain:
+    input:
+        expand("results/explain/{model}", model=EXPLAIN_MODELS),

@@ -45,7 +45,13 @@ class Architecture:
     default_augment: bool  # when a model's augment is null
     default_dropout: float  # when a model's dropout is null
     backbone: str | None = None  # BACKBONES entry whose weights it loads (None: no backbone)
+    # Grad-CAM target (quiltflow.explain): layer names from the saved model down through its
+    # nested models to the target layer; () = the model's last Conv2D layer (its top level).
+    gradcam_layer: tuple[str, ...] = ()
 
+
+# The output of ResNet50's last residual block, inside the nested backbone (quiltflow.models).
+RESNET50_LAST_BLOCK = ("backbone", "resnet50", "conv5_block3_out")
 
 REGISTRY: dict[str, Architecture] = {
     spec.name: spec
@@ -72,6 +78,7 @@ REGISTRY: dict[str, Architecture] = {
             default_augment=False,  # cached features cannot be augmented
             default_dropout=0.0,
             backbone="resnet50",
+            gradcam_layer=RESNET50_LAST_BLOCK,
         ),
         Architecture(
             name="resnet50_finetune",
@@ -84,6 +91,7 @@ REGISTRY: dict[str, Architecture] = {
             default_augment=True,
             default_dropout=0.0,
             backbone="resnet50",
+            gradcam_layer=RESNET50_LAST_BLOCK,
         ),
     )
 }

@@ -54,6 +54,7 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     for name, entry in config["pretraining"].items():
         PretrainSettings.from_config(entry, name, image_size=config["image_size"])
     check_model_pretraining(config)
+    explain_models(config)  # explain.models must name configured models
 
 
 def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:
@@ -130,3 +131,19 @@ def weights_files(config: dict, model: str) -> list[str]:
     """The weights file a model starts from, as a job input (empty for none/imagenet)."""
     weights = config["models"][model]["weights"]
     return [weights] if is_weights_file(weights) else []
+
+
+def explain_models(config: dict) -> list[str]:
+    """The models rule explain_model explains: ``explain.models``, or every model when null.
+
+    A name that is not a configured model is a one-line UserError.
+    """
+    names = config.get("explain", {}).get("models")
+    if names is None:
+        return sorted(config["models"])
+    for name in names:
+        if name not in config["models"]:
+            raise UserError(
+                f"config key explain.models: {name!r} is not a model of this config; models: {sorted(config['models'])}"
+            )
+    return sorted(names)

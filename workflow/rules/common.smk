@@ -15,6 +15,7 @@ from quiltflow.codehash import code_version  # noqa: E402
 from quiltflow.config import (  # noqa: E402
     DEMO_IMAGES,
     DEMO_LOOKUP,
+    explain_models,
     frozen_models,
     validate_config,
     weights_files,
@@ -176,6 +177,25 @@ def pretrain_pool(wildcards):
     pool = config["pretraining"][wildcards.pretrain]["pool"]
     buckets = pool_buckets(pool, fold_of_suffix(wildcards.fold), FOLDS)
     return [f"results/tfrecords/{b}.index.json" for b in buckets]
+
+
+# Grad-CAM explanations (explain.smk): the models the target `explain` asks for.
+EXPLAIN = config["explain"]
+EXPLAIN_MODELS = explain_models(config)
+
+
+def explain_inputs(wildcards):
+    """The model of the first run (fold 0, first seed; the only run without folds or seeds), its
+    test predictions and test shards: the images are read from the shards, as the model saw them."""
+    run = RUN_SUFFIXES[0]
+    return {
+        "model": f"results/models/{wildcards.model}{run}/model.keras",
+        "predictions": f"results/predictions/{wildcards.model}{run}.parquet",
+        "test": [
+            f"results/tfrecords/{b}.index.json" for b in run_buckets(RUNS[0].fold, FOLDS)["test"]
+        ],
+        "label_map": "results/splits/label_map.json",
+    }
 
 
 # --- --until and the plan_shards checkpoint ---------------------------------------------------
