@@ -642,7 +642,11 @@ def build_comparison(
     _decide(pairwise + vs_majority, alpha)
     for entry in vs_majority:
         entry["better_than_majority"] = entry["better"] == entry["a"]
-    effects = [r["design_effect"] for r in row_documents if r["kind"] != "baseline" and r["design_effect"] is not None]
+    effects = [
+        r["design_effect"]
+        for r in row_documents
+        if r["kind"] in ("model", "ensemble") and r["design_effect"] is not None
+    ]
     test_counts = groups.true_counts.sum(axis=0).astype(int).tolist()
     document = {
         "schema_version": COMPARISON_SCHEMA_VERSION, "n_test": len(test_set.y_true),
