@@ -149,6 +149,11 @@ def metrics_targets():
     return expand("results/metrics/{model}{variant}.json", model=MODELS, variant=variants)
 
 
+def pooled_model_name(wildcards):
+    """pool_runs' model name: {model}, or {model}+tta for the TTA variant ({variant} = .tta)."""
+    return f"{wildcards.model}+tta" if wildcards.variant else wildcards.model
+
+
 def model_runs(pattern):
     """``pattern`` (with {model} and {run}) for every model and run."""
     return [pattern.format(model=m, run=r) for m in MODELS for r in RUN_SUFFIXES]

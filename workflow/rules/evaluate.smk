@@ -79,7 +79,7 @@ if not SINGLE_RUN:
         conda:
             "../../envs/report.yaml"
         params:
-            model=lambda wc: wc.model + ("+tta" if wc.variant else ""),
+            model=pooled_model_name,
             folds=FOLDS,
             seeds=SEEDS,
             top_k=config["evaluation"]["top_k"],
