@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from quiltflow import clusterstats, plots, stats
-from quiltflow.compare_report import METRIC_LABELS, markdown_table, render_markdown, write_csv
+from quiltflow.compare_report import METRIC_LABELS, markdown_table, render_html, render_markdown, write_csv
 from quiltflow.cv import run_buckets
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map, write_json
@@ -676,6 +676,7 @@ def compare_models(
     json_path: str | None = None,
     csv_path: str | None = None,
     md_path: str | None = None,
+    html_path: str | None = None,
     metrics_plot: str | None = None,
     curves_plot: str | None = None,
     confusion_plots: Sequence[str] | None = None,
@@ -704,6 +705,9 @@ def compare_models(
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
         Path(md_path).write_text(render_markdown(document))
+    if html_path:
+        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(html_path).write_text(render_html(document), encoding="utf-8")
     plot_paths = {"metrics_plot": metrics_plot, "curves_plot": curves_plot, "confusion_plots": confusion_plots,
                   "reliability_plots": reliability_plots}  # fmt: skip
     _write_plots(document, models, test_set, history_paths, plot_paths)

@@ -1,4 +1,4 @@
-"""The comparison document as a CSV table and as Markdown (results/comparison.{csv,md})."""
+"""The comparison document as a CSV table, as Markdown and as HTML (results/comparison.{csv,md,html})."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from quiltflow.mdhtml import markdown_to_html
 
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1"}
 # The first twelve columns are the original contract; later ones were appended.
@@ -153,3 +155,9 @@ def render_markdown(document: dict[str, Any]) -> str:
 def markdown_table(document: dict[str, Any]) -> str:
     """Just the metrics table of :func:`render_markdown` (printed to the job log)."""
     return "\n".join(_table(document)) + "\n"
+
+
+def render_html(document: dict[str, Any]) -> str:
+    """:func:`render_markdown` as an HTML fragment (the report's landing page includes it; the
+    metrics table has ``id="comparison-table"``). The charset line keeps it readable on its own."""
+    return '<meta charset="utf-8">\n' + markdown_to_html(render_markdown(document), table_id="comparison-table")
