@@ -22,13 +22,14 @@ import pytest
 from PIL import Image, ImageStat
 from workflow_runner import REPO, VENV_BIN, clone_run, snakemake, workflow_env
 
+sys.path.insert(0, str(REPO / "workflow"))
+from quiltflow.mdhtml import markdown_to_html  # noqa: E402
+
 MODELS = ("custom_cnn", "resnet50_frozen", "resnet50_finetune")  # config/test.yaml
 ROWS = (*MODELS, "ensemble", "majority_baseline", "stratified_baseline")
 EXPLAINED = "custom_cnn"  # one model's Grad-CAM galleries (~30 s): enough to see them in the report
 EXTERNAL = re.compile(r"<(?:script|img|link|iframe)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
-
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def chromium_or_skip() -> str:
@@ -143,6 +144,8 @@ def open_in_chromium(chromium: str, html: Path, screenshot: Path) -> str:
     return dom.stdout
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_make_report_renders_table_plots_and_galleries_in_chromium(finished_run, tmp_path):
     chromium = chromium_or_skip()
     workdir = clone_run(finished_run, tmp_path / "run")
@@ -197,3 +200,13 @@ def _assert_not_blank(screenshot: Image.Image) -> None:
     assert screenshot.size == (1400, 2000)
     assert len(grey.getcolors(maxcolors=256) or range(256)) > 16
     assert ImageStat.Stat(grey).stddev[0] > 10
+
+
+def test_markdown_subset_becomes_escaped_html_with_one_table_id():
+    text = "# T\n\nA **b** `c` <x>.\n\n| m | v |\n| --- | --- |\n| a | 1 |\n\n- one\n- two\n\n| x |\n| --- |\n| y |\n"
+    dom = ReportDom()
+    page = markdown_to_html(text, table_id="comparison-table")
+    dom.feed(page)
+    assert "<h1>T</h1>" in page and "<p>A <strong>b</strong> <code>c</code> &lt;x&gt;.</p>" in page
+    assert dom.rows == [["m", "v"], ["a", "1"]]  # only the first table gets the id
+    assert page.count('id="comparison-table"') == 1 and "<li>two</li>" in page
