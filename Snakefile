@@ -44,7 +44,7 @@ rule train:
 
 rule evaluate:
     input:
-        expand("results/metrics/{model}.json", model=MODELS),
+        metrics_targets(),
 
 
 # Grad-CAM galleries (explain.smk); not in rule all, to keep the demo fast.

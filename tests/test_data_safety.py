@@ -138,8 +138,9 @@ def assert_outputs_owned(workdir: Path, configfiles: tuple[str, ...], data: Path
 
 
 def test_demo_run_outputs_stay_in_owned_folders(finished_run):
-    # The pretraining arm puts rule pretrain_encoder into the DAG (the default config has none).
-    assert_outputs_owned(finished_run, ("config/test.yaml", "config/pretrain_test.yaml"))
+    # The pretraining arm puts rule pretrain_encoder into the DAG (the default config has none),
+    # test-time augmentation rule evaluate_tta.
+    assert_outputs_owned(finished_run, ("config/test.yaml", "config/pretrain_test.yaml", "config/tta_test.yaml"))
 
 
 def test_make_clean_removes_exactly_the_owned_folders():

@@ -31,6 +31,12 @@ several folds or seeds, ``accuracy_fold_mean, accuracy_fold_sd``, + extras), ``p
 ``vs_majority`` (``a, b, metric, test, difference, difference_ci, p_value, p_value_holm,
 significant, better, verdict``; ``t, df`` for the t-test; ``better_than_majority`` in
 ``vs_majority``), ``caveats``.
+
+Test-time augmentation (``evaluation.tta: dihedral``): each model's TTA evaluation is a row of its
+own, ``{model}+tta`` of kind ``tta``, with the same intervals; ``pairwise`` holds its paired tests
+against its own model (a = the TTA row, so the difference is TTA minus plain), in the one Holm
+family. TTA rows are not in the ensemble, not compared with other models nor with the majority
+baseline, and get no confusion or reliability plot.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ COMPARISON_SCHEMA_VERSION = 2
 MAJORITY = "majority_baseline"
 STRATIFIED = "stratified_baseline"
 ENSEMBLE = "ensemble"
+TTA_KIND = "tta"  # a model's test-time augmentation variant (rule evaluate_tta), row {model}+tta
+TTA_SUFFIX = "+tta"
 SWAP_TEST = "video_swap_permutation"
 T_TEST = "corrected_resampled_t"
 
@@ -228,6 +236,22 @@ def _load_models(
     return models, test_sets[0]
 
 
+def _mark_tta(models: list[dict[str, Any]], n_plain: int, tta_metrics_paths: Sequence[str]) -> None:
+    """The models after the first ``n_plain`` are their TTA variants, in the same order: mark each
+    as a ``tta`` row of its model (its metrics JSON must say model ``{model}+tta`` and ``tta``)."""
+    plain, variants = models[:n_plain], models[n_plain:]
+    if variants and len(variants) != len(plain):
+        raise UserError(f"compare_models: {len(variants)} TTA metrics files for {len(plain)} models")
+    for model, variant, path in zip(plain, variants, tta_metrics_paths):
+        expected = f"{model['name']}{TTA_SUFFIX}"
+        if variant["name"] != expected or "tta" not in variant["doc"]:
+            raise UserError(
+                f"metrics file {path}: model {variant['name']!r} is not the test-time augmentation of "
+                f"{model['name']!r} (expected model {expected!r} and a tta key; re-run evaluate_tta)"
+            )
+        variant.update(kind=TTA_KIND, tta_of=model["name"])
+
+
 def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | None]:
     """Training class counts and n_test/n_train, from the split report.
 
@@ -258,13 +282,16 @@ def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | 
 
 
 def _model_extras(doc: dict[str, Any]) -> dict[str, Any]:
-    """What a model row carries beyond the metrics: architecture, loss and timings."""
-    return {
+    """What a model row carries beyond the metrics: architecture, loss and timings (+ ``tta``)."""
+    extras = {
         "architecture": doc["architecture"],
         "loss": doc["metrics"]["loss"],
         "train_seconds": doc["timing"]["train_seconds"],
         "eval_seconds": doc["timing"]["eval_seconds"],
     }
+    if "tta" in doc:
+        extras["tta"] = doc["tta"]
+    return extras
 
 
 def _scored_rows(
@@ -281,13 +308,17 @@ def _scored_rows(
     random guesses from the train prior). Each has ``y_pred`` [seeds, n] and ``probs`` [seeds, n, k]."""
     n_seeds, n = models[0]["y_pred"].shape
     k = len(class_names)
-    rows = [{**m, "weights": m["doc"]["weights"], "extra": _model_extras(m["doc"]), "comparable": True} for m in models]
-    if ensemble and len(models) >= 2:
-        mean_probs = np.mean([m["probs"] for m in models], axis=0)
-        members = ", ".join(m["name"] for m in models)
+    rows = [
+        {**m, "weights": m["doc"]["weights"], "extra": _model_extras(m["doc"]), "comparable": m["kind"] == "model"}
+        for m in models
+    ]
+    plain = [m for m in models if m["kind"] == "model"]  # the ensemble averages the plain models only
+    if ensemble and len(plain) >= 2:
+        mean_probs = np.mean([m["probs"] for m in plain], axis=0)
+        members = ", ".join(m["name"] for m in plain)
         rows.append(
             {"name": ENSEMBLE, "kind": "ensemble", "y_pred": mean_probs.argmax(axis=-1), "probs": mean_probs,
-             "weights": f"mean of {len(models)} models", "extra": {"members": members}, "comparable": True}
+             "weights": f"mean of {len(plain)} models", "extra": {"members": members}, "comparable": True}
         )  # fmt: skip
     prior = stats.train_prior(train_counts, class_names)
     majority = stats.majority_class(train_counts, class_names)
@@ -419,9 +450,11 @@ def _test_train_ratio(test_set: TestSet, holdout_ratio: float | None) -> float |
 
 
 def _comparisons(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(model vs model pairs incl. the ensemble, each of them vs the majority baseline)."""
+    """(model vs model pairs incl. the ensemble, then each TTA row vs its own model; each model and
+    the ensemble vs the majority baseline). TTA rows meet only their own model: the effect of TTA."""
     names = [r["name"] for r in rows if r["comparable"]]
-    return list(combinations(names, 2)), [(name, MAJORITY) for name in names]
+    tta_pairs = [(r["name"], r["tta_of"]) for r in rows if r["kind"] == TTA_KIND]
+    return list(combinations(names, 2)) + tta_pairs, [(name, MAJORITY) for name in names]
 
 
 def _seed_mean_difference(true_n: np.ndarray, a_totals: np.ndarray, b_totals: np.ndarray, k: int) -> dict:
@@ -598,7 +631,8 @@ def build_comparison(
 ) -> dict[str, Any]:
     """The comparison document of loaded models (see the module docstring); reads and writes nothing.
     ``models`` are ``{"name", "kind", "doc", "y_pred" [seeds, n], "probs" [seeds, n, k]}`` dicts on
-    ``test_set``; CIs have level ``1 - alpha``."""
+    ``test_set`` (kind ``tta`` rows also carry ``tta_of``, their model's name); CIs have level
+    ``1 - alpha``."""
     level = 1.0 - alpha
     rows, majority_name = _scored_rows(models, test_set, class_names, train_counts, seed=seed, ensemble=ensemble)
     scored = _score_everything(
@@ -616,7 +650,11 @@ def build_comparison(
     _decide(pairwise + vs_majority, alpha)
     for entry in vs_majority:
         entry["better_than_majority"] = entry["better"] == entry["a"]
-    effects = [r["design_effect"] for r in row_documents if r["kind"] != "baseline" and r["design_effect"] is not None]
+    effects = [
+        r["design_effect"]
+        for r in row_documents
+        if r["kind"] in ("model", "ensemble") and r["design_effect"] is not None
+    ]
     test_counts = groups.true_counts.sum(axis=0).astype(int).tolist()
     document = {
         "schema_version": COMPARISON_SCHEMA_VERSION, "n_test": len(test_set.y_true),
@@ -681,6 +719,8 @@ def compare_models(
     permutations: int = 2000,
     ensemble: bool = True,
     synthetic: bool = False,
+    tta_metrics_paths: Sequence[str] = (),
+    tta_predictions_paths: Sequence[str] = (),
     json_path: str | None = None,
     csv_path: str | None = None,
     md_path: str | None = None,
@@ -694,13 +734,19 @@ def compare_models(
 
     Files are matched by position: ``metrics_paths[i]``, ``predictions_paths[i]``,
     ``history_paths[i]``, ``confusion_plots[i]`` and ``reliability_plots[i]`` belong to the same
-    model. CIs have level ``1 - alpha``. Returns the comparison document (also written to ``json_path``).
+    model. CIs have level ``1 - alpha``. ``tta_metrics_paths``/``tta_predictions_paths``: each
+    model's test-time augmentation variant (same order), rows ``{model}+tta`` of kind ``tta``, each
+    tested against its own model; no plots of their own. Returns the comparison document (also
+    written to ``json_path``).
     """
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
     class_names = read_label_map(label_map_path)
     train_counts, holdout_ratio = _read_split_report(split_report_path)
-    models, test_set = _load_models(metrics_paths, predictions_paths, class_names)
+    models, test_set = _load_models(
+        [*metrics_paths, *tta_metrics_paths], [*predictions_paths, *tta_predictions_paths], class_names
+    )
+    _mark_tta(models, len(metrics_paths), tta_metrics_paths)
     document = build_comparison(
         models, test_set, class_names, train_counts, seed=seed, bootstrap_samples=bootstrap_samples,
         permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
@@ -715,7 +761,7 @@ def compare_models(
         Path(md_path).write_text(render_markdown(document))
     plot_paths = {"metrics_plot": metrics_plot, "curves_plot": curves_plot, "confusion_plots": confusion_plots,
                   "reliability_plots": reliability_plots}  # fmt: skip
-    _write_plots(document, models, test_set, history_paths, plot_paths)
+    _write_plots(document, [m for m in models if m["kind"] == "model"], test_set, history_paths, plot_paths)
     if html_path:  # last: it embeds the two summary plots
         figures = [(p, c) for p, c in ((metrics_plot, METRICS_CAPTION), (curves_plot, CURVES_CAPTION)) if p]
         Path(html_path).parent.mkdir(parents=True, exist_ok=True)

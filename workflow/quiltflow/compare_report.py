@@ -105,6 +105,18 @@ def _header(document: dict[str, Any]) -> list[str]:
         f"ECE: {document['ece_bins']} equal-width confidence bins. Macro AUC interval: first-order form of the same "
         "cluster bootstrap.",
         "",
+        *_tta_note(document),
+    ]
+
+
+def _tta_note(document: dict[str, Any]) -> list[str]:
+    if not any(r["kind"] == "tta" for r in document["rows"]):
+        return []
+    return [
+        "Rows `{model}+tta` (kind tta): test-time augmentation, each test image's mean probability over its "
+        "eight dihedral views (flips and 90-degree rotations), on the same test images; each is tested against "
+        "its own model below (difference = TTA minus plain). They are not in the ensemble.",
+        "",
     ]
 
 

@@ -27,9 +27,14 @@ from quiltflow.metrics import (
 )
 from quiltflow.pooling import run_summary
 
-__all__ = ["METRICS_SCHEMA_VERSION", "predict", "evaluate_model"]
+__all__ = ["METRICS_SCHEMA_VERSION", "TTA_MODES", "TTA_SUFFIX", "dihedral_views", "predict", "evaluate_model"]
 
 log = logging.getLogger("quiltflow.evaluate")
+
+# evaluation.tta: none, or the mean probability over the eight dihedral views of each test image.
+TTA_MODES = ("none", "dihedral")
+# A TTA evaluation's model name in its metrics JSON and in the comparison: custom_cnn+tta.
+TTA_SUFFIX = "+tta"
 
 
 def _as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
@@ -64,10 +69,36 @@ def _average_cells(
     return list(order), labels[first], sums / records_per_image
 
 
+def dihedral_views(images: Any) -> Any:
+    """[B, S, S, C] square images -> [B * 8, S, S, C]: each image's eight dihedral views in turn
+    (the flips and 90-degree rotations of ``data._dihedral_table``, identity first)."""
+    import tensorflow as tf
+
+    from quiltflow.data import _dihedral_table
+
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    size = int(images.shape[1])
+    if images.shape[2] != size:
+        raise UserError(f"test-time augmentation needs square images, got {tuple(images.shape[1:3])}")
+    pixels = tf.reshape(images, [shape[0], size * size, -1])
+    views = tf.gather(pixels, tf.constant(_dihedral_table(size)), axis=1)  # [B, 8, S*S, C]
+    return tf.reshape(views, [shape[0] * 8, size, size, shape[3]])
+
+
+def _predict_views(model: Any, images: Any, tta: bool) -> np.ndarray:
+    """Model outputs [B, k], or with ``tta`` [B, 8, k]: one per dihedral view of each image."""
+    if not tta:
+        return np.asarray(model.predict_on_batch(images))
+    out = np.asarray(model.predict_on_batch(dihedral_views(images)))
+    return out.reshape(-1, 8, *out.shape[1:]) if out.ndim == 2 else out
+
+
 def _predict_batches(
-    model: Any, dataset: Any, num_classes: int
+    model: Any, dataset: Any, num_classes: int, tta: bool = False
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    """(ids, label batches, output batches) of every batch of ``dataset``."""
+    """(ids, label batches, output batches) of every batch of ``dataset``; with ``tta`` each output
+    batch is [B, 8, k] (the eight dihedral views of each image)."""
     import tensorflow as tf
 
     name = getattr(model, "name", "model")
@@ -79,8 +110,8 @@ def _predict_batches(
             raise UserError("test dataset must yield (images, labels, ids): build it with with_ids=True")
         images, batch_labels, batch_ids = batch
         # predict_on_batch reuses one compiled predict function: no per-batch retracing or callbacks.
-        out = np.asarray(model.predict_on_batch(images))
-        if out.ndim != 2 or out.shape[1] != num_classes:
+        out = _predict_views(model, images, tta)
+        if out.ndim != 2 + tta or out.shape[-1] != num_classes:
             raise UserError(
                 f"model {name}: output shape {tuple(out.shape)} does not match {num_classes} classes of the label map"
             )
@@ -97,6 +128,7 @@ def predict(
     *,
     groups: Mapping[str, str] | None = None,
     records_per_image: int = 1,
+    tta: str = "none",
 ) -> pd.DataFrame:
     """Predict every batch of ``dataset`` (``(uint8 images, int32 labels, string ids)``).
 
@@ -104,11 +136,18 @@ def predict(
     (image_id -> leakage group, read from the test manifest); an id missing there is an error.
     Without ``groups`` the column is empty strings. With ``records_per_image`` > 1 (grid
     framing) the ids are source images' and each image's cell probabilities are averaged.
+    ``tta="dihedral"``: each image's (cell's) probabilities are the mean over its eight dihedral
+    views (test-time augmentation), before the cells are averaged.
     """
-    ids, labels, outputs = _predict_batches(model, dataset, len(class_names))
+    if tta not in TTA_MODES:
+        raise UserError(f"config key evaluation.tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
+    ids, labels, outputs = _predict_batches(model, dataset, len(class_names), tta=tta == "dihedral")
     if not ids:
         raise UserError("test dataset is empty: nothing to evaluate")
-    probs = _as_probabilities(np.concatenate(outputs), getattr(model, "name", "model"))
+    outputs = np.concatenate(outputs)
+    probs = _as_probabilities(outputs.reshape(-1, outputs.shape[-1]), getattr(model, "name", "model"))
+    if tta == "dihedral":  # softmax per view, then the mean over the eight views
+        probs = probs.reshape(outputs.shape).mean(axis=1)
     true_labels = np.concatenate(labels).astype(np.int32)
     if records_per_image > 1:
         ids, true_labels, probs = _average_cells(ids, true_labels, probs, records_per_image)
@@ -182,7 +221,9 @@ def _manifest_digest(manifest_paths: Paths) -> str:
     return hashlib.sha256("".join(f"{sha256_file(p)}\n" for p in paths).encode()).hexdigest()
 
 
-def _predict_test_split(model_path, test_index_path, batch_size, class_names, groups) -> tuple[pd.DataFrame, float]:
+def _predict_test_split(
+    model_path, test_index_path, batch_size, class_names, groups, tta="none"
+) -> tuple[pd.DataFrame, float]:
     import keras
 
     import quiltflow.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
@@ -191,7 +232,7 @@ def _predict_test_split(model_path, test_index_path, batch_size, class_names, gr
     dataset = _make_test_dataset(test_index_path, int(batch_size))
     start = time.perf_counter()
     records_per_image = int(read_json(_paths(test_index_path)[0], "test index").get("records_per_image", 1))
-    predictions = predict(model, dataset, class_names, groups=groups, records_per_image=records_per_image)
+    predictions = predict(model, dataset, class_names, groups=groups, records_per_image=records_per_image, tta=tta)
     return predictions, time.perf_counter() - start
 
 
@@ -202,6 +243,14 @@ def _check_reconciled(manifest_path, test_index_path, n_manifest: int, n_predict
             f"test manifest {manifest_path} has {n_manifest} rows but {n_predicted} were predicted "
             f"and {n_skipped} skipped in {test_index_path}: re-run shard_tfrecords/index_tfrecords"
         )
+
+
+def _log_result(document: dict[str, Any]) -> None:
+    metrics, seconds = document["metrics"], document["timing"]["eval_seconds"]
+    log.info(
+        "%s: %d test images, accuracy %.4f, macro F1 %.4f, eval %.1f s",
+        *(document["model"], metrics["n_test"], metrics["accuracy"], metrics["f1_macro"], seconds),
+    )
 
 
 def evaluate_model(
@@ -220,11 +269,14 @@ def evaluate_model(
     fold: int = 0,
     seed: int = 0,
     folds: int = 1,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Predict the test split, write the predictions Parquet and the metrics JSON; return the JSON.
 
     ``test_index_path``/``manifest_path``: one bucket, or a run's test buckets; ``fold`` and
-    ``seed`` name the run and become columns of the predictions.
+    ``seed`` name the run and become columns of the predictions. ``tta="dihedral"`` (rule
+    evaluate_tta): test-time augmentation; the document's model is ``{model}+tta`` and its
+    ``tta`` key says which.
     """
     from quiltflow.runtime import set_thread_pools
 
@@ -233,13 +285,13 @@ def evaluate_model(
     info = _train_info(info_path, model_name)
     skipped = _skipped_by_reason(test_index_path)
     manifest, groups = _test_groups(manifest_path)
-    predictions, eval_seconds = _predict_test_split(model_path, test_index_path, batch_size, class_names, groups)
+    predictions, eval_seconds = _predict_test_split(model_path, test_index_path, batch_size, class_names, groups, tta)
     _check_reconciled(manifest_path, test_index_path, len(manifest), len(predictions), sum(skipped.values()))
 
     predictions = predictions.assign(fold=np.int32(fold), seed=np.int32(seed))
     metrics = compute_metrics(predictions, class_names, top_k=int(top_k))
     document = build_metrics_document(
-        model=model_name,
+        model=model_name if tta == "none" else f"{model_name}{TTA_SUFFIX}",
         architecture=str(info.get("architecture", "unknown")),
         weights=str(info.get("weights", "unknown")),
         dataset_sha256=_manifest_digest(manifest_path),
@@ -252,14 +304,9 @@ def evaluate_model(
         device=info.get("device"),
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
+    if tta != "none":
+        document["tta"] = tta
     write_predictions(predictions, predictions_path)
     write_json(document, metrics_path)
-    log.info(
-        "%s: %d test images, accuracy %.4f, macro F1 %.4f, eval %.1f s",
-        model_name,
-        metrics["n_test"],
-        metrics["accuracy"],
-        metrics["f1_macro"],
-        eval_seconds,
-    )
+    _log_result(document)
     return document

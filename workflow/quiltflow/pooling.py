@@ -87,6 +87,11 @@ def pool_runs(
         device=documents[0]["timing"]["device"],
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(s) for s in seeds], "runs": runs}
+    tta = {doc.get("tta") for doc in documents}
+    if len(tta) > 1:
+        raise UserError(f"pool_runs: {model}: runs evaluated with and without test-time augmentation")
+    if tta != {None}:
+        document["tta"] = tta.pop()
     write_predictions(predictions, predictions_out)
     write_json(document, metrics_out)
     log.info("%s: pooled %d predictions of %d runs", model, len(predictions), len(runs))

@@ -58,6 +58,9 @@ SINGLE_RUN = RUN_SUFFIXES == [""]
 # Pretraining jobs (quiltflow.pretraining): one per entry, or per entry and fold with folds >= 2.
 PRETRAININGS = sorted(config["pretraining"])
 PRETRAIN_FOLDS = pretrain_folds(FOLDS)
+# Test-time augmentation (evaluation.tta): rule evaluate_tta writes {model}{run}.tta.* beside the
+# plain evaluation's files; the comparison reports them as {model}+tta rows.
+TTA = config["evaluation"]["tta"] != "none"
 
 
 wildcard_constraints:
@@ -70,6 +73,8 @@ wildcard_constraints:
     # that starts from a per-fold pretraining are cached per fold too.
     fold=r"(?:)" if FOLDS == 1 else r"[/]fold\d+",
     pretrain_fold=r"(?:)" if FOLDS == 1 else r"(?:|[/]fold\d+)",
+    # '' = the plain evaluation, .tta = its test-time augmentation variant (evaluation.tta).
+    variant=r"(?:|\.tta)" if TTA else r"(?:)",
     index=r"\d{5}",
     total=r"\d{5}",
 
@@ -136,6 +141,17 @@ def evaluate_inputs(wildcards):
         "manifest": [f"results/splits/{b}.parquet" for b in test],
         "label_map": "results/splits/label_map.json",
     }
+
+
+def metrics_targets():
+    """Every model's metrics JSON (pooled over runs with several), and its TTA variant's with tta on."""
+    variants = ["", ".tta"] if TTA else [""]
+    return expand("results/metrics/{model}{variant}.json", model=MODELS, variant=variants)
+
+
+def pooled_model_name(wildcards):
+    """pool_runs' model name: {model}, or {model}+tta for the TTA variant ({variant} = .tta)."""
+    return f"{wildcards.model}+tta" if wildcards.variant else wildcards.model
 
 
 def model_runs(pattern):
@@ -231,7 +247,7 @@ def all_targets(wildcards):
     check_until(workflow.dag_settings.until, Path(SHARD_PLAN).exists())
     return [
         "results/comparison.md",
-        *expand("results/metrics/{model}.json", model=MODELS),
+        *metrics_targets(),
         *model_runs("results/models/{model}{run}/model.keras"),
     ]
 

@@ -4,6 +4,11 @@ rule compare_models:
     input:
         metrics=expand("results/metrics/{model}.json", model=MODELS),
         predictions=expand("results/predictions/{model}.parquet", model=MODELS),
+        # evaluation.tta: each model's TTA variant, a row of its own ({model}+tta).
+        tta_metrics=expand("results/metrics/{model}.tta.json", model=MODELS) if TTA else [],
+        tta_predictions=(
+            expand("results/predictions/{model}.tta.parquet", model=MODELS) if TTA else []
+        ),
         # Training curves of each model's first run (fold 0, first seed).
         histories=expand(
             "results/models/{model}{run}/history.csv", model=MODELS, run=RUN_SUFFIXES[0]
@@ -53,6 +58,7 @@ rule compare_models:
         # The model list as a param: adding a model reruns the comparison through the params
         # trigger (Snakemake's input-set trigger does not fire for it in this DAG).
         models=MODELS,
+        tta=config["evaluation"]["tta"],
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],

@@ -26,24 +26,60 @@ rule evaluate_model:
         "../scripts/evaluate_model.py"
 
 
+if TTA:
+
+    rule evaluate_tta:
+        """Test-time augmentation: predictions on the same test shards as evaluate_model, each image
+        (grid cell) as the mean probability over its eight dihedral views; metrics of {model}+tta.
+        """
+        input:
+            unpack(evaluate_inputs),
+        output:
+            predictions="results/predictions/{model}{run}.tta.parquet",
+            metrics="results/metrics/{model}{run}.tta.json",
+        log:
+            "logs/evaluate_tta/{model}{run}.log",
+        conda:
+            "../../envs/train.yaml"
+        threads: config["resources"]["train_threads"]
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=60,
+        params:
+            model="{model}",
+            fold=lambda wc: run_of(wc.run, FOLDS, SEEDS).fold,
+            seed=run_seed,
+            folds=FOLDS,
+            top_k=config["evaluation"]["top_k"],
+            batch_size=config["evaluation"]["batch_size"],
+            tta=config["evaluation"]["tta"],
+            code=script_code("evaluate_model.py"),
+        script:
+            "../scripts/evaluate_model.py"
+
+
 if not SINGLE_RUN:
 
     rule pool_runs:
-        """Every fold's and seed's test predictions of one model in one table; pooled metrics."""
+        """Every fold's and seed's test predictions of one model (or of its TTA variant, {variant}
+        = .tta) in one table; pooled metrics."""
         input:
-            predictions=expand("results/predictions/{{model}}{run}.parquet", run=RUN_SUFFIXES),
-            metrics=expand("results/metrics/{{model}}{run}.json", run=RUN_SUFFIXES),
+            predictions=expand(
+                "results/predictions/{{model}}{run}{{variant}}.parquet", run=RUN_SUFFIXES
+            ),
+            metrics=expand("results/metrics/{{model}}{run}{{variant}}.json", run=RUN_SUFFIXES),
             label_map="results/splits/label_map.json",
             folds="results/splits/folds.parquet",
         output:
-            predictions="results/predictions/{model}.parquet",
-            metrics="results/metrics/{model}.json",
+            predictions="results/predictions/{model}{variant}.parquet",
+            metrics="results/metrics/{model}{variant}.json",
         log:
-            "logs/pool_runs/{model}.log",
+            "logs/pool_runs/{model}{variant}.log",
         conda:
             "../../envs/report.yaml"
         params:
-            model="{model}",
+            model=pooled_model_name,
             folds=FOLDS,
             seeds=SEEDS,
             top_k=config["evaluation"]["top_k"],

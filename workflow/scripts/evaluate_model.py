@@ -1,4 +1,4 @@
-"""Rule evaluate_model: test-set predictions and the metrics JSON of one model."""
+"""Rules evaluate_model and evaluate_tta (params.tta): test-set predictions and the metrics JSON of one model."""
 
 import sys
 from pathlib import Path
@@ -25,4 +25,5 @@ evaluate_model(
     fold=snakemake.params.fold,
     seed=snakemake.params.seed,
     folds=snakemake.params.folds,
+    tta=snakemake.params.get("tta", "none"),
 )
