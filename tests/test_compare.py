@@ -319,6 +319,8 @@ def test_compare_script_wiring(tmp_path):
             "histories": paths["histories"],
             "split_report": paths["split_report"],
             "label_map": paths["label_map"],
+            "tta_metrics": [],  # evaluation.tta off, as compare.smk passes it
+            "tta_predictions": [],
         },
         output={
             "json": out["json_path"],
