@@ -22,8 +22,10 @@ demo: venv
 
 # Rule all does not request the Grad-CAM galleries (`snakemake explain`), and a report covers only
 # the jobs of its targets: every model folder already under results/explain/ is added as a target.
+# REPORT_ARGS: more snakemake options, after the targets (e.g. REPORT_ARGS="--configfile config/test.yaml").
+REPORT_ARGS ?=
 report: venv
-	snakemake --report results/report.html all $(patsubst %/,%,$(wildcard results/explain/*/))
+	snakemake --report results/report.html all $(patsubst %/,%,$(wildcard results/explain/*/)) $(REPORT_ARGS)
 
 test: venv
 	pytest -rA --durations=25 tests

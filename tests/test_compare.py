@@ -106,6 +106,7 @@ def outputs(tmp_path: Path, names: list[str]) -> dict:
         "json_path": str(out / "comparison.json"),
         "csv_path": str(out / "comparison.csv"),
         "md_path": str(out / "comparison.md"),
+        "html_path": str(out / "comparison.html"),
         "metrics_plot": str(out / "plots" / "metrics.png"),
         "curves_plot": str(out / "plots" / "training_curves.png"),
         "confusion_plots": [str(out / "plots" / f"confusion_{n}.png") for n in names],
@@ -318,11 +319,14 @@ def test_compare_script_wiring(tmp_path):
             "histories": paths["histories"],
             "split_report": paths["split_report"],
             "label_map": paths["label_map"],
+            "tta_metrics": [],  # evaluation.tta off, as compare.smk passes it
+            "tta_predictions": [],
         },
         output={
             "json": out["json_path"],
             "csv": out["csv_path"],
             "md": out["md_path"],
+            "html": out["html_path"],
             "metrics_plot": out["metrics_plot"],
             "curves_plot": out["curves_plot"],
             "confusion": out["confusion_plots"],
@@ -343,6 +347,9 @@ def test_compare_script_wiring(tmp_path):
     assert sys.stdout is stdout_before and sys.stderr is stderr_before
     log_text = (tmp_path / "compare.log").read_text()
     assert "| good | model |" in log_text and "Caveat: lazy is not significantly better" in log_text
+    page = Path(out["html_path"]).read_text(encoding="utf-8")  # the report's landing page
+    assert '<table id="comparison-table">' in page and "<td>good</td>" in page
+    assert page.count('<img src="data:image/png;base64,') == 2  # metrics plot and training curves
     for path in [
         out["json_path"],
         out["csv_path"],

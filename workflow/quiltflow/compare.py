@@ -51,7 +51,15 @@ import numpy as np
 import pandas as pd
 
 from quiltflow import clusterstats, plots, stats
-from quiltflow.compare_report import METRIC_LABELS, markdown_table, render_markdown, write_csv
+from quiltflow.compare_report import (
+    CURVES_CAPTION,
+    METRIC_LABELS,
+    METRICS_CAPTION,
+    markdown_table,
+    render_html,
+    render_markdown,
+    write_csv,
+)
 from quiltflow.cv import run_buckets
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map, write_json
@@ -716,6 +724,7 @@ def compare_models(
     json_path: str | None = None,
     csv_path: str | None = None,
     md_path: str | None = None,
+    html_path: str | None = None,
     metrics_plot: str | None = None,
     curves_plot: str | None = None,
     confusion_plots: Sequence[str] | None = None,
@@ -753,4 +762,8 @@ def compare_models(
     plot_paths = {"metrics_plot": metrics_plot, "curves_plot": curves_plot, "confusion_plots": confusion_plots,
                   "reliability_plots": reliability_plots}  # fmt: skip
     _write_plots(document, [m for m in models if m["kind"] == "model"], test_set, history_paths, plot_paths)
+    if html_path:  # last: it embeds the two summary plots
+        figures = [(p, c) for p, c in ((metrics_plot, METRICS_CAPTION), (curves_plot, CURVES_CAPTION)) if p]
+        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(html_path).write_text(render_html(document, figures), encoding="utf-8")
     return document

@@ -1,12 +1,18 @@
-"""The comparison document as a CSV table and as Markdown (results/comparison.{csv,md})."""
+"""The comparison document as a CSV table, as Markdown and as HTML (results/comparison.{csv,md,html})."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from quiltflow.mdhtml import markdown_to_html
+
+METRICS_CAPTION = "Accuracy and macro F1 per model with cluster-bootstrap intervals over videos (hatched: baselines)."
+CURVES_CAPTION = "Loss and accuracy per epoch of each model's first run (solid: training, dashed: validation)."
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1"}
 # The first twelve columns are the original contract; later ones were appended.
 CSV_COLUMNS = [
@@ -165,3 +171,20 @@ def render_markdown(document: dict[str, Any]) -> str:
 def markdown_table(document: dict[str, Any]) -> str:
     """Just the metrics table of :func:`render_markdown` (printed to the job log)."""
     return "\n".join(_table(document)) + "\n"
+
+
+def render_html(document: dict[str, Any], figures: Sequence[tuple[str | Path, str]] = ()) -> str:
+    """:func:`render_markdown` as a self-contained HTML fragment (the report's landing page includes
+    it; the metrics table has ``id="comparison-table"``), with ``figures`` (PNG path, caption)
+    embedded as data: URIs after the table's section. The charset line keeps it readable on its own."""
+    body = markdown_to_html(render_markdown(document), table_id="comparison-table")
+    images = []
+    for path, caption in figures:
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        images.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" style="max-width:100%">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    marker = "<h2>"  # the plots go right after the table, before the pairwise tests
+    head, sep, tail = body.partition(marker)
+    return '<meta charset="utf-8">\n' + head + "\n".join(images) + "\n" + sep + tail

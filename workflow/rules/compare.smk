@@ -21,6 +21,12 @@ rule compare_models:
         md=report(
             "results/comparison.md", caption="../report/comparison.rst", category="Comparison"
         ),
+        # The same document as HTML: the report's landing page (workflow.rst) shows it.
+        html=report(
+            "results/comparison.html",
+            caption="../report/comparison.rst",
+            category="Comparison",
+        ),
         metrics_plot=report(
             "results/plots/metrics.png",
             caption="../report/metrics_plot.rst",

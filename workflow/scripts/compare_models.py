@@ -27,6 +27,7 @@ document = compare_models(
     json_path=snakemake.output.json,
     csv_path=snakemake.output.csv,
     md_path=snakemake.output.md,
+    html_path=snakemake.output.html,
     metrics_plot=snakemake.output.metrics_plot,
     curves_plot=snakemake.output.curves_plot,
     confusion_plots=list(snakemake.output.confusion),
