@@ -56,6 +56,18 @@ def backed_up_epoch(backup_dir: Path) -> int:
     return int(json.loads(meta.read_text())["epoch"])
 
 
+def keep_finished_rows(history: Path, resume_epoch: int, backup: Path) -> list[dict[str, str]]:
+    """Keep the history rows of the ``resume_epoch`` backed-up epochs (a kill can land between
+    the CSV row and the backup); a mismatch is a one-line error naming the files."""
+    rows = [r for r in read_history(history) if int(r["epoch"]) < resume_epoch]
+    if len(rows) != resume_epoch:
+        raise UserError(
+            f"{history}: has {len(rows)} rows for {resume_epoch} backed-up epochs; delete {backup} to start from scratch"
+        )
+    write_history(history, rows)
+    return rows
+
+
 def prior_val_state(rows: list[dict[str, str]]) -> tuple[float | None, int, int]:
     """(best finite val loss, epochs since it, its 0-based epoch) from history rows.
 
@@ -92,14 +104,7 @@ class TrainingRun:
             self.best.unlink(missing_ok=True)
             shutil.rmtree(self.backup, ignore_errors=True)
             return []
-        rows = [r for r in read_history(self.history) if int(r["epoch"]) < resume_epoch]
-        if len(rows) != resume_epoch:
-            raise UserError(
-                f"{self.history}: has {len(rows)} rows for {resume_epoch} backed-up epochs; "
-                f"delete {self.backup} to train from scratch"
-            )
-        write_history(self.history, rows)
-        return rows
+        return keep_finished_rows(self.history, resume_epoch, self.backup)
 
     def callbacks(self, backup_dir: Path, patience: int | None) -> list[keras.callbacks.Callback]:
         """Callbacks in ``on_epoch_end`` order: the CSV row lands before the backup, so a kill

@@ -23,7 +23,7 @@ from quiltflow.data import IndexPaths, _derived, _shards_of, make_dataset, num_e
 from quiltflow.errors import UserError
 from quiltflow.jsonio import sha256_file
 from quiltflow.models import backbone_base
-from quiltflow.resume import backed_up_epoch, read_history, write_history
+from quiltflow.resume import backed_up_epoch, keep_finished_rows, read_history, write_history
 from quiltflow.runtime import configure_runtime
 from quiltflow.views import simclr_views
 
@@ -190,13 +190,7 @@ class PretrainRun:
                 path.unlink(missing_ok=True)
             shutil.rmtree(self.backup, ignore_errors=True)
             return 0
-        rows = [r for r in read_history(self.history) if int(r["epoch"]) < resume]
-        if len(rows) != resume:
-            raise UserError(
-                f"{self.history}: has {len(rows)} rows for {resume} backed-up epochs; "
-                f"delete {self.backup} to pretrain from scratch"
-            )
-        write_history(self.history, rows)
+        keep_finished_rows(self.history, resume, self.backup)
         return resume
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
