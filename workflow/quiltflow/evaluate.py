@@ -37,7 +37,7 @@ TTA_MODES = ("none", "dihedral")
 TTA_SUFFIX = "+tta"
 
 
-def _as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
+def as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
     """Model outputs as probabilities; logits (rows not summing to 1) get a softmax."""
     outputs = outputs.astype(np.float64)
     sums = outputs.sum(axis=1)
@@ -145,7 +145,7 @@ def predict(
     if not ids:
         raise UserError("test dataset is empty: nothing to evaluate")
     outputs = np.concatenate(outputs)
-    probs = _as_probabilities(outputs.reshape(-1, outputs.shape[-1]), getattr(model, "name", "model"))
+    probs = as_probabilities(outputs.reshape(-1, outputs.shape[-1]), getattr(model, "name", "model"))
     if tta == "dihedral":  # softmax per view, then the mean over the eight views
         probs = probs.reshape(outputs.shape).mean(axis=1)
     true_labels = np.concatenate(labels).astype(np.int32)

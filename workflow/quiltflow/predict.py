@@ -196,11 +196,11 @@ def _check_model(model: Any, settings: ShardSettings, num_classes: int) -> None:
 
 def _probabilities(models: list[Any], pixels: np.ndarray, views: int) -> np.ndarray:
     """float64 ``[images, classes]``: each model's probabilities, cells then models averaged."""
-    from quiltflow.evaluate import _as_probabilities  # evaluate_model's own logits check
+    from quiltflow.evaluate import as_probabilities  # evaluate_model's own logits check
 
     per_model = []
     for model in models:
-        probs = _as_probabilities(np.asarray(model.predict_on_batch(pixels)), model.name)
+        probs = as_probabilities(np.asarray(model.predict_on_batch(pixels)), model.name)
         per_model.append(probs.reshape(-1, views, probs.shape[1]).mean(axis=1))
     return np.mean(per_model, axis=0)
 
