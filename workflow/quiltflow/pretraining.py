@@ -24,11 +24,6 @@ def pretrain_suffix(fold: int, folds: int) -> str:
     return "" if folds == 1 else f"/fold{fold}"
 
 
-def pretrain_folds(folds: int) -> list[str]:
-    """Every pretraining job's suffix for one ``pretraining`` entry."""
-    return [pretrain_suffix(fold, folds) for fold in range(folds)] if folds > 1 else [""]
-
-
 def fold_of_suffix(suffix: str) -> int:
     """The fold of a pretraining suffix ('' -> 0, '/fold3' -> 3)."""
     return int(suffix.removeprefix("/fold")) if suffix else 0

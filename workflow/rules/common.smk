@@ -26,7 +26,6 @@ from quiltflow.pretraining import (  # noqa: E402
     model_pretraining,
     output_path,
     pool_buckets,
-    pretrain_folds,
     pretrain_suffix,
     fold_of_suffix,
 )
@@ -55,9 +54,8 @@ BUCKETS = buckets(FOLDS)
 RUNS = runs(FOLDS, SEEDS)
 RUN_SUFFIXES = [run.suffix for run in RUNS]
 SINGLE_RUN = RUN_SUFFIXES == [""]
-# Pretraining jobs (quiltflow.pretraining): one per entry, or per entry and fold with folds >= 2.
+# Pretraining entries (quiltflow.pretraining): one job each, or one per fold with folds >= 2.
 PRETRAININGS = sorted(config["pretraining"])
-PRETRAIN_FOLDS = pretrain_folds(FOLDS)
 # Test-time augmentation (evaluation.tta): rule evaluate_tta writes {model}{run}.tta.* beside the
 # plain evaluation's files; the comparison reports them as {model}+tta rows.
 TTA = config["evaluation"]["tta"] != "none"
