@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from .errors import UserError
 from .shards import index_shard_files, load_index
+from .tasks import MULTICLASS, MULTILABEL
 
 __all__ = ["make_dataset", "num_examples", "load_index", "FEATURES"]
 
@@ -57,17 +58,22 @@ def num_examples(index_paths: IndexPaths) -> int:
     return sum(int(load_index(path)["num_records"]) for path in _as_list(index_paths))
 
 
-def _shards_of(index_paths: IndexPaths) -> tuple[list[str], int, int]:
-    """(shard files, records, stored image size) of one or several bucket indexes."""
-    files, records, sizes = [], 0, set()
+def _shards_of(index_paths: IndexPaths) -> tuple[list[str], int, int, int | None]:
+    """(shard files, records, stored image size, number of labels when the task is multi-label,
+    else None) of one or several bucket indexes."""
+    files, records, sizes, targets = [], 0, set(), set()
     for path in _as_list(index_paths):
         index = load_index(path)
         files += [str(f) for f in index_shard_files(path, index)]
         records += int(index["num_records"])
         sizes.add(int(index["image_size"]))
+        targets.add(int(index["num_classes"]) if index.get("task", MULTICLASS) == MULTILABEL else None)
+    where = [str(p) for p in _as_list(index_paths)]
     if len(sizes) != 1:
-        raise UserError(f"indexes {[str(p) for p in _as_list(index_paths)]}: need one image size, got {sorted(sizes)}")
-    return files, records, sizes.pop()
+        raise UserError(f"indexes {where}: need one image size, got {sorted(sizes)}")
+    if len(targets) != 1:
+        raise UserError(f"indexes {where}: buckets of different tasks or label counts (stale shards?)")
+    return files, records, sizes.pop(), targets.pop()
 
 
 def _dihedral_table(size: int) -> np.ndarray:
@@ -146,8 +152,17 @@ def _records(files: list[str], num_records: int, training: bool, seed: int | Non
     return ds
 
 
-def _decoder(stored: int, size: int, features: dict, with_ids: bool):
-    """record -> (uint8 image [size, size, 3], int32 label[, source image id])."""
+def _decoder(stored: int, size: int, features: dict, with_ids: bool, num_labels: int | None):
+    """record -> (uint8 image [size, size, 3], int32 label[, source image id]); with
+    ``num_labels`` (multi-label task) the label is the float32 multi-hot [num_labels] instead."""
+    if num_labels is not None:
+        features = {**features, "image/labels": tf.io.VarLenFeature(tf.int64)}
+
+    def target(ex: dict) -> tf.Tensor:
+        if num_labels is None:
+            return tf.cast(ex["image/label"], tf.int32)
+        indices = tf.sparse.to_dense(ex["image/labels"])
+        return tf.reduce_max(tf.one_hot(indices, num_labels, dtype=tf.float32), axis=0)
 
     def decode(record: tf.Tensor) -> tuple[tf.Tensor, ...]:
         ex = tf.io.parse_single_example(record, features)
@@ -156,7 +171,7 @@ def _decoder(stored: int, size: int, features: dict, with_ids: bool):
             image = tf.image.resize(image, [size, size], antialias=True)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
         image = tf.ensure_shape(image, [size, size, 3])
-        label = tf.cast(ex["image/label"], tf.int32)
+        label = target(ex)
         # Ids ride along only when asked for: every extra map stage or string feature costs
         # throughput on short epochs (benchmarks/bench_shards.py, check (c)).
         if not with_ids:
@@ -199,6 +214,7 @@ def make_dataset(
     image_size: int | None = None,
 ) -> tf.data.Dataset:
     """Batched ``(images uint8 [B,S,S,3], labels int32 [B])`` (+ ``ids`` string [B]) of a split
+    (labels float32 multi-hot [B, classes] when the index's task is multi-label)
     (one index JSON, or a list: several buckets read as one, e.g. a fold's training buckets).
 
     ``training=True`` shuffles shard order and records (buffer = split size, capped at
@@ -208,13 +224,13 @@ def make_dataset(
     shards' interleaved order, always the same. ``image_size`` resizes when it differs from the
     index's (the shards are stored at the index's size).
     """
-    files, num_records, stored = _shards_of(index_path)
+    files, num_records, stored, num_labels = _shards_of(index_path)
     size = stored if image_size is None else int(image_size)
     deterministic = seed is not None or not training
     autotune = tf.data.AUTOTUNE
 
     ds = _records(files, num_records, training, seed, deterministic)
-    decode = _decoder(stored, size, FEATURES if with_ids else _TRAINING_FEATURES, with_ids)
+    decode = _decoder(stored, size, FEATURES if with_ids else _TRAINING_FEATURES, with_ids, num_labels)
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=False)
     if augment:

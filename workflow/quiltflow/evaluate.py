@@ -26,6 +26,7 @@ from quiltflow.metrics import (
     write_predictions,
 )
 from quiltflow.pooling import run_summary
+from quiltflow.tasks import MULTICLASS, MULTILABEL, read_task
 
 __all__ = ["METRICS_SCHEMA_VERSION", "TTA_MODES", "TTA_SUFFIX", "dihedral_views", "predict", "evaluate_model"]
 
@@ -37,9 +38,15 @@ TTA_MODES = ("none", "dihedral")
 TTA_SUFFIX = "+tta"
 
 
-def as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
-    """Model outputs as probabilities; logits (rows not summing to 1) get a softmax."""
+def as_probabilities(outputs: np.ndarray, model_name: str, task: str = MULTICLASS) -> np.ndarray:
+    """Model outputs as probabilities; logits (rows not summing to 1) get a softmax. Multi-label
+    outputs are one probability per label: values outside [0, 1] are logits and get a sigmoid."""
     outputs = outputs.astype(np.float64)
+    if task == MULTILABEL:
+        if outputs.min(initial=0.0) >= 0 and outputs.max(initial=0.0) <= 1:
+            return outputs
+        log.warning("%s: outputs are not probabilities (no sigmoid layer?); applying a sigmoid", model_name)
+        return 1.0 / (1.0 + np.exp(-outputs))
     sums = outputs.sum(axis=1)
     if outputs.min(initial=0.0) >= 0 and np.all(np.abs(sums - 1.0) < 1e-3):
         return outputs
@@ -52,8 +59,10 @@ def as_probabilities(outputs: np.ndarray, model_name: str) -> np.ndarray:
 def _average_cells(
     ids: list[str], labels: np.ndarray, probs: np.ndarray, records_per_image: int
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """One row per source image: the mean probability over its cells (grid framing)."""
-    table = pd.DataFrame({"image_id": ids, "label": labels})
+    """One row per source image: the mean probability over its cells (grid framing). ``labels``:
+    one class per record, or one multi-hot row per record."""
+    keys = [row.tobytes() for row in labels] if labels.ndim == 2 else labels
+    table = pd.DataFrame({"image_id": ids, "label": keys})
     counts = table.groupby("image_id", sort=False).size()
     wrong = counts[counts != records_per_image]
     if len(wrong):
@@ -116,7 +125,8 @@ def _predict_batches(
                 f"model {name}: output shape {tuple(out.shape)} does not match {num_classes} classes of the label map"
             )
         outputs.append(out)
-        labels.append(np.asarray(batch_labels).reshape(-1))
+        batch_labels = np.asarray(batch_labels)
+        labels.append(batch_labels if batch_labels.ndim == 2 else batch_labels.reshape(-1))
         ids.extend(i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in np.asarray(batch_ids).reshape(-1))
     return ids, labels, outputs
 
@@ -129,15 +139,20 @@ def predict(
     groups: Mapping[str, str] | None = None,
     records_per_image: int = 1,
     tta: str = "none",
+    task: str = MULTICLASS,
+    thresholds: Sequence[float] | None = None,
+    primary: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Predict every batch of ``dataset`` (``(uint8 images, int32 labels, string ids)``).
+    """Predict every batch of ``dataset`` (``(uint8 images, labels, string ids)``).
 
     Returns the predictions table of docs/interfaces.md. ``group`` comes from ``groups``
     (image_id -> leakage group, read from the test manifest); an id missing there is an error.
     Without ``groups`` the column is empty strings. With ``records_per_image`` > 1 (grid
     framing) the ids are source images' and each image's cell probabilities are averaged.
     ``tta="dihedral"``: each image's (cell's) probabilities are the mean over its eight dihedral
-    views (test-time augmentation), before the cells are averaged.
+    views (test-time augmentation), before the cells are averaged. A multi-label ``task`` adds the
+    true and the thresholded multi-hot (``thresholds``: per label, default 0.5) and takes
+    ``true_label`` from ``primary`` (image_id -> first label; default: its first true label).
     """
     if tta not in TTA_MODES:
         raise UserError(f"config key evaluation.tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
@@ -145,8 +160,8 @@ def predict(
     if not ids:
         raise UserError("test dataset is empty: nothing to evaluate")
     outputs = np.concatenate(outputs)
-    probs = as_probabilities(outputs.reshape(-1, outputs.shape[-1]), getattr(model, "name", "model"))
-    if tta == "dihedral":  # softmax per view, then the mean over the eight views
+    probs = as_probabilities(outputs.reshape(-1, outputs.shape[-1]), getattr(model, "name", "model"), task)
+    if tta == "dihedral":  # probabilities per view, then the mean over the eight views
         probs = probs.reshape(outputs.shape).mean(axis=1)
     true_labels = np.concatenate(labels).astype(np.int32)
     if records_per_image > 1:
@@ -154,22 +169,37 @@ def predict(
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise UserError(f"test dataset: image_id {dup} appears more than once")
-    if groups is not None:
-        missing = [i for i in ids if i not in groups]
-        if missing:
-            raise UserError(f"test manifest has no row for image_id {missing[0]} ({len(missing)} missing)")
-        group_col = [str(groups[i]) for i in ids]
+    table = {"image_id": ids, "group": _group_column(ids, groups)}
+    if task == MULTILABEL:
+        table.update(_multilabel_columns(ids, true_labels, probs, thresholds, primary))
     else:
-        group_col = [""] * len(ids)
-    return pd.DataFrame(
-        {
-            "image_id": ids,
-            "group": group_col,
-            "true_label": true_labels,
-            "pred_label": probs.argmax(axis=1).astype(np.int32),
-            "probabilities": list(probs.astype(np.float32)),
-        }
-    )
+        table.update(true_label=true_labels, pred_label=probs.argmax(axis=1).astype(np.int32))
+    table["probabilities"] = list(probs.astype(np.float32))
+    return pd.DataFrame(table)
+
+
+def _group_column(ids: list[str], groups: Mapping[str, str] | None) -> list[str]:
+    if groups is None:
+        return [""] * len(ids)
+    missing = [i for i in ids if i not in groups]
+    if missing:
+        raise UserError(f"test manifest has no row for image_id {missing[0]} ({len(missing)} missing)")
+    return [str(groups[i]) for i in ids]
+
+
+def _multilabel_columns(ids, true_multi_hot, probs, thresholds, primary) -> dict[str, Any]:
+    """The multi-label prediction columns (docs/interfaces.md): decisions at the thresholds."""
+    thresholds = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, np.float64)
+    if thresholds.shape != (probs.shape[1],):
+        raise UserError(f"thresholds: {thresholds.size} values for {probs.shape[1]} labels")
+    first = true_multi_hot.argmax(axis=1)
+    true_label = first if primary is None else np.array([primary.get(i, f) for i, f in zip(ids, first)])
+    return {
+        "true_label": true_label.astype(np.int32),
+        "pred_label": probs.argmax(axis=1).astype(np.int32),
+        "true_multi_hot": list(true_multi_hot.astype(np.int8)),
+        "pred_multi_hot": list((probs >= thresholds).astype(np.int8)),
+    }
 
 
 def _make_test_dataset(index_path: str, batch_size: int) -> Any:
@@ -204,9 +234,8 @@ def _skipped_by_reason(test_index_paths: Paths) -> dict[str, int]:
 
 def _test_groups(manifest_paths: Paths) -> tuple[pd.DataFrame, dict[str, str]]:
     """The test manifest(s) and the image id -> group (video) map."""
-    manifest = pd.concat(
-        [pd.read_parquet(path, columns=["image_id", "group"]) for path in _paths(manifest_paths)], ignore_index=True
-    )
+    columns = ["image_id", "group", "label_index"]
+    manifest = pd.concat([pd.read_parquet(p, columns=columns) for p in _paths(manifest_paths)], ignore_index=True)
     groups = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str)))
     if len(groups) != len(manifest):
         raise UserError(f"test manifest {manifest_paths}: image_id values are not unique")
@@ -222,8 +251,10 @@ def _manifest_digest(manifest_paths: Paths) -> str:
 
 
 def _predict_test_split(
-    model_path, test_index_path, batch_size, class_names, groups, tta="none"
+    model_path, test_index_path, batch_size, class_names, groups, tta="none", **targets
 ) -> tuple[pd.DataFrame, float]:
+    """Predictions of the test split and their seconds; ``targets``: predict()'s task,
+    thresholds and primary labels."""
     import keras
 
     import quiltflow.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
@@ -232,7 +263,9 @@ def _predict_test_split(
     dataset = _make_test_dataset(test_index_path, int(batch_size))
     start = time.perf_counter()
     records_per_image = int(read_json(_paths(test_index_path)[0], "test index").get("records_per_image", 1))
-    predictions = predict(model, dataset, class_names, groups=groups, records_per_image=records_per_image, tta=tta)
+    predictions = predict(
+        model, dataset, class_names, groups=groups, records_per_image=records_per_image, tta=tta, **targets
+    )
     return predictions, time.perf_counter() - start
 
 
@@ -247,10 +280,22 @@ def _check_reconciled(manifest_path, test_index_path, n_manifest: int, n_predict
 
 def _log_result(document: dict[str, Any]) -> None:
     metrics, seconds = document["metrics"], document["timing"]["eval_seconds"]
+    headline = "map_macro" if document.get("task") == MULTILABEL else "accuracy"
     log.info(
-        "%s: %d test images, accuracy %.4f, macro F1 %.4f, eval %.1f s",
-        *(document["model"], metrics["n_test"], metrics["accuracy"], metrics["f1_macro"], seconds),
+        "%s: %d test images, %s %s, macro F1 %.4f, eval %.1f s",
+        *(document["model"], metrics["n_test"], headline, metrics[headline], metrics["f1_macro"], seconds),
     )
+
+
+def _targets(task: str, info: Mapping[str, Any], class_names: Sequence[str], manifest: pd.DataFrame) -> dict:
+    """predict()'s multi-label arguments: the run's validation thresholds and primary labels."""
+    if task != MULTILABEL:
+        return {"task": task}
+    thresholds = info.get("thresholds")
+    if not isinstance(thresholds, Mapping) or set(thresholds) != set(class_names):
+        raise UserError(f"train_info of {info.get('model')}: thresholds missing or not per class; re-run train_model")
+    primary = dict(zip(manifest["image_id"].astype(str), manifest["label_index"].astype(int)))
+    return {"task": task, "thresholds": [float(thresholds[c]) for c in class_names], "primary": primary}
 
 
 def evaluate_model(
@@ -281,15 +326,18 @@ def evaluate_model(
     from quiltflow.runtime import set_thread_pools
 
     set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything
-    class_names = read_label_map(label_map_path)
+    class_names, task = read_label_map(label_map_path), read_task(label_map_path)
     info = _train_info(info_path, model_name)
     skipped = _skipped_by_reason(test_index_path)
     manifest, groups = _test_groups(manifest_path)
-    predictions, eval_seconds = _predict_test_split(model_path, test_index_path, batch_size, class_names, groups, tta)
+    targets = _targets(task, info, class_names, manifest)
+    predictions, eval_seconds = _predict_test_split(
+        model_path, test_index_path, batch_size, class_names, groups, tta, **targets
+    )
     _check_reconciled(manifest_path, test_index_path, len(manifest), len(predictions), sum(skipped.values()))
 
     predictions = predictions.assign(fold=np.int32(fold), seed=np.int32(seed))
-    metrics = compute_metrics(predictions, class_names, top_k=int(top_k))
+    metrics = compute_metrics(predictions, class_names, top_k=int(top_k), task=task)
     document = build_metrics_document(
         model=model_name if tta == "none" else f"{model_name}{TTA_SUFFIX}",
         architecture=str(info.get("architecture", "unknown")),
@@ -302,6 +350,7 @@ def evaluate_model(
         n_manifest=len(manifest),
         skipped_by_reason=skipped,
         device=info.get("device"),
+        task=task,
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
     if tta != "none":

@@ -205,6 +205,10 @@ class Rows:
     splits: list[str] = field(default_factory=list)
     pathology_code: np.ndarray | None = None  # int64 index into ``pathology_lists``
     pathology_lists: pa.Array | None = None
+    # Every label of a row in its cell's order (multi-label policy): ``label_lists[label_list_code]``
+    # are indices into ``classes``; None = one label per row (``label_code``).
+    label_list_code: np.ndarray | None = None
+    label_lists: list[tuple[int, ...]] | None = None
     group_code: np.ndarray | None = None  # configured group column (csv)
     groups: list[str] = field(default_factory=list)
     magnification: np.ndarray | None = None
@@ -257,6 +261,17 @@ def _read_table(path: Path, wanted: list[str], string_cols: set[str]) -> pa.Tabl
         raise UserError(f"{path}: cannot read metadata: {first}") from None
 
 
+def _label_codes(parsed: list[list[str] | None]) -> tuple[np.ndarray, list[tuple[int, ...]], list[str]]:
+    """Parsed label cells -> (first-label code per cell, every label's code per cell in order
+    without repeats, classes). Every entry is a class (a multi-label target may use any); one slot
+    per cell plus a final one for null/empty cells: code -1, or -2 where the cell is malformed."""
+    classes = sorted({name for p in parsed if p for name in p})
+    index = {c: i for i, c in enumerate(classes)}
+    label_lists = [tuple(dict.fromkeys(index[name] for name in p)) if p else () for p in parsed] + [()]
+    first = [(-2 if p is None else index[p[0]] if p else -1) for p in parsed] + [-1]
+    return np.array(first, dtype=np.int64), label_lists, classes
+
+
 def quilt_rows(metadata_path: Path) -> Rows:
     """Read the Quilt lookup: only the needed columns; each distinct pathology parsed once."""
     is_parquet = metadata_path.suffix.lower() in (".parquet", ".pq")
@@ -275,13 +290,7 @@ def quilt_rows(metadata_path: Path) -> Rows:
 
     path_code_p, pathology_strings = _encode(table["pathology"])
     parsed = [parse_pathology(s) for s in pathology_strings]
-    classes = sorted({p[0] for p in parsed if p})
-    class_index = {c: i for i, c in enumerate(classes)}
-    # One slot per distinct string plus a final slot for null/empty cells (code -1).
-    label_of = np.array(
-        [(-2 if p is None else class_index[p[0]] if p else -1) for p in parsed] + [-1],
-        dtype=np.int64,
-    )
+    label_of, label_lists, classes = _label_codes(parsed)
     lists = pa.array([p or [] for p in parsed] + [[]], type=pa.list_(pa.string()))
     pcode = np.where(path_code_p < 0, len(parsed), path_code_p)
     col = lambda name: table[name] if name in optional else None  # noqa: E731
@@ -297,6 +306,8 @@ def quilt_rows(metadata_path: Path) -> Rows:
         splits=splits,
         pathology_code=pcode,
         pathology_lists=lists,
+        label_list_code=pcode,
+        label_lists=label_lists,
         magnification=_floats(col("magnification"), n),
         height=_floats(col("height"), n),
         width=_floats(col("width"), n),
@@ -321,12 +332,12 @@ def csv_rows(metadata_path: Path, columns: Mapping[str, Any]) -> Rows:
     table = _read_table(metadata_path, wanted, set(wanted))
     n = table.num_rows
     path_code, paths = _encode_arrow(table[names["path"]])
-    label_code, labels = _encode(table[names["label"]])
-    labels = [s.strip() for s in labels]
-    classes = sorted(set(labels) - {""})
-    index = {c: i for i, c in enumerate(classes)}
-    remap = np.array([index[s] if s else -1 for s in labels] + [-1], dtype=np.int64)
-    label_code = remap[np.where(label_code < 0, len(labels), label_code)]
+    cell_code, labels = _encode(table[names["label"]])
+    # A cell is one label, or several written as a list literal like Quilt's: "['A', 'B']".
+    parsed = [parse_pathology(s) if s.strip().startswith("[") else [s.strip()] if s.strip() else [] for s in labels]
+    first, label_lists, classes = _label_codes(parsed)
+    cell_code = np.where(cell_code < 0, len(labels), cell_code)
+    label_code = first[cell_code]
     rows = Rows(
         n=n,
         path_code=path_code,
@@ -335,6 +346,8 @@ def csv_rows(metadata_path: Path, columns: Mapping[str, Any]) -> Rows:
         classes=classes,
         subset_code=np.zeros(n, dtype=np.int64),
         subsets=["csv"],
+        label_list_code=cell_code,
+        label_lists=label_lists,
     )
     if "group" in names:
         rows.group_code, rows.groups = _encode(table[names["group"]])

@@ -22,9 +22,11 @@ Each dropped row is counted exactly once, under the FIRST reason in this order:
 ``small_image``          (quilt) ``min(height, width) < filters.min_image_side`` (unknown kept).
 ``single_wsi``           (quilt) ``filters.single_wsi`` true: ``single_wsi != 1`` (unknown dropped);
                          false: ``single_wsi == 1``.
-``malformed_pathology``  (quilt) the ``pathology`` cell is not a list of strings.
+``malformed_pathology``  the ``pathology`` cell (quilt), or a csv label cell written as a list
+                         (``['A', 'B']``), is not a list of strings.
 ``no_label``             empty pathology list / empty label cell.
-``label_not_in_vocabulary`` (quilt) the first pathology entry is not in ``filters.classes``.
+``label_not_in_vocabulary`` (quilt) the first pathology entry is not in ``filters.classes``
+                         (``multilabel``: no entry is).
 ``image_missing``        no such file under ``image_root`` (one directory listing, no stat per row).
 ``class_excluded``       the image's label is in ``filters.exclude_classes``.
 ``class_too_small``      the label has fewer than ``filters.min_per_class`` images.
@@ -41,7 +43,15 @@ decoded for hashing are counted (``near_duplicates.unreadable``) and kept: the s
 them with their exact reason.
 
 Class reasons are decided per image (label of its first surviving row) and count all of that
-image's surviving rows. The report always reconciles:
+image's surviving rows.
+
+``filters.label_policy``: ``primary`` labels an image with the first entry of its list (every
+class filter acts on that label). ``multilabel`` keeps every entry as a target: the vocabulary and
+the class filters remove *labels* from an image's list (``min_per_class`` and ``top_k_classes``
+count label occurrences, i.e. images carrying the label), and an image left without a label is
+dropped under the reason that removed its last one. The removed entries of kept images are counted
+in the report (``label_entries``), so entries reconcile too; ``label`` is then the first surviving
+entry (the stratum of the split) and ``labels`` the surviving list in the cell's order. The report always reconciles:
 ``rows_in == rows_kept + sum(dropped.values())``. With ``dedupe`` (default) ``rows_kept`` equals
 ``images_kept`` and ``n_captions`` counts every surviving row of the image; with ``dedupe: false``
 every surviving row stays in the table (``image_id`` then repeats) and class filters count rows.
@@ -194,6 +204,17 @@ class _NearDuplicates:
 
 
 @dataclass
+class _LabelSets:
+    """Multi-label policy: every label of each distinct label cell, and which labels survive."""
+
+    member: np.ndarray  # bool [cells, classes]: the cell lists the class
+    rank: np.ndarray  # int [cells, classes]: position of the class in the cell (len = absent)
+    list_code: np.ndarray  # cell of every input row
+    allowed: np.ndarray  # bool [classes]: in filters.classes (all true without a vocabulary)
+    removed: dict  # reason -> bool [classes] of the labels that reason removed
+
+
+@dataclass
 class _Units:
     """What class filters and dedupe decide on: images (``dedupe``) or surviving rows."""
 
@@ -205,6 +226,7 @@ class _Units:
     label: np.ndarray  # label code of each unit
     image_code: np.ndarray  # image of every input row (normalised path code)
     reason: np.ndarray  # int8 class-level drop reason per unit (0 = kept)
+    label_set: np.ndarray | None = None  # bool [units, classes]: surviving labels (multilabel)
 
 
 def _read_rows(fmt: str, metadata_path: str | Path | None, image_root: Path, columns: Mapping[str, Any] | None) -> Rows:
@@ -285,7 +307,6 @@ def _drop_by_quilt_columns(rows: Rows, filters: FilterSettings, drops: _Drops) -
     if filters.single_wsi is not None:
         single = rows.single_wsi == 1
         drops.drop("single_wsi", ~single if filters.single_wsi else single)
-    drops.drop("malformed_pathology", rows.label_code == -2)
 
 
 def _raw_labels(rows: Rows) -> dict[str, int]:
@@ -294,13 +315,36 @@ def _raw_labels(rows: Rows) -> dict[str, int]:
     return {rows.classes[c]: int(k) for c, k in enumerate(counts) if k}
 
 
-def _drop_outside_vocabulary(rows: Rows, filters: FilterSettings, drops: _Drops) -> None:
-    """``filters.classes``: labels outside the allowed vocabulary (Quilt only)."""
+def _label_sets(rows: Rows, filters: FilterSettings) -> _LabelSets | None:
+    """The label cells as a membership matrix (``multilabel`` policy only; None for ``primary``).
+    A folder dataset has one label per image: each class is its own one-entry cell."""
+    if filters.label_policy != "multilabel":
+        return None
+    k = len(rows.classes)
+    if rows.label_lists is None:
+        lists, list_code = [(c,) for c in range(k)] + [()], np.where(rows.label_code < 0, k, rows.label_code)
+    else:
+        lists, list_code = rows.label_lists, rows.label_list_code
+    rank = np.full((len(lists), k), k, dtype=np.int32)
+    for cell, codes in enumerate(lists):
+        rank[cell, list(codes)] = np.arange(len(codes))
+    allowed = np.ones(k, dtype=bool)
+    if rows.quilt and filters.classes is not None:
+        allowed = np.array([c in filters.classes for c in rows.classes], dtype=bool)
+    return _LabelSets(rank < k, rank, list_code, allowed, {"label_not_in_vocabulary": ~allowed})
+
+
+def _drop_outside_vocabulary(rows: Rows, filters: FilterSettings, drops: _Drops, sets: _LabelSets | None) -> None:
+    """``filters.classes``: labels outside the allowed vocabulary (Quilt only). Multi-label: a row
+    goes when none of its entries is allowed (the others lose their disallowed entries later)."""
     if not rows.quilt or filters.classes is None:
         return
-    allowed = np.array([c in filters.classes for c in rows.classes] + [True, True], dtype=bool)
     seen = sorted(_raw_labels(rows).items(), key=lambda kv: -kv[1])[:5]
     detail = f"(most frequent labels: {', '.join(f'{k!r} {v}' for k, v in seen)})"
+    if sets is not None:
+        drops.drop("label_not_in_vocabulary", ~(sets.member & sets.allowed).any(axis=1)[sets.list_code], detail)
+        return
+    allowed = np.array([c in filters.classes for c in rows.classes] + [True, True], dtype=bool)
     drops.drop("label_not_in_vocabulary", ~allowed[rows.label_code], detail)
 
 
@@ -375,6 +419,66 @@ def _drop_classes(classes: list[str], units: _Units, filters: FilterSettings, ro
         reason[(reason == 0) & ~top[label]] = _REASON_CODE["class_not_top_k"]
 
 
+def _drop_label_sets(
+    classes: list[str], units: _Units, sets: _LabelSets, filters: FilterSettings, rows_in: int
+) -> None:
+    """Multi-label class filters: each removes labels from every image; an image left without a
+    label is dropped under that filter's reason. The unit's ``label`` becomes its first survivor."""
+    cells = sets.list_code[units.rows]
+    member, reason, keep = sets.member[cells], units.reason, sets.allowed.copy()
+
+    def remove(name: str, labels: np.ndarray, detail: str = "") -> None:
+        sets.removed[name] = labels & keep  # disjoint per reason: each entry is counted once
+        keep[labels] = False
+        reason[(reason == 0) & ~(member & keep).any(axis=1)] = _REASON_CODE[name]
+        if not (reason == 0).any():
+            raise _empty_error(name, filters, rows_in, detail)
+
+    if filters.exclude_classes:
+        remove("class_excluded", np.array([c in filters.exclude_classes for c in classes], dtype=bool))
+    sizes = (member[reason == 0] & keep).sum(axis=0)
+    if filters.min_per_class > 1:
+        remove("class_too_small", sizes < filters.min_per_class, f"(largest class has {int(sizes.max())})")
+        sizes = np.where(keep, sizes, 0)
+    if filters.top_k_classes is not None:
+        ranked = sorted((c for c in range(len(classes)) if sizes[c] > 0), key=lambda c: (-sizes[c], classes[c]))
+        top = np.zeros(len(classes), dtype=bool)
+        top[ranked[: filters.top_k_classes]] = True
+        remove("class_not_top_k", ~top)
+    units.label_set = member & keep
+    first = np.where(units.label_set, sets.rank[cells], len(classes)).argmin(axis=1)
+    units.label = np.where(reason == 0, first, units.label)
+
+
+def _label_entries(units: _Units, sets: _LabelSets | None) -> dict | None:
+    """Multi-label: the label entries of the kept images, kept or removed by reason (they add up)."""
+    if sets is None:
+        return None
+    kept = units.reason == 0
+    member = sets.member[sets.list_code[units.rows[kept]]]
+    removed = {name: int(member[:, labels].sum()) for name, labels in sets.removed.items()}
+    entries = {"in": int(member.sum()), "kept": int(units.label_set[kept].sum()), "removed": removed}
+    assert entries["in"] == entries["kept"] + sum(removed.values())
+    return entries
+
+
+def _labels_column(classes: list[str], units: _Units, sets: _LabelSets | None) -> pa.Array:
+    """Each kept unit's labels (list<string>): its one label, or its surviving labels in the order
+    of its cell."""
+    kept = units.reason == 0
+    names = pa.array(classes, type=pa.string())
+    if sets is None:
+        codes, offsets = units.label[kept], np.arange(int(kept.sum()) + 1, dtype=np.int32)
+    else:
+        label_set = units.label_set[kept]
+        position = np.where(label_set, sets.rank[sets.list_code[units.rows[kept]]], len(classes))
+        order = np.argsort(position, axis=1, kind="stable")
+        counts = label_set.sum(axis=1)
+        codes = order[np.arange(len(classes)) < counts[:, None]]  # row-major: each unit in turn
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), names.take(pa.array(codes)))
+
+
 def _near_duplicates(
     rows: Rows, paths: _Paths, units: _Units, image_root: Path, filters: FilterSettings, threads: int
 ) -> _NearDuplicates:
@@ -444,7 +548,10 @@ def _report(fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterS
     keep_units = units.reason == 0
     kept_rows = units.rows[keep_units]
     dropped_counts = np.bincount(drops.reason, minlength=len(DROP_REASONS) + 1)
-    kept_sizes = np.bincount(units.label[keep_units], minlength=len(rows.classes))
+    if units.label_set is None:
+        kept_sizes = np.bincount(units.label[keep_units], minlength=len(rows.classes))
+    else:  # multilabel: images carrying each label
+        kept_sizes = units.label_set[keep_units].sum(axis=0)
     images_kept = len(kept_rows) if filters.dedupe else len(np.unique(units.image_code[kept_rows]))
     report = {
         "format": fmt,
@@ -456,7 +563,7 @@ def _report(fmt: str, rows: Rows, units: _Units, drops: _Drops, filters: FilterS
         "class_counts": {rows.classes[c]: int(k) for c, k in enumerate(kept_sizes) if k},
         "filters": filters.as_dict(),
         "raw_labels": _raw_labels(rows),
-        **{key: value for key, value in extra.items() if value != []},
+        **{key: value for key, value in extra.items() if value not in ([], None)},
     }
     assert report["rows_in"] == report["rows_kept"] + sum(report["dropped"].values())
     return report
@@ -484,19 +591,29 @@ def filter_metadata(
     if rows.quilt:
         _check_filter_columns(rows, filters, metadata_path)
         _drop_by_quilt_columns(rows, filters, drops)
+    drops.drop("malformed_pathology", rows.label_code == -2)
     drops.drop("no_label", rows.label_code < 0)
-    _drop_outside_vocabulary(rows, filters, drops)
+    label_sets = _label_sets(rows, filters)
+    _drop_outside_vocabulary(rows, filters, drops, label_sets)
     _drop_missing_images(rows, paths, drops, image_root, root_listing.result())
     units = _image_units(rows, paths, drops, filters.dedupe)
-    _drop_classes(rows.classes, units, filters, rows.n)
+    if label_sets is None:
+        _drop_classes(rows.classes, units, filters, rows.n)
+    else:
+        _drop_label_sets(rows.classes, units, label_sets, filters, rows.n)
     near = _near_duplicates(rows, paths, units, image_root, filters, threads)
     _settle_rows(units, drops)
     keep_units = units.reason == 0
+    labels = _labels_column(rows.classes, units, label_sets)
     table, unmatched = _build_table(
-        rows, units.rows[keep_units], paths.norm, units.n_captions[keep_units], paths.rank.result()
+        rows, units.rows[keep_units], labels, paths.norm, units.n_captions[keep_units], paths.rank.result()
     )
     _merge_near_duplicate_groups(table, near)
-    extra = {"ignored_filters": ignored, "near_duplicates": near.report}
+    extra = {
+        "ignored_filters": ignored,
+        "near_duplicates": near.report,
+        "label_entries": _label_entries(units, label_sets),
+    }
     if rows.quilt:
         extra["video_id_unmatched"] = unmatched
     report = _report(fmt, rows, units, drops, filters, extra)
@@ -563,16 +680,18 @@ def _group_column(rows: Rows, kept: np.ndarray, image_id: pa.Array, subset: pa.A
 def _build_table(
     rows: Rows,
     kept: np.ndarray,
+    labels: pa.Array,
     norm_paths: pa.Array,
     n_captions: np.ndarray,
     path_rank: np.ndarray,
 ) -> tuple[pd.DataFrame, int]:
-    """Assemble the filtered table (contract columns) for the kept rows, sorted by image_id
+    """Assemble the filtered table (contract columns) for the kept rows (``labels``: theirs, in
+    the same order), sorted by image_id
     (stable: rows of one image keep file order, for ``dedupe: false``); ``path_rank`` is
     :func:`_dense_rank` of ``norm_paths``. Also returns the count of Quilt-subset images without
     a video id in their name."""
     order = _stable_order(path_rank[rows.path_code[kept]])
-    kept, n_captions = kept[order], n_captions[order]
+    kept, n_captions, labels = kept[order], n_captions[order], labels.take(pa.array(order))
     image_id = norm_paths.take(pa.array(rows.path_code[kept]))
     label = pa.array(rows.classes, type=pa.string()).take(pa.array(rows.label_code[kept]))
     subset = pa.array(rows.subsets, type=pa.string()).take(pa.array(rows.subset_code[kept]))
@@ -588,6 +707,7 @@ def _build_table(
             label,
             group,
             pathologies,
+            labels,
             subset,
             _lookup(rows.splits, rows.split_code, kept),
             pa.array(mag, type=pa.float64(), from_pandas=True),

@@ -19,6 +19,7 @@ from keras import layers
 from quiltflow.architectures import IMAGENET, NO_WEIGHTS, architecture, backbone_spec, weights_name
 from quiltflow.errors import UserError
 from quiltflow.jsonio import sha256_file
+from quiltflow.tasks import MULTICLASS, head_activation
 
 FEATURE_DIM = 2048  # ResNet50 global-average-pooled output width
 
@@ -50,9 +51,16 @@ def _image_input(image_size: int) -> keras.KerasTensor:
 
 
 def custom_cnn(
-    num_classes: int, image_size: int, *, weights: str | None = None, dropout: float = 0.25, seed: int = 0
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None = None,
+    dropout: float = 0.25,
+    seed: int = 0,
+    task: str = MULTICLASS,
 ) -> keras.Model:
-    """The study's small CNN: 3 x (conv 3x3 ReLU, max-pool 2x2, dropout), dense 128, softmax.
+    """The study's small CNN: 3 x (conv 3x3 ReLU, max-pool 2x2, dropout), dense 128, softmax
+    (sigmoid for a multi-label ``task``).
 
     From scratch (the registry accepts no weights for it); Keras' global seed initialises it.
     """
@@ -65,13 +73,13 @@ def custom_cnn(
     x = layers.Flatten()(x)
     x = layers.Dense(128, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    # float32 softmax: stays numerically sane under the mixed_float16 policy on GPU.
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    # float32 softmax/sigmoid: stays numerically sane under the mixed_float16 policy on GPU.
+    outputs = layers.Dense(num_classes, activation=head_activation(task), dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 
-def dense_head(num_classes: int, dropout: float = 0.0, seed: int = 0) -> keras.Model:
-    """Dense 512 ReLU + softmax on 2048-d ResNet50 features.
+def dense_head(num_classes: int, dropout: float = 0.0, seed: int = 0, task: str = MULTICLASS) -> keras.Model:
+    """Dense 512 ReLU + softmax (sigmoid for a multi-label ``task``) on 2048-d ResNet50 features.
 
     Explicitly seeded initializers: the head gets the same initial weights whether it is built
     alone (trained on cached features) or inside the full model (trained through the base).
@@ -81,7 +89,7 @@ def dense_head(num_classes: int, dropout: float = 0.0, seed: int = 0) -> keras.M
     x = layers.Dropout(dropout, seed=seed)(x)
     outputs = layers.Dense(
         num_classes,
-        activation="softmax",
+        activation=head_activation(task),
         dtype="float32",
         kernel_initializer=keras.initializers.GlorotUniform(seed + 1),
         name="probs",
@@ -129,30 +137,42 @@ def backbone_base(name: str, image_size: int) -> tuple[layers.Layer, keras.Model
 
 
 def _resnet50(
-    name: str, num_classes: int, image_size: int, weights: str | None, dropout: float, seed: int
+    name: str, num_classes: int, image_size: int, weights: str | None, dropout: float, seed: int, task: str
 ) -> keras.Model:
     base = backbone(image_size, weights, seed)
     base.trainable = False
-    head = dense_head(num_classes, dropout, seed)
+    head = dense_head(num_classes, dropout, seed, task)
     inputs = _image_input(image_size)
     return keras.Model(inputs, head(base(inputs)), name=name)
 
 
 def resnet50_frozen(
-    num_classes: int, image_size: int, *, weights: str | None, dropout: float = 0.0, seed: int = 0
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    task: str = MULTICLASS,
 ) -> keras.Model:
     """Frozen ImageNet ResNet50 feature extractor + trainable dense head."""
-    return _resnet50("resnet50_frozen", num_classes, image_size, weights, dropout, seed)
+    return _resnet50("resnet50_frozen", num_classes, image_size, weights, dropout, seed, task)
 
 
 def resnet50_finetune(
-    num_classes: int, image_size: int, *, weights: str | None, dropout: float = 0.0, seed: int = 0
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    task: str = MULTICLASS,
 ) -> keras.Model:
     """Same network as ``resnet50_frozen``; training unfreezes the base after a head warm-up.
 
     Built frozen: ``set_backbone_trainable(model, True)`` starts the fine-tune phase.
     """
-    return _resnet50("resnet50_finetune", num_classes, image_size, weights, dropout, seed)
+    return _resnet50("resnet50_finetune", num_classes, image_size, weights, dropout, seed, task)
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
@@ -172,14 +192,16 @@ def build_model(
     weights: str | None,
     dropout: float | None = None,
     seed: int = 0,
+    task: str = MULTICLASS,
 ) -> keras.Model:
-    """Build a registered architecture with its builder; ``dropout=None`` uses its default."""
+    """Build a registered architecture with its builder; ``dropout=None`` uses its default;
+    ``task`` (quiltflow.tasks) picks the output activation."""
     spec = architecture(name)
     if not spec.accepts_weights and weights_name(weights) != NO_WEIGHTS:
         raise UserError(f"weights: {spec.name} trains from scratch; use 'none', not {weights!r}")
     builder = globals()[spec.builder]
     dropout = spec.default_dropout if dropout is None else dropout
-    return builder(num_classes, image_size, weights=weights, dropout=dropout, seed=seed)
+    return builder(num_classes, image_size, weights=weights, dropout=dropout, seed=seed, task=task)
 
 
 # --- weights ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 from .jsonio import read_json, write_json
+from .tasks import MULTICLASS, read_task
 from .tfrecord_io import TFRecordWriter, decode_example, encode_example, iter_records
 
 if TYPE_CHECKING:  # settings imports jsonschema and the schema; the DAG build needs neither
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 # the header's size against this before decoding and counts the file as a skip.
 MAX_PIXELS = 50_000_000
 
-MANIFEST_COLUMNS = ("image_id", "label_index", "group")
+MANIFEST_COLUMNS = ("image_id", "label_index", "label_indices", "group")
 
 # Skip reasons (keys of ``skipped_by_reason``).
 MISSING = "missing"
@@ -334,10 +335,10 @@ def _write_records(
     writer = TFRecordWriter(f)
     skipped: list[dict[str, str]] = []
     columns = rows.columns
-    for offset, (image_id, label, group) in enumerate(
-        zip(columns["image_id"], columns["label_index"], columns["group"])
+    for offset, (image_id, label, labels, group) in enumerate(
+        zip(columns["image_id"], columns["label_index"], columns["label_indices"], columns["group"])
     ):
-        if image_id is None or label is None or int(label) < 0:
+        if image_id is None or label is None or int(label) < 0 or not labels or min(labels) < 0:
             raise UserError(
                 f"{rows.manifest_path}: row {rows.start + offset} has a missing image_id or invalid label_index"
             )
@@ -352,14 +353,15 @@ def _write_records(
         except BadImage as e:
             skipped.append({"image_id": image_id, "reason": e.reason, "detail": e.detail})
             continue
-        for example in _examples(views, image_id, int(label), group):
+        for example in _examples(views, image_id, int(label), labels, group):
             writer.write(encode_example(example))
     return writer, skipped
 
 
-def _examples(views: list[bytes], image_id: str, label: int, group: str | None) -> list[dict]:
-    """One record per view; grid cells get their own id and carry the source image's id."""
-    common = {"image/label": label, "image/group": group if group is not None else ""}
+def _examples(views: list[bytes], image_id: str, label: int, labels: list[int], group: str | None) -> list[dict]:
+    """One record per view; grid cells get their own id and carry the source image's id.
+    ``image/label`` is the first label (the stratum), ``image/labels`` every target label."""
+    common = {"image/label": label, "image/labels": [int(x) for x in labels], "image/group": group or ""}
     if len(views) == 1:
         return [{"image/encoded": views[0], "image/id": image_id, **common}]
     return [
@@ -508,14 +510,17 @@ def _read_shard_report(report_file: Path, shard: Path) -> dict:
 
 
 def _count_labels(shard: Path, data: bytes, class_counts: list[int]) -> int:
-    """Walk a shard's records (``data``), adding each label to ``class_counts``; the count."""
+    """Walk a shard's records (``data``), adding each target label to ``class_counts`` (records
+    carrying the label); the record count."""
     num_classes = len(class_counts)
     records = 0
     for record in iter_records(io.BytesIO(data), verify=False):
-        label = decode_example(record).get("image/label", [-1])[0]
-        if not 0 <= label < num_classes:
-            raise UserError(f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}")
-        class_counts[label] += 1
+        example = decode_example(record)
+        labels = example.get("image/labels") or example.get("image/label", [-1])
+        for label in labels:
+            if not 0 <= label < num_classes:
+                raise UserError(f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}")
+            class_counts[label] += 1
         records += 1
     return records
 
@@ -545,8 +550,10 @@ def write_index(
     shard_paths: Sequence[str | os.PathLike],
     report_paths: Sequence[str | os.PathLike],
     index_path: str | os.PathLike,
+    task: str = MULTICLASS,
 ) -> dict:
-    """Write the split index JSON from the shards and their reports; return it.
+    """Write the split index JSON from the shards and their reports; return it. ``task``
+    (quiltflow.tasks) tells the reader what labels to yield.
 
     Each shard is read back once (pure Python, no TensorFlow): its size and SHA-256 must match
     its report, and its records are walked to count labels, so the index's record and class
@@ -575,6 +582,7 @@ def write_index(
         "image_size": int(image_size),
         "num_records": num_records,
         "num_classes": int(num_classes),
+        "task": task,
         "shards": shards,
         "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
         "rows": total_rows,
@@ -608,7 +616,8 @@ def index_split(
     classes = read_json(label_map_path, "label map").get("classes")
     if not classes:
         raise UserError(f"{label_map_path}: 'classes' missing or empty")
-    return write_index(split, settings.image_size, len(classes), shard_paths, report_paths, index_path)
+    task = read_task(label_map_path)
+    return write_index(split, settings.image_size, len(classes), shard_paths, report_paths, index_path, task)
 
 
 def load_index(index_path: str | os.PathLike) -> dict:

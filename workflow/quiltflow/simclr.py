@@ -107,7 +107,7 @@ def pretrain_dataset(
     seeded stream of seed pairs drawn afresh each epoch, as ``data``'s augmentation does. A last
     batch that ``keep_batch`` rejects (one image: no negatives) is dropped.
     """
-    _, _, stored = _shards_of(index_paths)
+    _, _, stored, _ = _shards_of(index_paths)
     ds = make_dataset(
         index_paths,
         batch_size,

@@ -32,6 +32,7 @@ from quiltflow.errors import UserError
 from quiltflow.jsonio import write_json
 from quiltflow.settings import SplitSettings
 from quiltflow.tables import FILTERED_SCHEMA, MANIFEST_SCHEMA, write_parquet_stable
+from quiltflow.tasks import MULTICLASS, TASKS
 
 log = logging.getLogger("quiltflow.splits")
 
@@ -151,14 +152,18 @@ def _canonical_order(table: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array]:
     return table, ids
 
 
-def _label_indices(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """(sorted class names, class index of every row)."""
+def _label_indices(table: pd.DataFrame) -> tuple[list[str], np.ndarray, pa.ListArray]:
+    """(sorted class names, class index of every row's ``label``, indices of its ``labels``)."""
     if table["label"].isna().any():
         raise UserError("filtered table has rows without a label")
     labels = pa.array(table["label"], type=pa.string())
-    classes = sorted(pc.unique(labels).to_pylist())
-    label_index = pc.index_in(labels, value_set=pa.array(classes, type=pa.string())).to_numpy().astype(np.int64)
-    return classes, label_index
+    targets = pa.array(table["labels"], type=pa.list_(pa.string()))
+    classes = sorted(set(pc.unique(labels).to_pylist()) | set(pc.unique(targets.flatten()).to_pylist()))
+    value_set = pa.array(classes, type=pa.string())
+    label_index = pc.index_in(labels, value_set=value_set).to_numpy().astype(np.int64)
+    flat = pc.index_in(targets.flatten(), value_set=value_set).cast(pa.int32())
+    label_indices = pa.ListArray.from_arrays(targets.offsets, flat)
+    return classes, label_index, label_indices
 
 
 def _group_strata(
@@ -213,11 +218,18 @@ def _check_one_split_per_image(ids: pa.Array, row_split: np.ndarray) -> None:
 
 
 def _manifests(
-    table: pd.DataFrame, row_split: np.ndarray, label_index: np.ndarray, settings: SplitSettings
+    table: pd.DataFrame,
+    row_split: np.ndarray,
+    label_index: np.ndarray,
+    label_indices: pa.ListArray,
+    settings: SplitSettings,
 ) -> dict[str, pd.DataFrame]:
     """One manifest per bucket, rows in a seeded order so contiguous shards are class-mixed."""
     seed = settings.seed
-    table = table.assign(label_index=label_index.astype(np.int32))
+    table = table.assign(
+        label_index=label_index.astype(np.int32),
+        label_indices=pd.Series(pd.arrays.ArrowExtensionArray(label_indices), index=table.index),
+    )
     manifests: dict[str, pd.DataFrame] = {}
     for i, name in enumerate(buckets(settings.folds)):
         rows = np.flatnonzero(row_split == i)
@@ -230,14 +242,16 @@ def _split_report(
     manifests: Mapping[str, pd.DataFrame],
     classes: list[str],
     row_split: np.ndarray,
-    label_index: np.ndarray,
+    label_indices: pa.ListArray,
     group_split: np.ndarray,
     settings: SplitSettings,
 ) -> dict:
-    """split_report.json: counts per bucket and class, and a warning per bucket lacking a class."""
+    """split_report.json: images per bucket, images per bucket and class (each label an image
+    carries: with one label per image, images per class), a warning per bucket lacking a class."""
     names = buckets(settings.folds)
     per_split = np.zeros((len(names), len(classes)), dtype=np.int64)
-    np.add.at(per_split, (row_split, label_index), 1)
+    row_of_entry = np.repeat(np.arange(len(row_split)), np.diff(label_indices.offsets.to_numpy()))
+    np.add.at(per_split, (row_split[row_of_entry], label_indices.flatten().to_numpy()), 1)
     class_counts = {
         name: {c: int(per_split[i, j]) for j, c in enumerate(classes) if per_split[i, j]}
         for i, name in enumerate(names)
@@ -263,17 +277,24 @@ def _split_report(
     }
 
 
-def make_splits(table: pd.DataFrame, settings: SplitSettings) -> tuple[dict[str, pd.DataFrame], dict, dict]:
-    """Split the filtered table: ({split: manifest}, label_map, report)."""
+def make_splits(
+    table: pd.DataFrame, settings: SplitSettings, task: str = MULTICLASS
+) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    """Split the filtered table: ({split: manifest}, label_map, report). ``task`` (quiltflow.tasks)
+    is recorded in the label map; the split is stratified on ``label`` (the first label) either way."""
+    if task not in TASKS:
+        raise UserError(f"task {task!r} is not one of {', '.join(TASKS)}")
     table, ids = _canonical_order(table)
-    classes, label_index = _label_indices(table)
+    classes, label_index, label_indices = _label_indices(table)
+    if task == MULTICLASS and len(label_indices.flatten()) != len(table):
+        raise UserError("filtered table has images with several labels: set filters.label_policy: multilabel")
     group_code, strata, sizes = _group_strata(table, label_index, len(classes))
     group_split = _split_groups(table, group_code, strata, sizes, len(classes), settings)
     row_split = group_split[group_code]
     _check_one_split_per_image(ids, row_split)
-    manifests = _manifests(table, row_split, label_index, settings)
-    label_map = {"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}}
-    report = _split_report(manifests, classes, row_split, label_index, group_split, settings)
+    manifests = _manifests(table, row_split, label_index, label_indices, settings)
+    label_map = {"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}, "task": task}
+    report = _split_report(manifests, classes, row_split, label_indices, group_split, settings)
     log.info("split %d rows into %s", len(table), report["counts"])
     return manifests, label_map, report
 

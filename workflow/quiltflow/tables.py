@@ -22,13 +22,17 @@ FILTERED_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("group", pa.string()),
         ("pathologies", pa.list_(pa.string())),
+        # The image's targets: [label] (label_policy primary) or every surviving label (multilabel).
+        ("labels", pa.list_(pa.string())),
         ("subset", pa.string()),
         ("source_split", pa.string()),
         ("magnification", pa.float64()),
         ("n_captions", pa.int32()),
     ]
 )
-MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32()))
+MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32())).append(
+    pa.field("label_indices", pa.list_(pa.int32()))  # ``labels`` as label-map indices
+)
 # results/splits/folds.parquet: which run tests each image (quiltflow.splits.fold_assignment).
 FOLDS_SCHEMA = pa.schema(
     [

@@ -32,3 +32,9 @@ def read_task(label_map_path: str | os.PathLike) -> str:
     if task not in TASKS:
         raise UserError(f"{label_map_path}: task {task!r} is not one of {', '.join(TASKS)}")
     return task
+
+
+def head_activation(task: str) -> str:
+    """The output layer's activation: one distribution over the classes, or one independent
+    probability per label."""
+    return "sigmoid" if task == MULTILABEL else "softmax"

@@ -13,6 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from quiltflow.models import build_model, dense_head, set_backbone_trainable, we
 from quiltflow.resume import TrainingRun, backed_up_epoch, prior_val_state
 from quiltflow.runtime import configure_runtime, float32_policy
 from quiltflow.settings import ModelSettings
+from quiltflow.tasks import MULTICLASS, MULTILABEL, read_task
 
 log = logging.getLogger("quiltflow.train")
 
@@ -51,17 +53,65 @@ def class_weights_from_counts(class_counts: Mapping[int, int] | Sequence[int], n
     return {c: float(total / (k * counts[c])) if present[c] else 1.0 for c in range(num_classes)}
 
 
-# --- training ----------------------------------------------------------------------------------
+# A label seen in 1 of 10,000 training images would weigh 9,999: one image would steer the loss.
+MAX_POSITIVE_WEIGHT = 100.0
 
 
-def _compile(model: keras.Model, learning_rate: float, jit_compile: bool) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        # Integer labels: same loss as categorical cross-entropy on one-hot labels.
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
-    )
+def positive_weights_from_counts(label_counts: Sequence[int], num_images: int) -> np.ndarray:
+    """Per-label positive weights ``n_neg / n_pos`` (capped at ``MAX_POSITIVE_WEIGHT``): a label's
+    positives then weigh as much as its negatives in the loss. A label without positives gets 1."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if num_images <= 0 or (counts < 0).any() or (counts > num_images).any():
+        raise UserError(f"label counts {counts.astype(int).tolist()} do not fit {num_images} training images")
+    weights = np.where(counts > 0, (num_images - counts) / np.maximum(counts, 1), 1.0)
+    return np.clip(weights, 0.0, MAX_POSITIVE_WEIGHT)
+
+
+@keras.saving.register_keras_serializable(package="quiltflow")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy of each label's sigmoid output, positives weighted per label
+    (``positive_weights``), averaged over the labels."""
+
+    def __init__(self, positive_weights: Sequence[float], name: str = "weighted_binary_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.positive_weights = [float(w) for w in positive_weights]
+
+    def call(self, y_true, y_pred):
+        y_pred = keras.ops.clip(y_pred, keras.config.epsilon(), 1.0 - keras.config.epsilon())
+        y_true = keras.ops.cast(y_true, y_pred.dtype)
+        weights = keras.ops.convert_to_tensor(self.positive_weights, dtype=y_pred.dtype)
+        loss = weights * y_true * keras.ops.log(y_pred) + (1.0 - y_true) * keras.ops.log(1.0 - y_pred)
+        return -keras.ops.mean(loss, axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "positive_weights": self.positive_weights}
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a model predicts: the task (quiltflow.tasks), the class names in label-map order and,
+    multi-label only, the per-label positive weights of the loss (None: unweighted)."""
+
+    task: str = MULTICLASS
+    class_names: tuple[str, ...] = ()
+    positive_weights: tuple[float, ...] | None = None
+
+    def named(self, values: Sequence[float]) -> dict[str, float]:
+        """Per-label values keyed by class name (by index when no names were given)."""
+        names = self.class_names or tuple(str(i) for i in range(len(values)))
+        return {name: float(v) for name, v in zip(names, values)}
+
+
+def _compile(model: keras.Model, learning_rate: float, jit_compile: bool, targets: Targets | None = None) -> None:
+    targets = targets or Targets()
+    if targets.task == MULTILABEL:  # multi-hot float labels, one sigmoid per label
+        weights = targets.positive_weights
+        loss = keras.losses.BinaryCrossentropy() if weights is None else WeightedBinaryCrossentropy(weights)
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(multi_label=True, name="auc")]
+    else:  # integer labels: same loss as categorical cross-entropy on one-hot labels
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics, jit_compile=jit_compile)
 
 
 def _fit(
@@ -94,7 +144,11 @@ def _count_labels(ds: tf.data.Dataset, num_classes: int) -> np.ndarray:
     """Per-class counts by reading the labels once (only when the caller did not supply them)."""
     counts = np.zeros(num_classes, dtype=np.int64)
     for element in ds:
-        counts += np.bincount(np.asarray(element[1]).ravel(), minlength=num_classes)[:num_classes]
+        labels = np.asarray(element[1])
+        if labels.ndim == 2:  # multi-hot: images carrying each label
+            counts += labels.sum(axis=0).astype(np.int64)
+        else:
+            counts += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
     return counts
 
 
@@ -147,8 +201,46 @@ def _with_provenance(info: dict[str, Any], provenance: Mapping[str, Any] | None)
     return info
 
 
-def _class_weight(s: ModelSettings, class_counts, num_classes: int) -> dict[int, float] | None:
-    return class_weights_from_counts(class_counts, num_classes) if s.class_weights else None
+def _class_weight(s: ModelSettings, class_counts, num_classes: int, targets: Targets) -> dict[int, float] | None:
+    """Balanced class weights (multiclass); a multi-label loss weighs positives per label instead."""
+    if not s.class_weights or targets.task == MULTILABEL:
+        return None
+    return class_weights_from_counts(class_counts, num_classes)
+
+
+def _resolve_targets(s: ModelSettings, targets: Targets | None, label_counts, num_images: int) -> Targets:
+    """``targets`` with multi-label positive weights from ``label_counts`` (in ``num_images``)
+    when ``class_weights`` is on and the caller gave none."""
+    targets = targets or Targets()
+    if targets.task == MULTILABEL and s.class_weights and targets.positive_weights is None:
+        weights = positive_weights_from_counts(np.asarray(label_counts), num_images)
+        targets = Targets(targets.task, targets.class_names, tuple(weights))
+    return targets
+
+
+def _validation_thresholds(model: keras.Model, val_ds, targets: Targets) -> np.ndarray | None:
+    """Multi-label: each label's F1-optimal decision threshold on the validation batches
+    (``(inputs, multi-hot)``), predicted by the final ``model``; None for a multiclass task."""
+    if targets.task != MULTILABEL:
+        return None
+    from quiltflow.multilabel import f1_optimal_thresholds
+
+    probs, labels = [], []
+    for inputs, batch_labels in val_ds:
+        probs.append(np.asarray(model.predict_on_batch(inputs), dtype=np.float64))
+        labels.append(np.asarray(batch_labels))
+    return f1_optimal_thresholds(np.concatenate(labels).astype(np.int8), np.concatenate(probs))
+
+
+def _with_targets(info: dict[str, Any], targets: Targets, thresholds: np.ndarray | None) -> dict[str, Any]:
+    """train_info's task, and (multi-label) the positive weights and validation thresholds."""
+    info["task"] = targets.task
+    if targets.task == MULTILABEL:
+        weights = targets.positive_weights
+        info["positive_weights"] = None if weights is None else targets.named(weights)
+        info["thresholds"] = targets.named(thresholds)
+        info["thresholds_from"] = "validation split, F1-optimal per label"
+    return info
 
 
 def _resume_epoch(s: ModelSettings, run: TrainingRun) -> int:
@@ -170,14 +262,14 @@ def _start_run(run: TrainingRun, resume: int, name: str) -> int:
     return resume
 
 
-def _warm_up_head(model, s: ModelSettings, run: TrainingRun, strategy, train_ds, val_ds, class_weight) -> None:
+def _warm_up_head(model, s: ModelSettings, run: TrainingRun, strategy, train_ds, val_ds, class_weight, targets) -> None:
     """Head-only epochs with the backbone frozen, then unfreeze it (fine-tuning architectures)."""
     warmup_done = run.backup / "warmup_done.weights.h5"
     if warmup_done.is_file():
         model.load_weights(warmup_done)
     else:
         with strategy.scope():
-            _compile(model, s.learning_rate, s.jit_compile)
+            _compile(model, s.learning_rate, s.jit_compile, targets)
         _fit(
             model,
             run,
@@ -207,32 +299,34 @@ def train_model(
     num_train: int | None = None,
     num_val: int | None = None,
     provenance: Mapping[str, Any] | None = None,
+    targets: Targets | None = None,
 ) -> dict[str, Any]:
-    """Train on batched ``(uint8 images, int labels)`` datasets; returns ``train_info``.
+    """Train on batched ``(uint8 images, labels)`` datasets; returns ``train_info``.
 
     Any architecture works on images (a features-trained one then runs the frozen base every
     step; the workflow uses ``train_frozen_head`` on cached features instead). ``class_counts``
     (indexed by label) and ``num_train``/``num_val`` are counted from the data if not given.
+    ``targets``: the task (multi-label: multi-hot labels), names, positive weights.
     """
     s = settings
     strategy, device, run = _prepare(s, out_dir, seed, threads)
-    if class_counts is None and (s.class_weights or num_train is None):
+    if class_counts is None and s.class_weights:
         class_counts = _count_labels(train_ds, num_classes)
-    class_weight = _class_weight(s, class_counts, num_classes)
-    if num_train is None:
-        num_train = int(sum(class_counts.values() if isinstance(class_counts, Mapping) else class_counts))
-    if num_val is None:
-        num_val = int(sum(int(tf.shape(e[1])[0]) for e in val_ds))
+    num_train = _num_records(train_ds) if num_train is None else num_train
+    num_val = _num_records(val_ds) if num_val is None else num_val
+    targets = _resolve_targets(s, targets, class_counts, num_train)
+    class_weight = _class_weight(s, class_counts, num_classes, targets)
     resume = _start_run(run, _resume_epoch(s, run), s.name)
+    build = dict(dropout=s.dropout, seed=seed, task=targets.task)
     with strategy.scope():  # weights are resolved here: offline ImageNet fails before training
-        model = build_model(s.architecture, num_classes, image_size, weights=s.weights, dropout=s.dropout, seed=seed)
+        model = build_model(s.architecture, num_classes, image_size, weights=s.weights, **build)
     start = time.perf_counter()
     first_epoch, learning_rate = 0, s.learning_rate
     if s.spec.finetunes_backbone:
-        _warm_up_head(model, s, run, strategy, train_ds, val_ds, class_weight)
+        _warm_up_head(model, s, run, strategy, train_ds, val_ds, class_weight, targets)
         first_epoch, learning_rate = s.warmup_epochs, s.finetune_learning_rate
     with strategy.scope():
-        _compile(model, learning_rate, s.jit_compile)
+        _compile(model, learning_rate, s.jit_compile, targets)
     _fit(
         model,
         run,
@@ -248,34 +342,45 @@ def train_model(
 
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else model
     with float32_policy():
-        final = build_model(s.architecture, num_classes, image_size, weights="none", dropout=s.dropout, seed=seed)
+        final = build_model(s.architecture, num_classes, image_size, weights="none", **build)
     final.set_weights(best.get_weights())
     shutil.rmtree(run.backup, ignore_errors=True)
     info = _info(s, device, image_size, seed, num_train, num_val, resume, class_weight, seconds)
+    info = _with_targets(info, targets, _validation_thresholds(final, val_ds, targets))
     return _finish(run, final, _with_provenance(info, provenance))
 
 
+def _num_records(ds: tf.data.Dataset) -> int:
+    """Examples in a batched dataset (one pass over it)."""
+    return int(sum(int(tf.shape(element[1])[0]) for element in ds))
+
+
 def _features_dataset(data: Mapping[str, np.ndarray], batch_size: int, shuffle: bool, seed: int):
-    ds = tf.data.Dataset.from_tensor_slices(
-        (np.asarray(data["features"], np.float32), np.asarray(data["labels"], np.int32))
-    )
+    labels = np.asarray(data["labels"])
+    labels = labels.astype(np.float32 if labels.ndim == 2 else np.int32)  # multi-hot: float targets
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(data["features"], np.float32), labels))
     if shuffle:
         ds = ds.shuffle(len(data["labels"]), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _check_features(features: Mapping[str, Mapping[str, np.ndarray]], num_classes: int) -> None:
+def _check_features(features: Mapping[str, Mapping[str, np.ndarray]], num_classes: int, task: str) -> None:
+    """Labels: one per feature row, class indices (multiclass) or 0/1 rows of num_classes (multi-label)."""
     for name, data in features.items():
         labels = np.asarray(data["labels"])
-        if len(labels) != len(data["features"]) or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
-            raise UserError(f"{name}: labels do not match features or the {num_classes} classes")
+        if task == MULTILABEL:
+            bad = labels.ndim != 2 or labels.shape[1:] != (num_classes,) or not np.isin(labels, (0, 1)).all()
+        else:
+            bad = labels.ndim != 1 or (len(labels) > 0 and (labels.min() < 0 or labels.max() >= num_classes))
+        if len(labels) != len(data["features"]) or bad:
+            raise UserError(f"{name}: labels do not match features or the {num_classes} classes ({task})")
 
 
-def _image_model_with_head(s: ModelSettings, num_classes: int, image_size: int, head, backbone_seed: int):
+def _image_model_with_head(s: ModelSettings, num_classes: int, image_size: int, head, backbone_seed: int, task: str):
     """The full image model: the base the features came from (same weights and seed) + ``head``."""
     with float32_policy():
         final = build_model(
-            s.architecture, num_classes, image_size, weights=s.weights, dropout=s.dropout, seed=backbone_seed
+            s.architecture, num_classes, image_size, weights=s.weights, dropout=s.dropout, seed=backbone_seed, task=task
         )
     final.get_layer("head").set_weights(head.get_weights())
     return final
@@ -295,6 +400,7 @@ def train_frozen_head(
     shuffle: bool = True,
     backbone_seed: int | None = None,
     provenance: Mapping[str, Any] | None = None,
+    targets: Targets | None = None,
 ) -> dict[str, Any]:
     """Train the head of a features-trained architecture on cached features (``extract_features``).
 
@@ -306,17 +412,19 @@ def train_frozen_head(
     s = settings
     if not s.spec.trains_on_features:
         raise UserError(f"models.{s.name}.architecture: {s.architecture} does not train on cached features")
-    _check_features({"features_train": features_train, "features_val": features_val}, num_classes)
+    task = (targets or Targets()).task
+    _check_features({"features_train": features_train, "features_val": features_val}, num_classes, task)
     strategy, device, run = _prepare(s, out_dir, seed, threads)
     labels = np.asarray(features_train["labels"])
     if class_counts is None:
-        class_counts = np.bincount(labels, minlength=num_classes)
-    class_weight = _class_weight(s, class_counts, num_classes)
+        class_counts = labels.sum(axis=0) if task == MULTILABEL else np.bincount(labels, minlength=num_classes)
+    targets = _resolve_targets(s, targets, class_counts, len(labels))
+    class_weight = _class_weight(s, class_counts, num_classes, targets)
 
     resume = _start_run(run, backed_up_epoch(run.backup / "main"), s.name)
     with strategy.scope():
-        head = dense_head(num_classes, s.dropout, seed)
-        _compile(head, s.learning_rate, s.jit_compile)
+        head = dense_head(num_classes, s.dropout, seed, task)
+        _compile(head, s.learning_rate, s.jit_compile, targets)
     train_ds = _features_dataset(features_train, s.batch_size, shuffle, seed)
     val_ds = _features_dataset(features_val, s.batch_size, False, seed)
     start = time.perf_counter()
@@ -334,9 +442,12 @@ def train_frozen_head(
     seconds = time.perf_counter() - start
 
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else head
-    final = _image_model_with_head(s, num_classes, image_size, best, seed if backbone_seed is None else backbone_seed)
+    final = _image_model_with_head(
+        s, num_classes, image_size, best, seed if backbone_seed is None else backbone_seed, task
+    )
     shutil.rmtree(run.backup, ignore_errors=True)
     info = _info(s, device, image_size, seed, len(labels), len(features_val["labels"]), resume, class_weight, seconds)
+    info = _with_targets(info, targets, _validation_thresholds(best, val_ds, targets))
     info["trained_on"] = "cached features"
     return _finish(run, final, _with_provenance(info, provenance))
 
@@ -346,10 +457,13 @@ def train_frozen_head(
 
 def _train_class_counts(
     label_map: str | Path, split_report: str | Path, train_buckets: Sequence[str]
-) -> tuple[list[str], list[int]]:
-    """(class names, training images per class in label order) from the split stage's files."""
+) -> tuple[list[str], list[int], int]:
+    """(class names, training images per class (carrying each label) in label order, training
+    images) from the split stage's files."""
     classes = read_label_map(label_map)
-    class_counts = read_json(split_report, "split report").get("class_counts", {})
+    report = read_json(split_report, "split report")
+    class_counts = report.get("class_counts", {})
+    images = sum(int(report.get("counts", {}).get(bucket, 0)) for bucket in train_buckets)
     counts = dict.fromkeys(classes, 0)
     for bucket in train_buckets:
         if bucket not in class_counts:
@@ -359,7 +473,7 @@ def _train_class_counts(
             raise UserError(f"{split_report}: class_counts.{bucket} has classes not in {label_map}: {unknown[:3]}")
         for name, count in class_counts[bucket].items():
             counts[name] += int(count)
-    return classes, [counts[name] for name in classes]
+    return classes, [counts[name] for name in classes], images
 
 
 def _load_cached_features(features, s: ModelSettings, image_size: int):
@@ -404,8 +518,11 @@ def train_from_files(
     = (train .npz files, val .npz files) for architectures that train on cached features, which
     were extracted with ``feature_seed`` (default ``seed``); ``seed`` is this run's seed.
     """
-    classes, counts = _train_class_counts(label_map, split_report, train_buckets)
+    classes, counts, images = _train_class_counts(label_map, split_report, train_buckets)
+    # Positive weights from images (a grid image's cells share its labels), not from records.
+    targets = _resolve_targets(settings, Targets(read_task(label_map), tuple(classes)), counts, images)
     common = dict(
+        targets=targets,
         out_dir=out_dir,
         settings=settings,
         num_classes=len(classes),

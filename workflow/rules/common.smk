@@ -30,6 +30,7 @@ from quiltflow.pretraining import (  # noqa: E402
     fold_of_suffix,
 )
 from quiltflow.shards import shard_names  # noqa: E402
+from quiltflow.tasks import MULTILABEL as _MULTILABEL_TASK, task_of_policy  # noqa: E402
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -59,6 +60,10 @@ PRETRAININGS = sorted(config["pretraining"])
 # Test-time augmentation (evaluation.tta): rule evaluate_tta writes {model}{run}.tta.* beside the
 # plain evaluation's files; the comparison reports them as {model}+tta rows.
 TTA = config["evaluation"]["tta"] != "none"
+# The learning task (quiltflow.tasks): split_manifests records it in label_map.json, where every
+# job reads it; the DAG needs it only for the multi-label comparison's extra plot.
+TASK = task_of_policy(config["filters"]["label_policy"])
+MULTILABEL = TASK == _MULTILABEL_TASK
 
 
 wildcard_constraints:

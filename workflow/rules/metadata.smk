@@ -48,6 +48,7 @@ rule split_manifests:
         use_source_val=config["splits"]["use_source_val"],
         folds=FOLDS,
         buckets=BUCKETS,
+        task=TASK,
         code=script_code("split_manifests.py"),
     script:
         "../scripts/split_manifests.py"

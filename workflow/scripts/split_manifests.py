@@ -17,7 +17,7 @@ settings = SplitSettings.from_config(
     {"fractions": dict(params.fractions), "use_source_val": params.use_source_val, "folds": params.folds},
     seed=params.seed,
 )
-manifests, label_map, report = make_splits(read_filtered(snakemake.input.table), settings)
+manifests, label_map, report = make_splits(read_filtered(snakemake.input.table), settings, params.task)
 out = snakemake.output
 write_splits(manifests, label_map, report, dict(zip(params.buckets, out.manifests)), out.label_map, out.report)
 write_parquet_stable(fold_assignment(manifests), out.folds, FOLDS_SCHEMA)
