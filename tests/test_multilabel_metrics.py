@@ -39,7 +39,7 @@ from quiltflow.metrics import (
     write_predictions,
 )
 from quiltflow.multilabel import apply_thresholds, f1_optimal_thresholds, multi_hot, multilabel_metrics
-from quiltflow.pooling import run_summary
+from quiltflow.pooling import pool_runs, run_summary
 
 CLASSES = ["adeno", "benign", "squamous"]
 # Five images, three labels. Label 2 ("squamous") has no positive test image: ap/auc undefined.
@@ -378,3 +378,51 @@ def test_run_summary_multilabel_keys(tmp_path):
         "top1_in_labels": pytest.approx(0.8),
     }
     assert m["map_macro"] == pytest.approx((2.6 / 3 + 1) / 2)
+
+
+def _write_run(tmp_path: Path, rows: list[int], fold: int, task: str) -> tuple[str, str]:
+    """One (fold, seed 7) run's predictions and metrics files over the given rows of the hand table."""
+    table = multilabel_table().iloc[rows].reset_index(drop=True).assign(fold=np.int32(fold), seed=np.int32(7))
+    if task == "multiclass":
+        table["probabilities"] = [np.array([0.5, 0.25, 0.25], np.float32)] * len(table)
+    predictions, metrics = tmp_path / f"pred{fold}.parquet", tmp_path / f"metrics{fold}.json"
+    write_predictions(table, predictions)
+    document = build_metrics_document(
+        model=f"cnn_f{fold}", architecture="custom_cnn", weights="none", dataset_sha256="0" * 64,
+        train_seconds=1.0, eval_seconds=0.5, device="cpu", task=task,
+        metrics=compute_metrics(table, CLASSES, top_k=1, task=task),
+    )  # fmt: skip
+    write_json(document, metrics)
+    return str(predictions), str(metrics)
+
+
+def _pool(tmp_path: Path, run_task: str) -> dict:
+    label_map = tmp_path / "label_map.json"
+    write_json({"classes": CLASSES, "class_to_index": {c: i for i, c in enumerate(CLASSES)}, "task": "multilabel"},
+               label_map)  # fmt: skip
+    folds = tmp_path / "folds.parquet"
+    pd.DataFrame({"image_id": multilabel_table()["image_id"], "fold": [0, 0, 1, 1, 1]}).to_parquet(folds)
+    runs = [_write_run(tmp_path, [0, 1], 0, run_task), _write_run(tmp_path, [2, 3, 4], 1, run_task)]
+    return pool_runs(
+        [p for p, _ in runs], [m for _, m in runs], label_map_path=str(label_map), folds_path=str(folds),
+        predictions_out=str(tmp_path / "pooled.parquet"), metrics_out=str(tmp_path / "pooled.json"),
+        model="cnn", folds=2, seeds=[7], top_k=1,
+    )  # fmt: skip
+
+
+def test_pool_runs_multilabel_pools_metrics_and_run_summaries(tmp_path):
+    document = _pool(tmp_path, "multilabel")
+    assert document["task"] == "multilabel"
+    # The pooled table is the hand table: the pooled metrics are its hand-checked values.
+    assert document["metrics"] == multilabel_metrics(np.array(Y_TRUE), np.array(PROBS, np.float32), np.array(Y_PRED),
+                                                     CLASSES)  # fmt: skip
+    assert document["metrics"]["subset_accuracy"] == pytest.approx(3 / 5)
+    assert [run["top1_in_labels"] for run in document["cv"]["runs"]] == [1.0, pytest.approx(2 / 3)]
+    assert load_metrics_document(tmp_path / "pooled.json")["task"] == "multilabel"
+    back = read_predictions(tmp_path / "pooled.parquet")
+    assert [list(r) for r in back["true_multi_hot"]] == Y_TRUE
+
+
+def test_pool_runs_refuses_runs_of_another_task(tmp_path):
+    with pytest.raises(UserError, match="not a multilabel evaluation"):
+        _pool(tmp_path, "multiclass")
