@@ -27,6 +27,8 @@ from sklearn.metrics import (
 
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json
+from quiltflow.multilabel import multilabel_metrics
+from quiltflow.tasks import MULTICLASS, MULTILABEL, TASKS
 
 METRICS_SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "metrics.schema.json"
@@ -34,6 +36,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "metrics.sche
 PREDICTION_COLUMNS = ("image_id", "group", "true_label", "pred_label", "probabilities")
 # The run of each prediction (cross-validation fold, seed); written whenever present.
 RUN_COLUMNS = ("fold", "seed")
+# Multi-label runs only (issue 16): the true multi-hot and the thresholded prediction, label-map order.
+MULTI_HOT_COLUMNS = ("true_multi_hot", "pred_multi_hot")
 PREDICTIONS_ARROW_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -44,17 +48,33 @@ PREDICTIONS_ARROW_SCHEMA = pa.schema(
     ]
 )
 _RUN_FIELDS = [pa.field(name, pa.int32()) for name in RUN_COLUMNS]
+_MULTI_HOT_FIELDS = [pa.field(name, pa.list_(pa.int8())) for name in MULTI_HOT_COLUMNS]
 # Softmax outputs stored as float32 sum to 1 within ~1e-6; anything further off is not a distribution.
 _PROB_SUM_TOLERANCE = 1e-3
 
 
+def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """A [n, width] matrix as an Arrow ``list<value_type>`` column."""
+    flat = pa.array(matrix.ravel(), value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(value_type))
+
+
 def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
-    """Write a predictions table with the exact column types of docs/interfaces.md."""
+    """Write a predictions table with the exact column types of docs/interfaces.md.
+
+    Multi-label tables also carry ``true_multi_hot`` and ``pred_multi_hot`` (list<int8>, one entry
+    per label), written after ``probabilities`` whenever present.
+    """
     probs = probability_matrix(predictions, source=str(path))
     run_columns = [name for name in RUN_COLUMNS if name in predictions.columns]
+    hot_columns = [name for name in MULTI_HOT_COLUMNS if name in predictions.columns]
+    hot = {name: multi_hot_matrix(predictions, name, source=str(path)) for name in hot_columns}
+    for name, matrix in hot.items():
+        if matrix.shape[1] != probs.shape[1]:
+            raise UserError(f"{path}: {name} has {matrix.shape[1]} entries, probabilities {probs.shape[1]}")
     schema = PREDICTIONS_ARROW_SCHEMA
-    for field in _RUN_FIELDS:
-        if field.name in run_columns:
+    for field in _MULTI_HOT_FIELDS + _RUN_FIELDS:
+        if field.name in run_columns + hot_columns:
             schema = schema.append(field)
     table = pa.table(
         {
@@ -62,9 +82,8 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
             "group": pa.array(predictions["group"].astype(str).tolist(), pa.string()),
             "true_label": pa.array(predictions["true_label"].to_numpy(np.int32), pa.int32()),
             "pred_label": pa.array(predictions["pred_label"].to_numpy(np.int32), pa.int32()),
-            "probabilities": pa.FixedSizeListArray.from_arrays(
-                pa.array(probs.astype(np.float32).ravel(), pa.float32()), probs.shape[1]
-            ).cast(pa.list_(pa.float32())),
+            "probabilities": _list_array(probs.astype(np.float32), pa.float32()),
+            **{name: _list_array(matrix, pa.int8()) for name, matrix in hot.items()},
             **{name: pa.array(predictions[name].to_numpy(np.int32), pa.int32()) for name in run_columns},
         },
         schema=schema,
@@ -96,13 +115,32 @@ def probability_matrix(predictions: pd.DataFrame, *, source: str = "predictions"
     return np.asarray(np.stack([np.asarray(r, dtype=np.float64) for r in rows]), dtype=np.float64)
 
 
-def _check_predictions(
-    predictions: pd.DataFrame, num_classes: int, source: str
+def multi_hot_matrix(predictions: pd.DataFrame, column: str, *, source: str = "predictions") -> np.ndarray:
+    """A multi-hot column (``true_multi_hot``/``pred_multi_hot``) as an int8 [n, labels] 0/1 matrix."""
+    rows = predictions[column].to_list()
+    if not rows:
+        return np.zeros((0, 0), dtype=np.int8)
+    lengths = {len(r) for r in rows}
+    if len(lengths) != 1:
+        raise UserError(f"{source}: {column} rows have different lengths {sorted(lengths)}")
+    matrix = np.stack([np.asarray(r, dtype=np.int64) for r in rows])
+    bad = np.flatnonzero(((matrix != 0) & (matrix != 1)).any(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise UserError(
+            f"{source}: row {row} (image_id {predictions['image_id'].iloc[row]}) {column} is not 0/1: "
+            f"{matrix[row].tolist()}"
+        )
+    return matrix.astype(np.int8)
+
+
+def _check_labels(
+    predictions: pd.DataFrame, num_classes: int, source: str, columns: Sequence[str] = PREDICTION_COLUMNS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate labels/probabilities; return (y_true, y_pred, probabilities renormalised in float64)."""
+    """Validate rows, columns, label indices and probability width; return (y_true, y_pred, probabilities)."""
     if len(predictions) == 0:
         raise UserError(f"{source}: no predictions (empty test set?)")
-    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    missing = [c for c in columns if c not in predictions.columns]
     if missing:
         raise UserError(f"{source}: missing column(s) {', '.join(missing)}")
     y_true = predictions["true_label"].to_numpy(np.int64)
@@ -118,6 +156,14 @@ def _check_predictions(
     probs = probability_matrix(predictions, source=source)
     if probs.shape[1] != num_classes:
         raise UserError(f"{source}: probabilities have {probs.shape[1]} entries, label map has {num_classes} classes")
+    return y_true, y_pred, probs
+
+
+def _check_predictions(
+    predictions: pd.DataFrame, num_classes: int, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate labels/probabilities; return (y_true, y_pred, probabilities renormalised in float64)."""
+    y_true, y_pred, probs = _check_labels(predictions, num_classes, source)
     sums = probs.sum(axis=1)
     bad = np.flatnonzero(~np.isfinite(sums) | (np.abs(sums - 1.0) > _PROB_SUM_TOLERANCE) | (probs.min(axis=1) < 0))
     if bad.size:
@@ -130,20 +176,54 @@ def _check_predictions(
     return y_true, y_pred, probs / sums[:, None]
 
 
-def compute_metrics(predictions: pd.DataFrame, class_names: Sequence[str], *, top_k: int) -> dict[str, Any]:
+def _check_multilabel(predictions: pd.DataFrame, num_classes: int, source: str) -> tuple[np.ndarray, ...]:
+    """Validate a multi-label table; return (true multi-hot, probabilities, predicted multi-hot).
+
+    Probabilities are independent per label (sigmoid): each must be in [0, 1], rows need not sum to 1.
+    """
+    _, _, probs = _check_labels(predictions, num_classes, source, PREDICTION_COLUMNS + MULTI_HOT_COLUMNS)
+    bad = np.flatnonzero((~np.isfinite(probs) | (probs < 0) | (probs > 1)).any(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise UserError(
+            f"{source}: row {row} (image_id {predictions['image_id'].iloc[row]}) probabilities "
+            f"are not all in [0, 1]: {probs[row].tolist()}"
+        )
+    hot = [multi_hot_matrix(predictions, name, source=source) for name in MULTI_HOT_COLUMNS]
+    for name, matrix in zip(MULTI_HOT_COLUMNS, hot):
+        if matrix.shape[1] != num_classes:
+            raise UserError(f"{source}: {name} has {matrix.shape[1]} entries, label map has {num_classes} classes")
+    return hot[0], probs, hot[1]
+
+
+def compute_metrics(
+    predictions: pd.DataFrame, class_names: Sequence[str], *, top_k: int, task: str = MULTICLASS
+) -> dict[str, Any]:
     """All test metrics of one model, from its predictions table (scikit-learn throughout).
 
     Per-class values and the confusion matrix use every class of the label map, in its order
     (rows = true, columns = predicted). Macro averages follow scikit-learn's default: the mean over
     classes present in the true or predicted labels (a class absent from both says nothing).
     ``top_k_accuracy`` is ``None`` unless ``top_k < number of classes``.
+    ``task="multilabel"``: the multi-label block of ``quiltflow.multilabel.multilabel_metrics`` from
+    the ``true_multi_hot``/``probabilities``/``pred_multi_hot`` columns (``top_k`` unused).
     """
     class_names = [str(c) for c in class_names]
     k_classes = len(class_names)
+    if task not in TASKS:
+        raise UserError(f"task {task!r} is not one of {', '.join(TASKS)}")
     if k_classes < 2:
         raise UserError(f"label map: need at least 2 classes, got {k_classes}")
     if int(top_k) < 1:
         raise UserError(f"params top_k: must be >= 1, got {top_k}")
+    if task == MULTILABEL:
+        return multilabel_metrics(*_check_multilabel(predictions, k_classes, "predictions"), class_names)
+    return _multiclass_metrics(predictions, class_names, top_k)
+
+
+def _multiclass_metrics(predictions: pd.DataFrame, class_names: list[str], top_k: int) -> dict[str, Any]:
+    """The multiclass ``metrics`` block (see compute_metrics)."""
+    k_classes = len(class_names)
     y_true, y_pred, probs = _check_predictions(predictions, k_classes, "predictions")
     labels = list(range(k_classes))
 
@@ -206,14 +286,17 @@ def build_metrics_document(
     n_manifest: int | None = None,
     skipped_by_reason: dict[str, int] | None = None,
     device: str | None = None,
+    task: str = MULTICLASS,
 ) -> dict[str, Any]:
     """The versioned metrics JSON of one model (schema: workflow/schemas/metrics.schema.json).
 
     ``n_manifest`` and ``skipped_by_reason`` say how the test manifest's rows reconcile with
     ``metrics.n_test`` (images that could not be sharded are counted, not silently dropped).
+    ``task`` (multiclass | multilabel) says which ``metrics`` block ``compute_metrics`` made.
     """
     document = {
         "schema_version": METRICS_SCHEMA_VERSION,
+        "task": task,
         "model": model,
         "architecture": architecture,
         "weights": weights,
@@ -251,17 +334,26 @@ def validate_metrics_document(document: dict[str, Any], *, source: str = "metric
         raise UserError(f"{source}: key {where}: {err.message}")
     metrics = document["metrics"]
     k = metrics["n_classes"]
-    matrix = metrics["confusion_matrix"]
-    if len(metrics["class_names"]) != k or len(matrix) != k or any(len(row) != k for row in matrix):
-        raise UserError(f"{source}: class_names/confusion_matrix do not match n_classes={k}")
-    if sum(map(sum, matrix)) != metrics["n_test"]:
-        raise UserError(f"{source}: confusion matrix total != n_test={metrics['n_test']}")
+    if document_task(document) == MULTILABEL:
+        if metrics["class_names"] != list(metrics["per_class"]) or len(metrics["class_names"]) != k:
+            raise UserError(f"{source}: class_names/per_class do not match n_classes={k}")
+    else:
+        matrix = metrics["confusion_matrix"]
+        if len(metrics["class_names"]) != k or len(matrix) != k or any(len(row) != k for row in matrix):
+            raise UserError(f"{source}: class_names/confusion_matrix do not match n_classes={k}")
+        if sum(map(sum, matrix)) != metrics["n_test"]:
+            raise UserError(f"{source}: confusion matrix total != n_test={metrics['n_test']}")
     dataset = document["dataset"]
     skipped = sum(dataset["skipped_by_reason"].values())
     if dataset["n_manifest"] != metrics["n_test"] + skipped:
         raise UserError(
             f"{source}: n_manifest={dataset['n_manifest']} != n_test={metrics['n_test']} + skipped={skipped}"
         )
+
+
+def document_task(document: dict[str, Any]) -> str:
+    """The task of a metrics document (one written before multi-label has no ``task``: multiclass)."""
+    return document.get("task", MULTICLASS)
 
 
 def load_metrics_document(path: str | Path) -> dict[str, Any]:

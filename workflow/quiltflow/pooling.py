@@ -18,19 +18,28 @@ from quiltflow.jsonio import read_label_map, sha256_file, write_json
 from quiltflow.metrics import (
     build_metrics_document,
     compute_metrics,
+    document_task,
     load_metrics_document,
     read_predictions,
     write_predictions,
 )
 from quiltflow.pretraining import pooled_description
+from quiltflow.tasks import MULTICLASS, MULTILABEL, read_task
 
 log = logging.getLogger("quiltflow.pooling")
 
 
+# The headline metrics of one run in ``cv.runs``, by the document's task.
+RUN_SUMMARY_KEYS = {
+    MULTICLASS: ("accuracy", "balanced_accuracy", "f1_macro"),
+    MULTILABEL: ("map_macro", "auc_macro", "f1_macro", "top1_in_labels"),
+}
+
+
 def run_summary(document: dict, fold: int, seed: int) -> dict:
-    """One run's entry of the metrics document's ``cv.runs``."""
+    """One run's entry of the metrics document's ``cv.runs`` (keys by ``task``; absent = multiclass)."""
     metrics = document["metrics"]
-    keys = ("accuracy", "balanced_accuracy", "f1_macro")
+    keys = RUN_SUMMARY_KEYS[document_task(document)]
     return {"fold": int(fold), "seed": int(seed), "n_test": int(metrics["n_test"]), **{k: metrics[k] for k in keys}}
 
 
@@ -65,10 +74,14 @@ def pool_runs(
 ) -> dict:
     """Concatenate the runs' predictions, check they are out of fold, write pooled metrics."""
     class_names = read_label_map(label_map_path)
+    task = read_task(label_map_path)
     frames = [read_predictions(path) for path in prediction_paths]
     predictions = pd.concat(frames, ignore_index=True)
     check_out_of_fold(predictions, pd.read_parquet(folds_path), seeds)
     documents = [load_metrics_document(p) for p in metrics_paths]
+    stale = [p for p, doc in zip(metrics_paths, documents) if document_task(doc) != task]
+    if stale:
+        raise UserError(f"pool_runs: {stale[0]} is not a {task} evaluation (label map task); re-run evaluate_model")
     runs = [run_summary(doc, frame["fold"].iloc[0], frame["seed"].iloc[0]) for doc, frame in zip(documents, frames)]
     skipped: Counter = Counter()
     for doc in documents:
@@ -80,11 +93,12 @@ def pool_runs(
         dataset_sha256=sha256_file(folds_path),
         train_seconds=sum(doc["timing"]["train_seconds"] or 0.0 for doc in documents),
         eval_seconds=sum(doc["timing"]["eval_seconds"] for doc in documents),
-        metrics=compute_metrics(predictions, class_names, top_k=int(top_k)),
+        metrics=compute_metrics(predictions, class_names, top_k=int(top_k), task=task),
         test_manifest=str(Path(folds_path)),
         n_manifest=sum(doc["dataset"]["n_manifest"] for doc in documents),
         skipped_by_reason=dict(skipped),
         device=documents[0]["timing"]["device"],
+        task=task,
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(s) for s in seeds], "runs": runs}
     tta = {doc.get("tta") for doc in documents}
