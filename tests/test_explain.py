@@ -232,6 +232,183 @@ def test_most_confident_mistakes_come_first():
     assert (select_examples(perfect, 3, 4, seed=1)["kind"] == "correct").all()
 
 
+# --- multi-label models (issue 16) -----------------------------------------------------------------------
+
+
+def _sigmoid_head(x, classes: int = 3):
+    x = layers.GlobalAveragePooling2D()(x)
+    kernel = keras.initializers.Constant(np.array([[-1.0, 1.0, 0.5][:classes]] * 4, np.float32))
+    return layers.Dense(classes, activation="sigmoid", kernel_initializer=kernel, name="probs")(x)
+
+
+def sigmoid_half_model(half: str, classes: int = 3):
+    """``half_model`` with a sigmoid head (one unit per label) in place of the softmax."""
+    image = keras.Input((SIZE, SIZE, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 255)(image)
+    return keras.Model(image, _sigmoid_head(_masked_conv(x, half), classes), name="flat_sigmoid")
+
+
+@pytest.mark.parametrize("half", ["left", "top"])
+def test_sigmoid_head_is_explained_on_the_half_its_label_depends_on(half):
+    model = sigmoid_half_model(half)
+    images = random_images()
+    maps, probs = gradcam(model, images, ("target",))
+    np.testing.assert_allclose(probs, np.asarray(model(images)), atol=1e-6)  # sigmoids, not a softmax
+    assert not np.allclose(probs.sum(axis=1), 1.0)
+    assert (probs.argmax(axis=1) == 1).all() and np.allclose(maps.max(axis=(1, 2)), 1.0)
+    kept = maps[:, :, : SIZE // 2] if half == "left" else maps[:, : SIZE // 2, :]
+    assert (kept.sum(axis=(1, 2)) / maps.sum(axis=(1, 2)) > 0.9).all()
+
+
+def test_sigmoid_gradients_are_of_the_labels_logit():
+    """Grad-CAM of a sigmoid head differentiates the label's logit (not its probability)."""
+    model, logits_model = _random_model("sigmoid"), _random_model(None)
+    logits_model.set_weights(model.get_weights())
+    images = np.random.default_rng(6).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    acts, grads, probs = class_gradients(model, images, ("target",), [1, 2])
+    _, back = split_at(logits_model, ("target",))
+    base, eps, numeric = np.asarray(acts, np.float64), 1e-2, np.zeros(acts.shape)
+    for index in np.ndindex(*acts.shape[1:]):
+        for sign in (1, -1):
+            shifted = base.copy()
+            shifted[(slice(None), *index)] += sign * eps
+            logits = np.asarray(back(shifted.astype(np.float32)), np.float64)
+            numeric[(slice(None), *index)] += sign * logits[[0, 1], [1, 2]] / (2 * eps)
+    np.testing.assert_allclose(np.asarray(grads), numeric, atol=2e-3)
+    np.testing.assert_allclose(probs, np.asarray(model(images)), atol=1e-6)
+    # The sigmoid is back after the logits were read.
+    outputs = np.asarray(model(images))
+    assert outputs.min() >= 0.0 and outputs.max() <= 1.0
+    np.testing.assert_allclose(outputs, 1 / (1 + np.exp(-np.asarray(logits_model(images)))), atol=1e-6)
+
+
+# Hand-made multi-label predictions, 3 labels. true_label is the primary label (the stratum).
+#   id  true labels  primary  top label  ->  class examples              mistake
+ML_ROWS = [
+    ("a", [0, 1], 0, 0),  # correct for 0                                  -
+    ("b", [0, 1], 0, 1),  # correct for 1 (not wrong for 0: 1 is true)     -
+    ("c", [1], 1, 2),  # wrong for 1                                       yes
+    ("d", [0, 2], 2, 1),  # wrong for 0 and for 2                          yes
+    ("e", [2], 2, 2),  # correct for 2                                     -
+    ("f", [0], 0, 0),  # correct for 0                                     -
+    ("g", [], 1, 0),  # no true label at all: no class's example           yes
+]
+ML_TOP_PROB = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.95, "e": 0.6, "f": 0.5, "g": 0.3}
+
+
+def multilabel_predictions() -> pd.DataFrame:
+    probs, hot = [], []
+    for image_id, labels, _, top in ML_ROWS:
+        p = np.full(3, 0.1, np.float32)
+        p[top] = ML_TOP_PROB[image_id]
+        probs.append(p)
+        hot.append(np.isin(np.arange(3), labels).astype(np.int8))
+    return pd.DataFrame(
+        {
+            "image_id": [r[0] for r in ML_ROWS],
+            "group": ["v"] * len(ML_ROWS),
+            "true_label": np.array([r[2] for r in ML_ROWS], np.int32),
+            "pred_label": np.array([r[3] for r in ML_ROWS], np.int32),
+            "probabilities": probs,
+            "true_multi_hot": hot,
+            "pred_multi_hot": hot,
+        }
+    )
+
+
+def test_multilabel_examples_follow_the_true_label_sets():
+    predictions = multilabel_predictions()
+    chosen = select_examples(predictions, 3, 10, seed=3)
+    got = {(int(c), k): sorted(g["image_id"]) for (c, k), g in chosen.groupby(["gallery_class", "kind"])}
+    assert got == {
+        (0, "correct"): ["a", "f"],
+        (0, "wrong"): ["d"],
+        (1, "correct"): ["b"],
+        (1, "wrong"): ["c"],
+        (2, "correct"): ["e"],
+        (2, "wrong"): ["d"],
+    }
+    assert chosen.loc[chosen["image_id"] == "b", "true_labels"].iloc[0] == [0, 1]
+    worst = top_mistakes(predictions, 10)
+    assert worst["image_id"].tolist() == ["d", "c", "g"]  # by top-label probability
+    assert top_mistakes(predictions, 1)["image_id"].tolist() == ["d"]
+    # The single-label rule on the primary label would differ (b: primary 0, top 1 = wrong).
+    single = select_examples(predictions.drop(columns=["true_multi_hot"]), 3, 10, seed=3)
+    assert "gallery_class" not in single.columns
+    assert set(single.loc[single["kind"] == "wrong", "image_id"]) == {"b", "c", "d", "g"}
+    # Seeded, order-independent, and drawn per class with per_class.
+    shuffled = predictions.sample(frac=1.0, random_state=2)
+    pd.testing.assert_frame_equal(chosen, select_examples(shuffled, 3, 10, seed=3))
+    assert len(select_examples(predictions, 3, 1, seed=3)) == 6
+
+
+def test_the_task_and_the_predictions_must_agree():
+    predictions = multilabel_predictions()
+    with pytest.raises(UserError, match="true_multi_hot"):
+        select_examples(predictions.drop(columns=["true_multi_hot"]), 3, 2, seed=1, task="multilabel")
+    with pytest.raises(UserError, match="true_multi_hot"):
+        top_mistakes(predictions, 2, task="multiclass")
+
+
+def test_multilabel_caption_names_every_true_label():
+    from quiltflow.gallery import caption
+
+    names = ["Breast", "Lung", "Skin", "Bone", "Liver"]
+    row = pd.Series({"image_id": "x.jpg", "true_label": 0, "pred_label": 1, "prob": 0.5, "true_labels": [0, 1]})
+    assert caption(row, names).splitlines()[1:] == ["true: Breast, Lung", "pred: Lung (0.50)"]
+    many = row.copy()
+    many["true_labels"] = [0, 1, 2, 3, 4]
+    assert caption(many, names).splitlines()[1] == "true: Breast, Lung, Skin +2"
+    assert caption(row.drop("true_labels"), names).splitlines()[1] == "true: Breast"
+
+
+def test_explain_model_on_a_sigmoid_model_writes_its_galleries(tmp_path, monkeypatch):
+    """explain_model end to end on a tiny sigmoid model, the test shards replaced by in-memory images."""
+    import quiltflow.explain as explain
+
+    model = sigmoid_half_model("left", classes=3)
+    ids = [r[0] for r in ML_ROWS]
+    pixels = dict(zip(ids, random_images(len(ids), seed=4)))
+    predictions = multilabel_predictions()
+    probs = np.asarray(model(np.stack([pixels[i] for i in ids])))
+    predictions["probabilities"] = list(probs.astype(np.float32))
+    predictions["pred_label"] = probs.argmax(axis=1).astype(np.int32)
+    predictions.to_parquet(tmp_path / "predictions.parquet")
+    names = ["Breast", "Lung", "Skin"]
+    label_map = {"classes": names, "class_to_index": {c: i for i, c in enumerate(names)}, "task": "multilabel"}
+    (tmp_path / "label_map.json").write_text(json.dumps(label_map))
+    monkeypatch.setattr(explain, "read_test_images", lambda paths, wanted, batch: {i: pixels[i] for i in wanted})
+    monkeypatch.setattr(explain, "_load", lambda path: model)
+    monkeypatch.setattr(explain, "target_path", lambda model, name: ("target",))
+    index = explain.explain_model(
+        model_path="unused",
+        predictions_path=str(tmp_path / "predictions.parquet"),
+        test_index_paths=[],
+        label_map_path=str(tmp_path / "label_map.json"),
+        out_dir=str(tmp_path / "out"),
+        model_name="tiny",
+        architecture_name="custom_cnn",
+        images_per_class=2,
+        mistakes=3,
+        seed=1,
+    )
+    for name in [*gallery_files(names), "index.json"]:
+        assert (tmp_path / "out" / name).is_file(), name
+    assert index["task"] == "multilabel" and index["max_probability_difference"] < 1e-5
+    top = dict(zip(ids, predictions["pred_label"]))
+    truth = {r[0]: r[1] for r in ML_ROWS}
+    for entry in index["explained"]:
+        assert entry["true_labels"] == truth[entry["image_id"]]
+        right = top[entry["image_id"]] in entry["true_labels"]
+        if entry["kind"] == "mistake":
+            assert not right and "gallery_class" not in entry
+        else:
+            assert entry["gallery_class"] in entry["true_labels"]
+            assert right == (entry["kind"] == "correct")
+            assert entry["kind"] == "wrong" or entry["pred_label"] == entry["gallery_class"]
+    assert {e["kind"] for e in index["explained"]} >= {"mistake"}
+
+
 # --- the rule -----------------------------------------------------------------------------------------------
 
 

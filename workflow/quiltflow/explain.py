@@ -3,10 +3,17 @@
 Grad-CAM (Selvaraju et al. 2017): the gradients of a class score with respect to a convolutional
 layer's activations, averaged over the spatial positions, weight that layer's channels; the ReLU
 of the weighted sum is the heat map, upsampled to the image and scaled to [0, 1]. The score is
-the class's logit when the model ends in a softmax Dense layer (as every registered architecture
-does), the output itself otherwise. The target layer comes from the architecture registry
+the class's logit when the model ends in a softmax Dense layer (as every single-label
+architecture does) or in a sigmoid one (multi-label models, issue 16: the label's logit, not its
+probability: sigmoid is increasing, so the probability's gradients are the logit's times one
+positive number per image and give the same normalised map, except that they vanish in float32
+where the sigmoid saturates), the output itself otherwise. The target layer comes from the architecture registry
 (``Architecture.gradcam_layer``); for the ResNet models it lies inside nested models, so the
 model is cut in two there (``split_at``): activations = front(images), scores = back(activations).
+
+Multi-label predictions (a ``true_multi_hot`` column) change which images are examples: a
+correct example of class c has c among its true labels and c as its top-scoring label; a
+mistake's top-scoring label is not among its true labels (``select_examples``).
 
 TensorFlow and Keras are imported inside the functions that need them: naming and selection
 (``gallery_files``, ``select_examples``, ``top_mistakes``) are importable without them.
@@ -23,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from quiltflow.errors import UserError
+from quiltflow.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger("quiltflow.explain")
 
@@ -31,6 +39,9 @@ INDEX_FILE = "index.json"
 # Probabilities recomputed here may differ from evaluate_model's by float noise (other batch
 # sizes, GPU vs CPU); more than this says the images or the model are not the evaluated ones.
 PROBABILITY_TOLERANCE = 1e-3
+MULTI_HOT_COLUMN = "true_multi_hot"  # multi-label predictions only (the contract of issue 16)
+# Final Dense activations whose pre-activation is the class score (the logit).
+SCORE_ACTIVATIONS = ("softmax", "sigmoid")
 
 
 # --- file names --------------------------------------------------------------------------------
@@ -61,11 +72,19 @@ def gallery_files(class_names: Sequence[str]) -> list[str]:
 # --- which images --------------------------------------------------------------------------------
 
 
-def _prediction_frame(predictions: pd.DataFrame) -> pd.DataFrame:
-    """image_id, true_label, pred_label, prob (of the predicted class), sorted by image_id."""
+def _prediction_frame(predictions: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
+    """image_id, true_label, pred_label, prob (of the predicted class), sorted by image_id; with
+    multi-label predictions also ``true_labels`` (the label indices of ``true_multi_hot``).
+
+    ``task`` None: multi-label when the ``true_multi_hot`` column is there; a given task that the
+    columns contradict is a UserError."""
     if predictions["image_id"].duplicated().any():
         dup = predictions.loc[predictions["image_id"].duplicated(), "image_id"].iloc[0]
         raise UserError(f"explain: image_id {dup} appears more than once in the predictions (one run's expected)")
+    multi = MULTI_HOT_COLUMN in predictions.columns
+    if task is not None and (task == MULTILABEL) != multi:
+        has = "has" if multi else "has no"
+        raise UserError(f"explain: the label map's task is {task} but the predictions {has} {MULTI_HOT_COLUMN} column")
     probs = np.stack(predictions["probabilities"].to_numpy())
     frame = pd.DataFrame(
         {
@@ -75,33 +94,66 @@ def _prediction_frame(predictions: pd.DataFrame) -> pd.DataFrame:
         }
     )
     frame["prob"] = probs[np.arange(len(frame)), frame["pred_label"].to_numpy()].astype(float)
+    if multi:
+        hot = np.stack(predictions[MULTI_HOT_COLUMN].to_numpy()) if len(frame) else np.zeros(probs.shape)
+        if hot.shape != probs.shape:
+            raise UserError(
+                f"explain: {MULTI_HOT_COLUMN} is {hot.shape[1:]} per image, probabilities {probs.shape[1:]}"
+            )
+        frame["true_labels"] = [[int(k) for k in np.flatnonzero(row)] for row in hot]
     return frame.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def select_examples(predictions: pd.DataFrame, num_classes: int, per_class: int, seed: int) -> pd.DataFrame:
+def _is_right(frame: pd.DataFrame) -> np.ndarray:
+    """Whether each top-scoring label is right: the true label, or among the true labels (multi-label)."""
+    if "true_labels" in frame.columns:
+        return np.array([p in t for p, t in zip(frame["pred_label"], frame["true_labels"])], dtype=bool)
+    return (frame["pred_label"] == frame["true_label"]).to_numpy()
+
+
+def _has_class(frame: pd.DataFrame, cls: int) -> np.ndarray:
+    """Whether class ``cls`` is each image's true label (or one of its true labels, multi-label)."""
+    if "true_labels" in frame.columns:
+        return np.array([cls in t for t in frame["true_labels"]], dtype=bool)
+    return (frame["true_label"] == cls).to_numpy()
+
+
+def select_examples(
+    predictions: pd.DataFrame, num_classes: int, per_class: int, seed: int, task: str | None = None
+) -> pd.DataFrame:
     """Up to ``per_class`` correctly and up to ``per_class`` wrongly predicted test images of
     every true class, drawn with ``seed`` (one stream per class and kind).
 
     The draw depends only on the set of rows, not their order (rows are sorted by image_id
     first). Returns image_id, true_label, pred_label, prob, kind ("correct"/"wrong"), by class,
     kind, then image_id.
+
+    Multi-label predictions (``true_multi_hot``; ``task`` None infers it from the columns): the
+    examples of class c are the images with c among their true labels, correct when the
+    top-scoring label is c, wrong when it is none of their true labels (an image whose top label
+    is another of its true labels is an example of that label only; a wrong image can be an
+    example of each of its labels). Adds ``true_labels`` and ``gallery_class`` (= c).
     """
-    frame = _prediction_frame(predictions)
+    frame = _prediction_frame(predictions, task)
+    multi = "true_labels" in frame.columns
+    right = _is_right(frame)
     chosen = []
     for cls in range(num_classes):
+        has = _has_class(frame, cls)
         for k, kind in enumerate(("correct", "wrong")):
-            right = frame["pred_label"] == frame["true_label"]
-            pool = frame[(frame["true_label"] == cls) & (right if kind == "correct" else ~right)]
+            pool = frame[has & ((frame["pred_label"] == cls).to_numpy() if kind == "correct" else ~right)]
             rng = np.random.default_rng([int(seed), cls, k])
             take = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False)
-            chosen.append(pool.iloc[np.sort(take)].assign(kind=kind))
+            part = pool.iloc[np.sort(take)].assign(kind=kind)
+            chosen.append(part.assign(gallery_class=cls) if multi else part)
     return pd.concat(chosen, ignore_index=True)
 
 
-def top_mistakes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
-    """The ``count`` wrong predictions with the highest predicted-class probability (ties by id)."""
-    frame = _prediction_frame(predictions)
-    wrong = frame[frame["pred_label"] != frame["true_label"]]
+def top_mistakes(predictions: pd.DataFrame, count: int, task: str | None = None) -> pd.DataFrame:
+    """The ``count`` wrong predictions with the highest predicted-class probability (ties by id);
+    multi-label: top-scoring label not among the true labels."""
+    frame = _prediction_frame(predictions, task)
+    wrong = frame[~_is_right(frame)]
     wrong = wrong.sort_values(["prob", "image_id"], ascending=[False, True], kind="stable")
     return wrong.head(int(count)).assign(kind="mistake").reset_index(drop=True)
 
@@ -188,15 +240,16 @@ def split_at(model: Any, path: Sequence[str]) -> tuple[Fn, Fn]:
     return (lambda x: inner_front(before(x))), (lambda a: after(inner_back(a)))
 
 
-def _final_softmax_dense(model: Any) -> Any:
-    """The model's final Dense layer if it applies a softmax (looking into nested models), else None."""
+def _final_dense(model: Any) -> Any:
+    """The model's final Dense layer if it applies a softmax or a sigmoid (looking into nested
+    models), else None."""
     import keras
 
     layer = model.layers[-1]
     while isinstance(layer, keras.Model):
         layer = layer.layers[-1]
-    is_softmax = getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
-    return layer if isinstance(layer, keras.layers.Dense) and is_softmax else None
+    activation = getattr(getattr(layer, "activation", None), "__name__", "")
+    return layer if isinstance(layer, keras.layers.Dense) and activation in SCORE_ACTIVATIONS else None
 
 
 def heat_maps(acts: Any, grads: Any, image_size: int) -> np.ndarray:
@@ -216,27 +269,30 @@ def class_gradients(
 ) -> tuple[Any, Any, np.ndarray]:
     """(activations [B, h, w, K] at ``path``, d score / d activations, probabilities [B, C]).
 
-    The score of image b is the logit of ``class_index[b]`` (default: the predicted class).
+    The score of image b is the logit of ``class_index[b]`` (default: the predicted class, the
+    top-scoring label of a multi-label model). Probabilities: the softmax of the logits, or each
+    label's sigmoid for a sigmoid head.
     """
     import keras
     import tensorflow as tf
 
     front, back = split_at(model, path)
-    dense = _final_softmax_dense(model)
+    dense = _final_dense(model)
     acts = tf.cast(front(tf.convert_to_tensor(images)), tf.float32)
     if dense is not None:
-        softmax, dense.activation = dense.activation, keras.activations.linear  # logits; restored below
+        activation, dense.activation = dense.activation, keras.activations.linear  # logits; restored below
+        to_probs = tf.nn.sigmoid if activation.__name__ == "sigmoid" else tf.nn.softmax
     try:
         with tf.GradientTape() as tape:
             tape.watch(acts)
             scores = tf.cast(back(acts), tf.float32)
-            probs = tf.nn.softmax(scores) if dense is not None else scores
+            probs = to_probs(scores) if dense is not None else scores
             classes = tf.argmax(probs, axis=1) if class_index is None else tf.constant(class_index, tf.int64)
             chosen = tf.gather(scores, classes, axis=1, batch_dims=1)
         grads = tape.gradient(chosen, acts)
     finally:
         if dense is not None:
-            dense.activation = softmax
+            dense.activation = activation
     return acts, grads, probs.numpy()
 
 
@@ -313,13 +369,14 @@ def explain_model(
     from quiltflow.gallery import class_gallery, mistakes_gallery
     from quiltflow.jsonio import read_label_map, write_json
     from quiltflow.runtime import set_thread_pools
+    from quiltflow.tasks import read_task
 
     set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything
-    class_names = read_label_map(label_map_path)
+    class_names, task = read_label_map(label_map_path), read_task(label_map_path)
     files = gallery_files(class_names)
     predictions = pd.read_parquet(predictions_path)
-    chosen = select_examples(predictions, len(class_names), int(images_per_class), int(seed))
-    worst = top_mistakes(predictions, int(mistakes))
+    chosen = select_examples(predictions, len(class_names), int(images_per_class), int(seed), task)
+    worst = top_mistakes(predictions, int(mistakes), task)
     table = pd.concat([chosen, worst], ignore_index=True)
     images = read_test_images(test_index_paths, sorted(set(table["image_id"])), int(batch_size))
     model = _load(model_path)
@@ -329,20 +386,24 @@ def explain_model(
     out = Path(out_dir)
     layer = "/".join(path)
     # The grid in every title: a 1 x 1 target (ResNet50 at 32 px) gives a uniform map.
-    where = f"Grad-CAM of the predicted class at {layer}, a {'x'.join(map(str, grid)) or '-'} grid"
+    score = "the top-scoring label's logit" if task == MULTILABEL else "the predicted class"
+    where = f"Grad-CAM of {score} at {layer}, a {'x'.join(map(str, grid)) or '-'} grid"
     for cls, name in enumerate(class_names):
         title = f"{model_name}: test images of class {name}\n({where})"
         class_gallery(rows[rows["kind"] != "mistake"], class_names, cls, title, out / files[cls])
     title = f"{model_name}: the {len(worst)} most confident mistakes\n({where})"
     mistakes_gallery(rows[rows["kind"] == "mistake"], class_names, title, out / files[-1])
     index = _index(model_name, layer, seed, class_names, files, rows, gap) | {"target_grid": grid}
+    if task != MULTICLASS:
+        index["task"] = task
     write_json(index, out / INDEX_FILE)
     log.info("%s: %d images explained at %s into %d galleries", model_name, len(rows), layer, len(files))
     return index
 
 
 def _index(model_name, layer, seed, class_names, files, rows: pd.DataFrame, gap: float) -> dict[str, Any]:
-    """index.json: the target layer, the seed, each class's file and every explained image."""
+    """index.json: the target layer, the seed, each class's file and every explained image
+    (multi-label: also its ``true_labels`` and, for a class example, its ``gallery_class``)."""
     explained = [
         {
             "image_id": str(r.image_id),
@@ -351,6 +412,7 @@ def _index(model_name, layer, seed, class_names, files, rows: pd.DataFrame, gap:
             "pred_label": int(r.pred_label),
             "prob": round(float(r.prob), 6),
         }
+        | _multilabel_entry(r)
         for r in rows.itertuples()
     ]
     return {
@@ -361,3 +423,14 @@ def _index(model_name, layer, seed, class_names, files, rows: pd.DataFrame, gap:
         "explained": explained,
         "max_probability_difference": round(gap, 6),
     }
+
+
+def _multilabel_entry(row: Any) -> dict[str, Any]:
+    """The multi-label fields of one explained image (none for single-label rows)."""
+    entry: dict[str, Any] = {}
+    if isinstance(getattr(row, "true_labels", None), list):
+        entry["true_labels"] = [int(k) for k in row.true_labels]
+    gallery_class = getattr(row, "gallery_class", None)
+    if gallery_class is not None and not pd.isna(gallery_class):
+        entry["gallery_class"] = int(gallery_class)
+    return entry

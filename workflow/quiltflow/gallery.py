@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 PANEL_INCHES = 1.7  # side of one image panel
 OVERLAY_ALPHA = 0.45
 MISTAKES_PER_ROW = 4  # examples (two panels each) per row of the mistakes gallery
+CAPTION_LABELS = 3  # true labels named in a multi-label caption
 
 
 def _short_id(image_id: str, width: int = 20) -> str:
@@ -23,8 +24,16 @@ def _short_id(image_id: str, width: int = 20) -> str:
 
 
 def caption(row: pd.Series, class_names: Sequence[str]) -> str:
-    """Three lines under an overlay: id, true class, predicted class with its probability."""
+    """Three lines under an overlay: id, true class, predicted class with its probability.
+
+    A multi-label example (``true_labels``) shows all its true labels, the first
+    ``CAPTION_LABELS`` then a count, and its top-scoring label."""
     true, pred = class_names[int(row["true_label"])], class_names[int(row["pred_label"])]
+    labels = row.get("true_labels")
+    if isinstance(labels, (list, tuple)):
+        names = [class_names[int(k)] for k in labels]
+        more = f" +{len(names) - CAPTION_LABELS}" if len(names) > CAPTION_LABELS else ""
+        true = ", ".join(names[:CAPTION_LABELS]) + more
     return f"{_short_id(row['image_id'])}\ntrue: {true}\npred: {pred} ({row['prob']:.2f})"
 
 
@@ -67,8 +76,10 @@ def draw_gallery(
 
 
 def class_gallery(examples: pd.DataFrame, class_names: Sequence[str], cls: int, title: str, path: str | Path) -> None:
-    """The correct and the wrong examples of true class ``cls``: one row each."""
-    own = examples[examples["true_label"] == cls]
+    """The correct and the wrong examples of true class ``cls``: one row each. Multi-label
+    examples say which gallery they were chosen for (``gallery_class``)."""
+    key = "gallery_class" if "gallery_class" in examples.columns else "true_label"
+    own = examples[examples[key] == cls]
     rows = [(kind, own[own["kind"] == kind]) for kind in ("correct", "wrong")]
     draw_gallery(rows, class_names, title, path, columns=max(1, max(len(r) for _, r in rows)))
 

@@ -6,6 +6,11 @@ checks for bad files), then the JPEG bytes are decoded by ``tf.io.decode_jpeg`` 
 reader decodes them. A test image therefore gets the probabilities evaluate_model gave it; with
 grid framing a source image's cell probabilities are averaged, as evaluation averages them.
 
+Single-label models (``label_map.json`` task ``multiclass``) give softmax probabilities and the
+argmax label. Multi-label models (task ``multilabel``: a sigmoid per label) give each label's
+independent probability, the top-scoring label, and every label whose probability reaches that
+label's threshold (``train_info.json`` ``thresholds``, F1-optimal on the validation split).
+
 A bad file never stops the run and is never dropped: its row says why (``status`` is one of the
 shard stage's skip reasons) and the others are predicted. TensorFlow is imported only where a
 model runs, so listing inputs and reading settings stay cheap.
@@ -23,7 +28,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map
 from quiltflow.settings import ShardSettings
 from quiltflow.shards import MAX_PIXELS, BadImage, prepare_views
+from quiltflow.tasks import MULTICLASS, MULTILABEL, TASKS, read_task
 
 log = logging.getLogger("quiltflow.predict")
 
@@ -44,9 +50,10 @@ PATH_COLUMN = "path"
 # in the log. Listed paths (CSV/Parquet) are all tried, whatever their extension.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
 TABLE_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-# How the model's outputs become columns. Only single-label (softmax) models exist; a
-# multi-label model (sigmoid per label) would add its own entry here (see _label_columns).
-LABEL_MODE = "single"
+TRAIN_INFO = "train_info.json"  # next to each run's model.keras; multi-label runs hold "thresholds"
+LABELS_SEPARATOR = "|"  # pred_labels of a multi-label model: the labels over threshold, joined
+# A sigmoid output is in [0, 1]; float noise beyond this says the outputs are not probabilities.
+SIGMOID_TOLERANCE = 1e-6
 PROGRESS_SECONDS = 10.0
 
 ModelPaths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -105,7 +112,10 @@ def results_dir_of(model_path: str | os.PathLike) -> Path:
     for parent in Path(model_path).resolve().parents:
         if parent.name == "models" and (parent.parent / "splits").is_dir():
             return parent.parent
-    raise UserError(f"{model_path}: not inside a run's results/models/ folder; pass settings= and class_names=")
+    raise UserError(
+        f"{model_path}: not inside a run's results/models/ folder; pass settings= and class_names= "
+        "(and task=, thresholds= for a multi-label model)"
+    )
 
 
 def run_shard_settings(results_dir: str | os.PathLike) -> ShardSettings:
@@ -185,22 +195,112 @@ def load_models(model_paths: ModelPaths) -> list[Any]:
     return [keras.models.load_model(path, compile=False) for path in paths]
 
 
-def _check_model(model: Any, settings: ShardSettings, num_classes: int) -> None:
+def train_info_paths_of(model_paths: ModelPaths) -> list[Path]:
+    """The ``train_info.json`` of each model: the file next to its ``model.keras``."""
+    paths = [model_paths] if isinstance(model_paths, (str, os.PathLike)) else list(model_paths)
+    return [Path(p).parent / TRAIN_INFO for p in paths]
+
+
+def run_thresholds(train_info_paths: Sequence[str | os.PathLike], class_names: Sequence[str]) -> np.ndarray:
+    """float64 ``[classes]``: each label's decision threshold, the mean over the runs' thresholds.
+
+    A multi-label run's ``train_info.json`` holds ``thresholds: {class: float}`` (F1-optimal per
+    label on its validation split). With several runs their probabilities are averaged, so their
+    thresholds are too: the averaged probability is compared with the averaged threshold (for one
+    run, its own threshold). A missing file, key or class is a one-line UserError.
+    """
+    if not train_info_paths:
+        raise UserError("predict: a multi-label model needs its runs' train_info.json (thresholds); none given")
+    per_run = []
+    for path in train_info_paths:
+        if not Path(path).is_file():
+            raise UserError(f"predict: {path} does not exist (a multi-label model's thresholds are read from it)")
+        thresholds = read_json(path, "train info").get("thresholds")
+        if not isinstance(thresholds, Mapping):
+            raise UserError(f"{path}: no thresholds (a multi-label run records one per label)")
+        missing = [c for c in class_names if c not in thresholds]
+        if missing:
+            raise UserError(
+                f"{path}: no threshold for class {missing[0]!r} ({len(missing)} of {len(class_names)} missing)"
+            )
+        values = np.array([float(thresholds[c]) for c in class_names])
+        if not np.isfinite(values).all():
+            raise UserError(f"{path}: thresholds must be finite numbers")
+        per_run.append(values)
+    return np.mean(per_run, axis=0)
+
+
+def _thresholds_array(thresholds: Mapping[str, float] | Sequence[float], class_names: Sequence[str]) -> np.ndarray:
+    if isinstance(thresholds, Mapping):
+        missing = [c for c in class_names if c not in thresholds]
+        if missing:
+            raise UserError(f"predict: no threshold for class {missing[0]!r}")
+        thresholds = [thresholds[c] for c in class_names]
+    values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if len(values) != len(class_names):
+        raise UserError(f"predict: {len(values)} thresholds for {len(class_names)} classes")
+    return values
+
+
+def _head_activation(model: Any) -> str:
+    """The activation name of the model's final Dense layer (looking into nested models), or ''."""
+    import keras
+
+    layer = model.layers[-1]
+    while isinstance(layer, keras.Model):
+        layer = layer.layers[-1]
+    if not isinstance(layer, keras.layers.Dense):
+        return ""
+    return getattr(getattr(layer, "activation", None), "__name__", "")
+
+
+def _check_model(model: Any, settings: ShardSettings, num_classes: int, task: str = MULTICLASS) -> None:
     shape = tuple(model.input_shape)
     if tuple(shape[1:3]) != (settings.image_size, settings.image_size):
         raise UserError(f"model {model.name}: input {shape[1:3]} but images are prepared at {settings.image_size}")
     width = model.output_shape[-1]
     if width != num_classes:
         raise UserError(f"model {model.name}: {width} outputs but the label map has {num_classes} classes")
+    head = _head_activation(model)
+    if task == MULTILABEL and head == "softmax":
+        raise UserError(
+            f"model {model.name}: ends in a softmax but the label map's task is {MULTILABEL} (sigmoid per label)"
+        )
+    if task == MULTICLASS and head == "sigmoid":
+        raise UserError(
+            f"model {model.name}: ends in a sigmoid (multi-label) but the task is {MULTICLASS}; "
+            f"pass task={MULTILABEL!r} (label_map.json records it for a run)"
+        )
 
 
-def _probabilities(models: list[Any], pixels: np.ndarray, views: int) -> np.ndarray:
-    """float64 ``[images, classes]``: each model's probabilities, cells then models averaged."""
+def _sigmoid_outputs(outputs: np.ndarray, model_name: str) -> np.ndarray:
+    """A multi-label model's outputs as they are (independent sigmoid probabilities, no softmax);
+    values outside [0, 1] (beyond float noise) are a UserError: the model has no sigmoid head."""
+    outputs = outputs.astype(np.float64)
+    bad = ~np.isfinite(outputs) | (outputs < -SIGMOID_TOLERANCE) | (outputs > 1 + SIGMOID_TOLERANCE)
+    if bad.any():
+        raise UserError(
+            f"model {model_name}: outputs outside [0, 1] (e.g. {outputs[bad][0]:.4g}); "
+            "a multi-label model must end in a sigmoid layer"
+        )
+    return np.clip(outputs, 0.0, 1.0)
+
+
+def _probabilities(models: list[Any], pixels: np.ndarray, views: int, task: str = MULTICLASS) -> np.ndarray:
+    """float64 ``[images, classes]``: each model's probabilities, cells then models averaged.
+
+    Single-label: ``evaluate.as_probabilities`` (a softmax only for logits, as evaluate_model).
+    Multi-label: the raw sigmoid outputs, never softmaxed (``_sigmoid_outputs``).
+    """
     from quiltflow.evaluate import as_probabilities  # evaluate_model's own logits check
 
     per_model = []
     for model in models:
-        probs = as_probabilities(np.asarray(model.predict_on_batch(pixels)), model.name)
+        outputs = np.asarray(model.predict_on_batch(pixels))
+        if task == MULTILABEL:
+            probs = _sigmoid_outputs(outputs, model.name)
+        else:
+            probs = as_probabilities(outputs, model.name)
         per_model.append(probs.reshape(-1, views, probs.shape[1]).mean(axis=1))
     return np.mean(per_model, axis=0)
 
@@ -208,15 +308,21 @@ def _probabilities(models: list[Any], pixels: np.ndarray, views: int) -> np.ndar
 # ------------------------------------------------------------------------------ the table
 
 
-def _label_columns(probs: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+def _label_columns(
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    task: str = MULTICLASS,
+    thresholds: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Result columns from ``[images, classes]`` probabilities (NaN rows for bad images).
 
-    Single-label: ``pred_label`` (class name), ``pred_index``, ``pred_prob`` and ``prob_<class>``.
-    The seam for multi-label models: they would keep ``prob_<label>`` (sigmoid per label) and add
-    ``pred_labels``, the labels over a threshold, in place of the argmax columns.
+    Both tasks: ``pred_label`` (class name), ``pred_index``, ``pred_prob`` of the top-scoring
+    class, and ``prob_<class>``. Multi-label adds ``pred_labels`` (the labels whose probability is
+    >= their threshold, label-map order, joined by ``LABELS_SEPARATOR``; "" when none; null for a
+    bad image) and ``n_pred_labels``, between ``pred_prob`` and the ``prob_`` columns.
     """
-    if LABEL_MODE != "single":
-        raise NotImplementedError(f"label mode {LABEL_MODE!r}: only single-label models exist")
+    if task not in TASKS:
+        raise UserError(f"predict: task {task!r} is not one of {', '.join(TASKS)}")
     ok = ~np.isnan(probs).any(axis=1)
     filled = np.nan_to_num(probs, nan=-1.0)
     index = [int(i) if good else None for i, good in zip(filled.argmax(axis=1), ok)]
@@ -225,18 +331,35 @@ def _label_columns(probs: np.ndarray, class_names: Sequence[str]) -> dict[str, A
         "pred_index": pd.array(index, dtype="Int32"),
         "pred_prob": np.where(ok, filled.max(axis=1), np.nan).astype(np.float32),
     }
+    if task == MULTILABEL:
+        if thresholds is None:
+            raise UserError("predict: a multi-label model needs thresholds")
+        over = filled >= _thresholds_array(thresholds, class_names)[None, :]
+        labels = [
+            LABELS_SEPARATOR.join(c for c, on in zip(class_names, row) if on) if good else None
+            for row, good in zip(over, ok)
+        ]
+        columns["pred_labels"] = pd.array(labels, dtype="string")
+        columns["n_pred_labels"] = pd.array(
+            [int(n) if good else None for n, good in zip(over.sum(axis=1), ok)], dtype="Int32"
+        )
     for k, name in enumerate(class_names):
         columns[f"prob_{name}"] = probs[:, k].astype(np.float32)
     return columns
 
 
 def _result_table(
-    paths: list[str], outcomes: list[np.ndarray | BadImage], probs: np.ndarray, class_names
+    paths: list[str],
+    outcomes: list[np.ndarray | BadImage],
+    probs: np.ndarray,
+    class_names,
+    task: str = MULTICLASS,
+    thresholds: np.ndarray | None = None,
 ) -> pd.DataFrame:
     status = [OK if not isinstance(o, BadImage) else o.reason for o in outcomes]
     detail = ["" if not isinstance(o, BadImage) else o.detail for o in outcomes]
     table = pd.DataFrame({"path": pd.array(paths, dtype="string"), "status": status, "detail": detail})
-    return table.assign(**_label_columns(probs, class_names))
+    return table.assign(**_label_columns(probs, class_names, task, thresholds))
 
 
 class _Progress:
@@ -268,6 +391,8 @@ def predict_paths(
     *,
     settings: ShardSettings | None = None,
     class_names: Sequence[str] | None = None,
+    task: str | None = None,
+    thresholds: Mapping[str, float] | Sequence[float] | None = None,
     batch_size: int = 64,
     max_pixels: int = MAX_PIXELS,
     threads: int = 1,
@@ -275,20 +400,24 @@ def predict_paths(
     """Predict image files with a trained model; one row per path, in order, none dropped.
 
     ``model_path``: a ``model.keras`` (or several: the runs of one model, probabilities averaged).
-    ``settings`` and ``class_names`` default to the run that trained it (its shard reports and
-    ``results/splits/label_map.json``). Columns: ``path``, ``status`` (``ok`` or the shard stage's
-    skip reason), ``detail``, ``pred_label``, ``pred_index``, ``pred_prob``, ``prob_<class>``.
+    ``settings``, ``class_names`` and ``task`` default to the run that trained it (its shard
+    reports and ``results/splits/label_map.json``; outside a run, ``task`` defaults to
+    multiclass and a sigmoid-headed model is then an error). Columns: ``path``, ``status`` (``ok``
+    or the shard stage's skip reason), ``detail``, ``pred_label``, ``pred_index``, ``pred_prob``,
+    then for a multi-label model ``pred_labels`` and ``n_pred_labels``, then ``prob_<class>``.
+    ``thresholds`` (multi-label: ``{class: float}`` or one per class in label-map order) default
+    to the mean of the runs' ``train_info.json`` thresholds (``run_thresholds``).
     ``batch_size`` counts model inputs (a grid image is ``grid_size``^2 of them); ``threads``
     prepare images in parallel while the model predicts.
     """
     first = model_path if isinstance(model_path, (str, os.PathLike)) else next(iter(model_path), "")
     if settings is None:
         settings = run_shard_settings(results_dir_of(first))
-    if class_names is None:
-        class_names = read_label_map(results_dir_of(first) / "splits" / "label_map.json")
+    class_names, task = _run_labels(first, class_names, task)
     models = load_models(model_path)
     for model in models:
-        _check_model(model, settings, len(class_names))
+        _check_model(model, settings, len(class_names), task)
+    thresholds = _resolve_thresholds(model_path, class_names, task, thresholds)
     paths = [str(p) for p in paths]
     views = settings.records_per_image
     chunk = max(1, int(batch_size) // views)
@@ -299,10 +428,37 @@ def predict_paths(
         good = [k for k, o in enumerate(prepared) if not isinstance(o, BadImage)]
         if good:
             pixels = np.concatenate([prepared[k] for k in good])
-            probs[[len(outcomes) + k for k in good]] = _probabilities(models, pixels, views)
+            probs[[len(outcomes) + k for k in good]] = _probabilities(models, pixels, views, task)
         outcomes += [o if isinstance(o, BadImage) else None for o in prepared]
         progress.update(prepared)
-    return _result_table(paths, outcomes, probs, class_names)
+    return _result_table(paths, outcomes, probs, class_names, task, thresholds)
+
+
+def _run_labels(model_path, class_names: Sequence[str] | None, task: str | None) -> tuple[Sequence[str], str]:
+    """(class names, task), each defaulting to the run's label map. Outside a run the task
+    defaults to multiclass (``_check_model`` then refuses a sigmoid-headed model)."""
+    if class_names is None:
+        class_names = read_label_map(results_dir_of(model_path) / "splits" / "label_map.json")
+    if task is None:
+        try:
+            task = read_task(results_dir_of(model_path) / "splits" / "label_map.json")
+        except UserError:
+            task = MULTICLASS
+    if task not in TASKS:
+        raise UserError(f"predict: task {task!r} is not one of {', '.join(TASKS)}")
+    return class_names, task
+
+
+def _resolve_thresholds(model_path: ModelPaths, class_names, task: str, thresholds) -> np.ndarray | None:
+    """A multi-label model's thresholds in label-map order (given, or the runs' mean); None otherwise."""
+    if task != MULTILABEL:
+        return None
+    if thresholds is None:
+        values = run_thresholds(train_info_paths_of(model_path), class_names)
+    else:
+        values = _thresholds_array(thresholds, class_names)
+    log.info("thresholds: %s", {c: round(float(t), 4) for c, t in zip(class_names, values)})
+    return values
 
 
 def predict_images(
@@ -313,19 +469,31 @@ def predict_images(
     settings: ShardSettings,
     parquet_path: str | os.PathLike,
     csv_path: str | os.PathLike,
+    train_info_paths: Sequence[str | os.PathLike] | None = None,
     batch_size: int = 64,
     max_pixels: int = MAX_PIXELS,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Rule predict_images: list ``images``, predict them, write the Parquet and CSV tables."""
+    """Rule predict_images: list ``images``, predict them, write the Parquet and CSV tables.
+
+    The task comes from ``label_map_path``; a multi-label model's thresholds from
+    ``train_info_paths`` (one per run, default: next to each model), averaged over the runs.
+    """
     from quiltflow.runtime import set_thread_pools
 
     set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything
+    class_names = read_label_map(label_map_path)
+    task = read_task(label_map_path)
+    thresholds = None
+    if task == MULTILABEL:
+        infos = train_info_paths_of(model_paths) if train_info_paths is None else list(train_info_paths)
+        thresholds = run_thresholds(infos, class_names)
     paths = list_images(images)
     log.info(
-        "%d images from %s; preparation: %s at %d px, JPEG quality %d",
+        "%d images from %s; task %s; preparation: %s at %d px, JPEG quality %d",
         len(paths),
         images,
+        task,
         settings.framing,
         settings.image_size,
         settings.jpeg_quality,
@@ -334,7 +502,9 @@ def predict_images(
         model_paths,
         paths,
         settings=settings,
-        class_names=read_label_map(label_map_path),
+        class_names=class_names,
+        task=task,
+        thresholds=thresholds,
         batch_size=batch_size,
         max_pixels=max_pixels,
         threads=threads,

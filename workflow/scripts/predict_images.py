@@ -15,6 +15,7 @@ predict_images(
     model_paths=as_paths(snakemake.input.models),
     images=snakemake.input.images,
     label_map_path=snakemake.input.label_map,
+    train_info_paths=as_paths(snakemake.input.train_info),
     settings=ShardSettings.from_config(
         {
             "jpeg_quality": snakemake.params.jpeg_quality,
