@@ -751,8 +751,7 @@ def compare_models(
     model. CIs have level ``1 - alpha``. ``tta_metrics_paths``/``tta_predictions_paths``: each
     model's test-time augmentation variant (same order), rows ``{model}+tta`` of kind ``tta``, each
     tested against its own model; no plots of their own. Returns the comparison document (also
-    written to ``json_path``). A multi-label run (label map task) goes to
-    quiltflow.compare_multilabel, which also writes ``ap_plot`` (per-label average precision).
+    written to ``json_path``). Multi-label runs: quiltflow.compare_multilabel (+ ``ap_plot``).
     """
     arguments = dict(locals())  # the parameters, before any other local exists
     if read_task(label_map_path) == MULTILABEL:
