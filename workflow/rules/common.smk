@@ -59,6 +59,8 @@ PRETRAININGS = sorted(config["pretraining"])
 # Test-time augmentation (evaluation.tta): rule evaluate_tta writes {model}{run}.tta.* beside the
 # plain evaluation's files; the comparison reports them as {model}+tta rows.
 TTA = config["evaluation"]["tta"] != "none"
+# Multi-label run (issue 16): multi-hot targets; the comparison adds a per-label AP plot.
+MULTILABEL = config["filters"]["label_policy"] == "multilabel"
 
 
 wildcard_constraints:
