@@ -64,6 +64,7 @@ from quiltflow.cv import run_buckets
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map, write_json
 from quiltflow.metrics import load_metrics_document, probability_matrix, read_predictions
+from quiltflow.tasks import MULTILABEL, read_task
 
 __all__ = ["build_comparison", "compare_models", "markdown_table", "render_markdown", "write_csv"]
 
@@ -515,11 +516,12 @@ def _test_entries(
     fold_scores: dict[str, dict] | None,
     ratio: float | None,
     level: float,
+    metrics: Sequence[str] = clusterstats.SCORE_NAMES,
 ) -> list[dict[str, Any]]:
     """One entry per pair, score and test (swap test always; t-test with several folds or seeds)."""
     entries = []
     for a, b in pairs:
-        for metric in clusterstats.SCORE_NAMES:
+        for metric in metrics:
             paired = resampled[metric][:, index[a]] - resampled[metric][:, index[b]]
             difference = point[a][metric] - point[b][metric]
             entries.append(
@@ -532,11 +534,11 @@ def _test_entries(
     return entries
 
 
-def _decide(entries: list[dict[str, Any]], alpha: float) -> None:
+def _decide(entries: list[dict[str, Any]], alpha: float, labels: dict[str, str] = METRIC_LABELS) -> None:
     """Holm-adjust every reported test as one family, then give each its plain-words verdict."""
     for entry, p_adjusted in zip(entries, stats.holm_adjust([e["p_value"] for e in entries])):
         winner, sentence = stats.difference_verdict(
-            entry["a"], entry["b"], METRIC_LABELS[entry["metric"]], entry["difference"],
+            entry["a"], entry["b"], labels[entry["metric"]], entry["difference"],
             p_value=entry["p_value"], p_adjusted=p_adjusted, alpha=alpha,
             test="video swap test" if entry["test"] == SWAP_TEST else "corrected resampled t-test",
         )  # fmt: skip
@@ -740,6 +742,7 @@ def compare_models(
     curves_plot: str | None = None,
     confusion_plots: Sequence[str] | None = None,
     reliability_plots: Sequence[str] | None = None,
+    ap_plot: str | None = None,
 ) -> dict[str, Any]:
     """Compare every model with each other and with baselines; write whichever outputs are given.
 
@@ -748,8 +751,13 @@ def compare_models(
     model. CIs have level ``1 - alpha``. ``tta_metrics_paths``/``tta_predictions_paths``: each
     model's test-time augmentation variant (same order), rows ``{model}+tta`` of kind ``tta``, each
     tested against its own model; no plots of their own. Returns the comparison document (also
-    written to ``json_path``).
+    written to ``json_path``). Multi-label runs: quiltflow.compare_multilabel (+ ``ap_plot``).
     """
+    arguments = dict(locals())  # the parameters, before any other local exists
+    if read_task(label_map_path) == MULTILABEL:
+        from quiltflow.compare_multilabel import compare_multilabel
+
+        return compare_multilabel(**arguments)
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
     class_names = read_label_map(label_map_path)

@@ -16,6 +16,18 @@ rule compare_models:
         split_report="results/splits/split_report.json",
         label_map="results/splits/label_map.json",
     output:
+        # Multi-label runs (filters.label_policy multilabel): average precision per label.
+        **(
+            {
+                "ap_plot": report(
+                    "results/plots/per_label_ap.png",
+                    caption="../report/per_label_ap.rst",
+                    category="Comparison",
+                )
+            }
+            if MULTILABEL
+            else {}
+        ),
         json="results/comparison.json",
         csv="results/comparison.csv",
         md=report(

@@ -32,6 +32,7 @@ document = compare_models(
     curves_plot=snakemake.output.curves_plot,
     confusion_plots=list(snakemake.output.confusion),
     reliability_plots=list(snakemake.output.reliability),
+    ap_plot=snakemake.output.get("ap_plot"),  # multi-label runs only (compare.smk adds it)
 )
 print(markdown_table(document))
 for caveat in document["caveats"]:
