@@ -8,7 +8,7 @@ from quiltflow.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.compare import compare_models, markdown_table
+from quiltflow.compare import compare_models
 
 document = compare_models(
     list(snakemake.input.metrics),
@@ -34,6 +34,6 @@ document = compare_models(
     reliability_plots=list(snakemake.output.reliability),
     ap_plot=snakemake.output.get("ap_plot"),  # multi-label runs only (compare.smk adds it)
 )
-print(markdown_table(document))
+print(Path(snakemake.output.md).read_text(encoding="utf-8"))  # the table, either task
 for caveat in document["caveats"]:
     print(f"Caveat: {caveat}")
