@@ -25,6 +25,7 @@ def filtered_table(n_videos=40, frames=3, classes=("A", "B", "C")):
                     "label": classes[v % len(classes)],
                     "group": f"video{v:03d}",
                     "pathologies": [classes[v % len(classes)]],
+                    "labels": [classes[v % len(classes)]],
                     "subset": "quilt",
                     "source_split": "train",
                     "magnification": 1.0,

@@ -37,6 +37,7 @@ def make_table(n_groups: int = 200, seed: int = 0, singles: int = 300) -> pd.Dat
         rows.append((f"pubmed_{i:05d}.jpg", labels[i % 4], f"pubmed_{i:05d}", "train"))
     df = pd.DataFrame(rows, columns=["image_id", "label", "group", "source_split"])
     df["pathologies"] = [[lab] for lab in df["label"]]
+    df["labels"] = df["pathologies"]
     df["subset"] = np.where(df["group"].str.startswith("pubmed"), "pubmed", "quilt")
     df["magnification"] = 1.0
     df["n_captions"] = 1
@@ -98,7 +99,7 @@ def test_same_seed_and_input_give_identical_bytes(tmp_path: Path) -> None:
     assert sorted(other["test"]["image_id"]) != sorted(first["image_id"])  # the seed matters
     report = json.loads((tmp_path / "0" / "split_report.json").read_text())
     assert {"seed", "fractions", "counts", "class_counts", "groups"} <= set(report)
-    assert list(first.columns) == [*FILTERED_SCHEMA.names, "label_index"]
+    assert list(first.columns) == [*FILTERED_SCHEMA.names, "label_index", "label_indices"]
 
 
 def test_use_source_val_puts_whole_groups_in_val() -> None:
@@ -136,6 +137,7 @@ def test_tiny_classes_reach_every_split_when_they_can() -> None:
     rows += [(f"w{g}xxxxxxxxx_image_{i}.jpg", "Bone", f"w{g}xxxxxxxxx") for g in range(4) for i in range(4)]
     df = pd.DataFrame(rows, columns=["image_id", "label", "group"]).assign(
         pathologies=[[] for _ in rows],
+        labels=[[r[1]] for r in rows],
         subset="quilt",
         source_split=None,
         magnification=np.nan,
@@ -154,7 +156,7 @@ def test_use_source_val_gives_val_only_the_source_val_groups() -> None:
     table["source_split"] = "train"
     manifests, _, report = make_splits(table, settings(0, use_source_val=True))
     assert report["counts"]["val"] == 0 and len(manifests["val"]) == 0
-    assert list(manifests["val"].columns) == [*FILTERED_SCHEMA.names, "label_index"]
+    assert list(manifests["val"].columns) == [*FILTERED_SCHEMA.names, "label_index", "label_indices"]
 
 
 @pytest.mark.parametrize(

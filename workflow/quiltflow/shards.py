@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # the header's size against this before decoding and counts the file as a skip.
 MAX_PIXELS = 50_000_000
 
-MANIFEST_COLUMNS = ("image_id", "label_index", "label_indices", "group")
+MANIFEST_COLUMNS = ("image_id", "label_index", "group")
+# Every target label of a row (multi-label); a manifest without it has one label per row.
+TARGETS_COLUMN = "label_indices"
 
 # Skip reasons (keys of ``skipped_by_reason``).
 MISSING = "missing"
@@ -313,8 +315,11 @@ def _read_manifest_rows(
             raise UserError(f"{manifest_path}: manifest has no column {col!r}")
     total = pf.metadata.num_rows
     start, stop = shard_bounds(total, num_shards, shard_index)
-    table = pf.read(columns=list(MANIFEST_COLUMNS)).slice(start, stop - start)
-    return total, start, stop, {c: table.column(c).to_pylist() for c in MANIFEST_COLUMNS}
+    wanted = [*MANIFEST_COLUMNS, TARGETS_COLUMN] if TARGETS_COLUMN in names else list(MANIFEST_COLUMNS)
+    table = pf.read(columns=wanted).slice(start, stop - start)
+    columns = {c: table.column(c).to_pylist() for c in wanted}
+    columns.setdefault(TARGETS_COLUMN, [[label] for label in columns["label_index"]])
+    return total, start, stop, columns
 
 
 @dataclass
@@ -336,7 +341,7 @@ def _write_records(
     skipped: list[dict[str, str]] = []
     columns = rows.columns
     for offset, (image_id, label, labels, group) in enumerate(
-        zip(columns["image_id"], columns["label_index"], columns["label_indices"], columns["group"])
+        zip(columns["image_id"], columns["label_index"], columns[TARGETS_COLUMN], columns["group"])
     ):
         if image_id is None or label is None or int(label) < 0 or not labels or min(labels) < 0:
             raise UserError(

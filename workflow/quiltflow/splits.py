@@ -157,7 +157,9 @@ def _label_indices(table: pd.DataFrame) -> tuple[list[str], np.ndarray, pa.ListA
     if table["label"].isna().any():
         raise UserError("filtered table has rows without a label")
     labels = pa.array(table["label"], type=pa.string())
-    targets = pa.array(table["labels"], type=pa.list_(pa.string()))
+    # Through a table: a concatenated frame's Arrow column may be chunked.
+    targets = pa.Table.from_pandas(table[["labels"]], preserve_index=False)["labels"].combine_chunks()
+    targets = targets.cast(pa.list_(pa.string()))
     classes = sorted(set(pc.unique(labels).to_pylist()) | set(pc.unique(targets.flatten()).to_pylist()))
     value_set = pa.array(classes, type=pa.string())
     label_index = pc.index_in(labels, value_set=value_set).to_numpy().astype(np.int64)
