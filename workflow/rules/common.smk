@@ -284,6 +284,11 @@ def predict_models_input(wildcards):
     return [f"results/models/{wildcards.model}{run}/model.keras" for run in RUN_SUFFIXES]
 
 
+def predict_train_info_input(wildcards):
+    """Every run's train_info.json, next to its model.keras (a multi-label run's thresholds)."""
+    return [str(Path(p).with_name("train_info.json")) for p in predict_models_input(wildcards)]
+
+
 def predict_targets(wildcards):
     predict_images_input(wildcards)
     return expand("results/predict/{model}.{ext}", model=PREDICT_MODELS, ext=("parquet", "csv"))

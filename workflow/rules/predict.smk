@@ -1,12 +1,6 @@
 # Prediction on new images (issue 17): `snakemake predict --configfile my.yaml` with predict.images
 # set. Not part of rule all. The images are only an input: no rule writes next to them. The input
-# functions and predict.models check are in common.smk; the runs' train_info.json (a multi-label
-# model's thresholds) are found next to their model.keras here.
-
-
-def predict_train_info_input(wildcards):
-    """Every run's train_info.json, next to its model.keras (a multi-label run's thresholds)."""
-    return [str(Path(p).with_name("train_info.json")) for p in predict_models_input(wildcards)]
+# functions and predict.models check are in common.smk.
 
 
 rule predict_images:
