@@ -604,7 +604,7 @@ def filter_metadata(
     near = _near_duplicates(rows, paths, units, image_root, filters, threads)
     _settle_rows(units, drops)
     keep_units = units.reason == 0
-    labels = _labels_column(rows.classes, units, label_sets)
+    labels = (units.label[keep_units], _labels_column(rows.classes, units, label_sets))
     table, unmatched = _build_table(
         rows, units.rows[keep_units], labels, paths.norm, units.n_captions[keep_units], paths.rank.result()
     )
@@ -680,20 +680,21 @@ def _group_column(rows: Rows, kept: np.ndarray, image_id: pa.Array, subset: pa.A
 def _build_table(
     rows: Rows,
     kept: np.ndarray,
-    labels: pa.Array,
+    labels: tuple[np.ndarray, pa.Array],
     norm_paths: pa.Array,
     n_captions: np.ndarray,
     path_rank: np.ndarray,
 ) -> tuple[pd.DataFrame, int]:
-    """Assemble the filtered table (contract columns) for the kept rows (``labels``: theirs, in
-    the same order), sorted by image_id
+    """Assemble the filtered table (contract columns) for the kept rows (``labels``: their first
+    label's code and their label lists, in the same order), sorted by image_id
     (stable: rows of one image keep file order, for ``dedupe: false``); ``path_rank`` is
     :func:`_dense_rank` of ``norm_paths``. Also returns the count of Quilt-subset images without
     a video id in their name."""
     order = _stable_order(path_rank[rows.path_code[kept]])
-    kept, n_captions, labels = kept[order], n_captions[order], labels.take(pa.array(order))
+    kept, n_captions = kept[order], n_captions[order]
+    label_code, labels = labels[0][order], labels[1].take(pa.array(order))
     image_id = norm_paths.take(pa.array(rows.path_code[kept]))
-    label = pa.array(rows.classes, type=pa.string()).take(pa.array(rows.label_code[kept]))
+    label = pa.array(rows.classes, type=pa.string()).take(pa.array(label_code))
     subset = pa.array(rows.subsets, type=pa.string()).take(pa.array(rows.subset_code[kept]))
     if rows.pathology_lists is not None:
         pathologies = rows.pathology_lists.take(pa.array(rows.pathology_code[kept]))
