@@ -71,7 +71,6 @@ def make_run(tmp_path: Path, models: dict[str, np.ndarray], truth: np.ndarray, *
     )
     report = {
         "counts": {"train": 1000, "test": len(truth)},
-        "images": {"train": 1000},
         "class_counts": {"train": TRAIN},
     }
     (splits / "split_report.json").write_text(json.dumps(report))
@@ -231,7 +230,7 @@ def test_folds_add_corrected_t_tests_and_pool_train_prevalence(tmp_path):
         table = pq.read_table(path)
         video = np.array([int(g[5:]) for g in table.column("group").to_pylist()])
         pq.write_table(table.append_column("fold", pa.array((video % 2).astype(np.int32))), path)
-    report = {"folds": 2, "images": {"fold0a": 100, "fold0b": 100, "fold1a": 100, "fold1b": 300},
+    report = {"folds": 2, "counts": {"fold0a": 100, "fold0b": 100, "fold1a": 100, "fold1b": 300},
               "class_counts": {b: {"gi": n // 2} for b, n in (("fold0a", 100), ("fold0b", 100), ("fold1a", 100), ("fold1b", 300))}}  # fmt: skip
     Path(paths["split_report"]).write_text(json.dumps(report))
     prevalence, _ = cml._train_prevalence(paths["split_report"], CLASSES)

@@ -156,17 +156,16 @@ def _train_prevalence(split_report_path: str, class_names: list[str]) -> tuple[n
     as quiltflow.compare._read_split_report sums class counts and the images likewise, i.e. the
     image-weighted mean training prevalence of the k runs. One constant baseline for every test
     image: a per-fold prevalence would give the pooled out-of-fold scores a fold effect, and the
-    baseline's AUC would no longer be 0.5. Image counts: ``images.<bucket>`` (``counts.<bucket>``
-    where a report predates it).
+    baseline's AUC would no longer be 0.5. Image counts: ``counts.<bucket>``.
     """
     counts, ratio = _read_split_report(split_report_path)
     report = read_json(split_report_path, "split report")
     folds = int(report.get("folds", 1))
-    sizes = report.get("images") or report.get("counts") or {}
+    sizes = report.get("counts") or {}
     train = [bucket for fold in range(folds) for bucket in run_buckets(fold, folds)["train"]]
     missing = [bucket for bucket in train if not isinstance(sizes.get(bucket), int | float)]
     if missing:
-        raise UserError(f"split report {split_report_path}: missing key images.{missing[0]} (train prevalence)")
+        raise UserError(f"split report {split_report_path}: missing key counts.{missing[0]} (train prevalence)")
     prevalence = np.array([counts.get(c, 0) for c in class_names], dtype=np.float64) / max(
         1, sum(sizes[b] for b in train)
     )
