@@ -206,16 +206,21 @@ def _check_same_test_set(first: TestSet, other: TestSet) -> None:
         )
 
 
-def _load_models(
-    metrics_paths: Sequence[str], predictions_paths: Sequence[str], class_names: list[str]
-) -> tuple[list[dict[str, Any]], TestSet]:
-    """Load each model's metrics + predictions, aligned on image_id; return (models, test set)."""
+def check_file_lists(metrics_paths: Sequence[str], predictions_paths: Sequence[str]) -> None:
+    """At least one model, and one predictions file per metrics file (either task)."""
     if not metrics_paths:
         raise UserError("compare_models: no models to compare (config models is empty?)")
     if len(metrics_paths) != len(predictions_paths):
         raise UserError(
             f"compare_models: {len(metrics_paths)} metrics files but {len(predictions_paths)} predictions files"
         )
+
+
+def _load_models(
+    metrics_paths: Sequence[str], predictions_paths: Sequence[str], class_names: list[str]
+) -> tuple[list[dict[str, Any]], TestSet]:
+    """Load each model's metrics + predictions, aligned on image_id; return (models, test set)."""
+    check_file_lists(metrics_paths, predictions_paths)
     models: list[dict[str, Any]] = []
     test_sets: list[TestSet] = []
     for metrics_path, predictions_path in zip(metrics_paths, predictions_paths):

@@ -54,6 +54,7 @@ from quiltflow.compare import (
     _read_split_report,
     _test_entries,
     _test_train_ratio,
+    check_file_lists,
 )
 from quiltflow.compare_report import CURVES_CAPTION
 from quiltflow.cv import run_buckets
@@ -125,12 +126,7 @@ def _load_models(
     metrics_paths: Sequence[str], predictions_paths: Sequence[str], class_names: list[str]
 ) -> tuple[list[dict[str, Any]], TestSet, np.ndarray]:
     """Every model on one test set; return (models, test set, true multi-hot [n, C])."""
-    if not metrics_paths:
-        raise UserError("compare_models: no models to compare (config models is empty?)")
-    if len(metrics_paths) != len(predictions_paths):
-        raise UserError(
-            f"compare_models: {len(metrics_paths)} metrics files but {len(predictions_paths)} predictions files"
-        )
+    check_file_lists(metrics_paths, predictions_paths)
     models: list[dict[str, Any]] = []
     first: TestSet | None = None
     for metrics_path, predictions_path in zip(metrics_paths, predictions_paths):
