@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map, sha256_file, write_json
@@ -234,8 +235,11 @@ def _skipped_by_reason(test_index_paths: Paths) -> dict[str, int]:
 
 def _test_groups(manifest_paths: Paths) -> tuple[pd.DataFrame, dict[str, str]]:
     """The test manifest(s) and the image id -> group (video) map."""
-    columns = ["image_id", "group", "label_index"]
-    manifest = pd.concat([pd.read_parquet(p, columns=columns) for p in _paths(manifest_paths)], ignore_index=True)
+    parts = []
+    for path in _paths(manifest_paths):
+        names = pq.read_schema(path).names  # label_index: the primary label a multi-label run reports
+        parts.append(pd.read_parquet(path, columns=[c for c in ("image_id", "group", "label_index") if c in names]))
+    manifest = pd.concat(parts, ignore_index=True)
     groups = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str)))
     if len(groups) != len(manifest):
         raise UserError(f"test manifest {manifest_paths}: image_id values are not unique")
@@ -294,6 +298,8 @@ def _targets(task: str, info: Mapping[str, Any], class_names: Sequence[str], man
     thresholds = info.get("thresholds")
     if not isinstance(thresholds, Mapping) or set(thresholds) != set(class_names):
         raise UserError(f"train_info of {info.get('model')}: thresholds missing or not per class; re-run train_model")
+    if "label_index" not in manifest:
+        raise UserError("test manifest has no column label_index (re-run split_manifests)")
     primary = dict(zip(manifest["image_id"].astype(str), manifest["label_index"].astype(int)))
     return {"task": task, "thresholds": [float(thresholds[c]) for c in class_names], "primary": primary}
 
