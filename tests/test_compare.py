@@ -339,6 +339,7 @@ def test_compare_script_wiring(tmp_path):
             "permutations": 200,
             "ensemble": True,
             "synthetic": False,
+            "narration_labels": True,
         },  # as compare.smk passes  # fmt: skip
         log=tmp_path / "compare.log",
     )

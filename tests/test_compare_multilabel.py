@@ -162,6 +162,12 @@ def test_dispatch_rows_files_and_plots(tmp_path):
     assert Path(out["csv_path"]).read_text().splitlines()[0].startswith("model,kind,map_macro,map_macro_ci_low")
 
 
+def test_narration_caveat_only_for_quilt_lists(tmp_path):
+    paths = make_run(tmp_path, MODELS, TRUTH)
+    doc = run(paths, samples=100, permutations=100, narration_labels=False)
+    assert doc["narration_labels"] is False and not any("narration" in c for c in doc["caveats"])
+
+
 def test_point_estimates_equal_sklearn(tmp_path):
     doc = run(make_run(tmp_path, MODELS, TRUTH), samples=50, permutations=50)
     probs, truth = MODELS["noisy"], TRUTH

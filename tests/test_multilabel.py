@@ -236,3 +236,22 @@ def test_thresholds_are_fitted_on_the_validation_videos_only(multilabel_cv_run: 
         truth = np.concatenate([y.numpy() for _, y in val]).astype(np.int8)
         expected = f1_optimal_thresholds(truth, probs)
         assert [info["thresholds"][c] for c in classes] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_weighted_loss_keeps_a_gradient_when_the_sigmoid_saturates() -> None:
+    """Huge logits (a random frozen ResNet's features) saturate the sigmoid: the loss must still
+    push the wrong label back (clipping probabilities would leave a zero gradient)."""
+    import keras
+    import tensorflow as tf
+    from quiltflow.train import WeightedBinaryCrossentropy
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="sigmoid", use_bias=False)(inputs))
+    model.layers[-1].set_weights([np.array([[-1.0, 1.0]], np.float32)])
+    x, y = np.array([[1e4]], np.float32), np.array([[1.0, 0.0]], np.float32)  # both labels wrong
+    for loss in (WeightedBinaryCrossentropy([2.0, 0.5]), keras.losses.BinaryCrossentropy()):
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x))
+        gradient = tape.gradient(value, model.trainable_weights)[0].numpy()
+        assert np.isfinite(float(value)) and float(value) > 100
+        assert gradient[0, 0] < 0 < gradient[0, 1]  # raise label 0, lower label 1

@@ -737,6 +737,7 @@ def compare_models(
     permutations: int = 2000,
     ensemble: bool = True,
     synthetic: bool = False,
+    narration_labels: bool = True,
     tta_metrics_paths: Sequence[str] = (),
     tta_predictions_paths: Sequence[str] = (),
     json_path: str | None = None,
@@ -756,7 +757,8 @@ def compare_models(
     model. CIs have level ``1 - alpha``. ``tta_metrics_paths``/``tta_predictions_paths``: each
     model's test-time augmentation variant (same order), rows ``{model}+tta`` of kind ``tta``, each
     tested against its own model; no plots of their own. Returns the comparison document (also
-    written to ``json_path``). Multi-label runs: quiltflow.compare_multilabel (+ ``ap_plot``).
+    written to ``json_path``). Multi-label runs: quiltflow.compare_multilabel (+ ``ap_plot``;
+    ``narration_labels``: the label lists are Quilt's per-video narration lists, a caveat line).
     """
     arguments = dict(locals())  # the parameters, before any other local exists
     if read_task(label_map_path) == MULTILABEL:

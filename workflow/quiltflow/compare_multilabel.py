@@ -427,11 +427,13 @@ def _per_label_table(rows: list[dict], point: dict, class_names: list[str], unit
 
 
 def _caveats(document: dict[str, Any]) -> list[str]:
-    caveats = [
-        "Labels are per video: Quilt-1M's pathology lists come from each video's narration text, not from the "
-        "image, so every frame carries its video's whole list whether or not the frame shows it; the scores "
-        "measure agreement with the narration.",
-    ]
+    caveats = []
+    if document["narration_labels"]:
+        caveats.append(
+            "Labels are per video: Quilt-1M's pathology lists come from each video's narration text, not from the "
+            "image, so every frame carries its video's whole list whether or not the frame shows it; the scores "
+            "measure agreement with the narration."
+        )
     if document["synthetic"]:
         caveats.append("These results come from the synthetic demo data set: they test the pipeline, not any model.")
     absent = [c for c, n in document["per_label"]["support"].items() if n == 0]
@@ -486,9 +488,11 @@ def build_multilabel_comparison(
     models: list[dict[str, Any]], test_set: TestSet, truth: np.ndarray, class_names: list[str],
     prevalence: np.ndarray, *, seed: int, bootstrap_samples: int, permutations: int, alpha: float,
     ensemble: bool = True, synthetic: bool = False, holdout_ratio: float | None = None,
+    narration_labels: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """The comparison document of loaded models (``name, kind, doc, probs, hot`` [seeds, n, C]
-    dicts; ``tta`` rows carry ``tta_of``) on ``truth`` [n, C]; reads and writes nothing."""
+    dicts; ``tta`` rows carry ``tta_of``) on ``truth`` [n, C]; reads and writes nothing.
+    ``narration_labels``: the lists are Quilt's per-video narration lists (a caveat says so)."""
     if not truth.any():
         raise UserError("compare_models: no test image carries any label (empty multi-hot targets)")
     rows = _rows(models, prevalence, class_names, ensemble=ensemble)
@@ -513,7 +517,8 @@ def build_multilabel_comparison(
         "schema_version": COMPARISON_SCHEMA_VERSION, "task": MULTILABEL, "unit": UNIT, "n_test": n,
         "n_predictions": n * len(test_set.seeds), "n_groups": units.n_groups, "folds": n_folds,
         "seeds": len(test_set.seeds), "class_names": class_names, "label_cardinality": float(truth.sum(axis=1).mean()),
-        "synthetic": bool(synthetic), "seed": int(seed), "bootstrap_samples": int(bootstrap_samples),
+        "synthetic": bool(synthetic), "narration_labels": bool(narration_labels), "seed": int(seed),
+        "bootstrap_samples": int(bootstrap_samples),
         "permutations": int(permutations), "alpha": float(alpha), "ci_level": 1.0 - alpha, "ci_method": CI_METHOD,
         "test_method": TEST_METHOD, "tested_metrics": list(RANKED), "pooling": POOLING, "ece_bins": clusterstats.ECE_BINS,
         "test_train_ratio": ratio, "rows": row_documents, "per_label": _per_label_table(rows, point, class_names, units, prevalence),
@@ -733,7 +738,7 @@ def _write_plots(document, models, truth, history_paths, paths: dict[str, Any]) 
 def compare_multilabel(
     metrics_paths: Sequence[str], predictions_paths: Sequence[str], history_paths: Sequence[str],
     split_report_path: str, label_map_path: str, *, seed: int, bootstrap_samples: int, alpha: float,
-    permutations: int = 2000, ensemble: bool = True, synthetic: bool = False,
+    permutations: int = 2000, ensemble: bool = True, synthetic: bool = False, narration_labels: bool = True,
     tta_metrics_paths: Sequence[str] = (), tta_predictions_paths: Sequence[str] = (),
     json_path: str | None = None, csv_path: str | None = None, md_path: str | None = None,
     html_path: str | None = None, metrics_plot: str | None = None, curves_plot: str | None = None,
@@ -753,6 +758,7 @@ def compare_multilabel(
     document = build_multilabel_comparison(
         models, test_set, truth, class_names, prevalence, seed=seed, bootstrap_samples=bootstrap_samples,
         permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
+        narration_labels=narration_labels,
     )  # fmt: skip
     if json_path:
         write_json(document, json_path)

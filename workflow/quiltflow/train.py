@@ -77,11 +77,13 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         self.positive_weights = [float(w) for w in positive_weights]
 
     def call(self, y_true, y_pred):
-        y_pred = keras.ops.clip(y_pred, keras.config.epsilon(), 1.0 - keras.config.epsilon())
         y_true = keras.ops.cast(y_true, y_pred.dtype)
+        # Element-wise cross-entropy through Keras, which recovers the logits behind a sigmoid
+        # layer: clipping saturated probabilities instead would zero the gradient exactly where a
+        # model with huge logits (e.g. on a random frozen ResNet's features) needs it.
+        per_label = keras.ops.binary_crossentropy(y_true, y_pred)
         weights = keras.ops.convert_to_tensor(self.positive_weights, dtype=y_pred.dtype)
-        loss = weights * y_true * keras.ops.log(y_pred) + (1.0 - y_true) * keras.ops.log(1.0 - y_pred)
-        return -keras.ops.mean(loss, axis=-1)
+        return keras.ops.mean(per_label * (weights * y_true + 1.0 - y_true), axis=-1)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "positive_weights": self.positive_weights}

@@ -77,6 +77,8 @@ rule compare_models:
         permutations=config["comparison"]["permutations"],
         ensemble=config["comparison"]["ensemble"],
         synthetic=DEMO,
+        # Quilt's pathology lists come from each video's narration (a multi-label caveat).
+        narration_labels=DATASET["format"] == "quilt",
         code=script_code("compare_models.py"),
     script:
         "../scripts/compare_models.py"

@@ -22,6 +22,7 @@ document = compare_models(
     permutations=snakemake.params.permutations,
     ensemble=bool(snakemake.params.ensemble),
     synthetic=bool(snakemake.params.synthetic),  # demo data: a caveat line
+    narration_labels=bool(snakemake.params.narration_labels),  # Quilt lists (multi-label caveat)
     tta_metrics_paths=list(snakemake.input.tta_metrics),  # evaluation.tta: {model}+tta rows
     tta_predictions_paths=list(snakemake.input.tta_predictions),
     json_path=snakemake.output.json,
