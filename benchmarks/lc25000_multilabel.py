@@ -108,7 +108,7 @@ def _feasible(remaining: dict[str, list[Path]]) -> list[dict[str, int]]:
         if len(remaining[c]) >= 4:
             out.append({c: 4})
     for i, a in enumerate(classes):
-        for b in classes[i + 1:]:
+        for b in classes[i + 1 :]:
             for na, nb in ((2, 2), (3, 1), (1, 3)):
                 if len(remaining[a]) >= na and len(remaining[b]) >= nb:
                     out.append({a: na, b: nb})
