@@ -255,3 +255,36 @@ def test_weighted_loss_keeps_a_gradient_when_the_sigmoid_saturates() -> None:
         gradient = tape.gradient(value, model.trainable_weights)[0].numpy()
         assert np.isfinite(float(value)) and float(value) > 100
         assert gradient[0, 0] < 0 < gradient[0, 1]  # raise label 0, lower label 1
+
+
+def test_predict_and_explain_a_multilabel_cv_run(multilabel_cv_run: Path, tmp_path: Path) -> None:
+    """`snakemake predict explain` on the multi-label run: labels at the runs' mean thresholds,
+    Grad-CAM galleries of sigmoid models."""
+    import shutil
+
+    import yaml
+
+    images = tmp_path / "new images"
+    images.mkdir()
+    manifest = pd.read_parquet(multilabel_cv_run / "results" / "splits" / "fold0a.parquet")
+    for image_id in manifest["image_id"][:4]:
+        shutil.copy(multilabel_cv_run / "resources" / "demo" / "images" / image_id, images / Path(image_id).name)
+    extra = tmp_path / "predict.yaml"
+    extra.write_text(yaml.safe_dump({"predict": {"images": str(images), "models": ["custom_cnn"]}}))
+    configs = ("config/test.yaml", "config/multilabel_test.yaml", "config/two_folds.yaml", str(extra))
+    snakemake(multilabel_cv_run, "predict", "explain", configfiles=configs)
+    results = multilabel_cv_run / "results"
+    table = pd.read_parquet(results / "predict" / "custom_cnn.parquet")
+    classes = json.loads((results / "splits" / "label_map.json").read_text())["classes"]
+    probs = table[[f"prob_{c}" for c in classes]].to_numpy()
+    thresholds = np.mean(
+        [
+            [json.loads(p.read_text())["thresholds"][c] for c in classes]
+            for p in sorted((results / "models" / "custom_cnn").glob("fold*/train_info.json"))
+        ],
+        axis=0,
+    )
+    expected = ["|".join(c for c, on in zip(classes, row >= thresholds) if on) for row in probs]
+    assert table["status"].eq("ok").all() and table["pred_labels"].tolist() == expected
+    index = json.loads((results / "explain" / "custom_cnn" / "index.json").read_text())
+    assert index["task"] == MULTILABEL
