@@ -111,11 +111,14 @@ def _random_model(activation: str):
     return keras.Model(image, x)
 
 
-def test_gradients_match_finite_differences_of_the_logit():
-    model, logits_model = _random_model("softmax"), _random_model(None)
+def _logit_gradients_match_finite_differences(activation: str, classes: list[int], seed: int):
+    """class_gradients of a model ending in ``activation`` against central differences of the
+    logits (the same weights without the activation); returns (model, its logits twin, images,
+    activations, numeric gradients)."""
+    model, logits_model = _random_model(activation), _random_model(None)
     logits_model.set_weights(model.get_weights())
-    images = np.random.default_rng(5).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
-    acts, grads, probs = class_gradients(model, images, ("target",), [0, 2])
+    images = np.random.default_rng(seed).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    acts, grads, probs = class_gradients(model, images, ("target",), classes)
     _, back = split_at(logits_model, ("target",))
     base, eps, numeric = np.asarray(acts, np.float64), 1e-2, np.zeros(acts.shape)
     for index in np.ndindex(*acts.shape[1:]):
@@ -123,9 +126,14 @@ def test_gradients_match_finite_differences_of_the_logit():
             shifted = base.copy()
             shifted[(slice(None), *index)] += sign * eps
             logits = np.asarray(back(shifted.astype(np.float32)), np.float64)
-            numeric[(slice(None), *index)] += sign * logits[[0, 1], [0, 2]] / (2 * eps)
+            numeric[(slice(None), *index)] += sign * logits[[0, 1], classes] / (2 * eps)
     np.testing.assert_allclose(np.asarray(grads), numeric, atol=2e-3)
     np.testing.assert_allclose(probs, np.asarray(model(images)), atol=1e-6)
+    return model, logits_model, images, acts, numeric
+
+
+def test_gradients_match_finite_differences_of_the_logit():
+    model, _, images, acts, numeric = _logit_gradients_match_finite_differences("softmax", [0, 2], 5)
     # The model's softmax is back after the logits were read.
     assert np.allclose(np.asarray(model(images)).sum(axis=1), 1.0)
     maps, _ = gradcam(model, images, ("target",), [0, 2])
@@ -262,20 +270,7 @@ def test_sigmoid_head_is_explained_on_the_half_its_label_depends_on(half):
 
 def test_sigmoid_gradients_are_of_the_labels_logit():
     """Grad-CAM of a sigmoid head differentiates the label's logit (not its probability)."""
-    model, logits_model = _random_model("sigmoid"), _random_model(None)
-    logits_model.set_weights(model.get_weights())
-    images = np.random.default_rng(6).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
-    acts, grads, probs = class_gradients(model, images, ("target",), [1, 2])
-    _, back = split_at(logits_model, ("target",))
-    base, eps, numeric = np.asarray(acts, np.float64), 1e-2, np.zeros(acts.shape)
-    for index in np.ndindex(*acts.shape[1:]):
-        for sign in (1, -1):
-            shifted = base.copy()
-            shifted[(slice(None), *index)] += sign * eps
-            logits = np.asarray(back(shifted.astype(np.float32)), np.float64)
-            numeric[(slice(None), *index)] += sign * logits[[0, 1], [1, 2]] / (2 * eps)
-    np.testing.assert_allclose(np.asarray(grads), numeric, atol=2e-3)
-    np.testing.assert_allclose(probs, np.asarray(model(images)), atol=1e-6)
+    model, logits_model, images, _, _ = _logit_gradients_match_finite_differences("sigmoid", [1, 2], 6)
     # The sigmoid is back after the logits were read.
     outputs = np.asarray(model(images))
     assert outputs.min() >= 0.0 and outputs.max() <= 1.0

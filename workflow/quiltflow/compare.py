@@ -713,15 +713,18 @@ def _write_plots(
         plots.plot_training_curves(histories, plot_paths["curves_plot"])
 
 
-def _write_tables(document: dict[str, Any], json_path, csv_path, md_path) -> None:
-    """The comparison as JSON, CSV and Markdown (whichever paths are given)."""
+def write_tables(
+    document: dict[str, Any], json_path, csv_path, md_path, *, render=render_markdown, csv_writer=write_csv
+) -> None:
+    """The comparison as JSON, CSV and Markdown (whichever paths are given); a multi-label
+    comparison passes its own ``render`` and ``csv_writer``."""
     if json_path:
         write_json(document, json_path)
     if csv_path:
-        write_csv(document["rows"], csv_path)
+        csv_writer(document["rows"], csv_path)
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(md_path).write_text(render_markdown(document))
+        Path(md_path).write_text(render(document), encoding="utf-8")
 
 
 def compare_models(
@@ -777,7 +780,7 @@ def compare_models(
         models, test_set, class_names, train_counts, seed=seed, bootstrap_samples=bootstrap_samples,
         permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
     )  # fmt: skip
-    _write_tables(document, json_path, csv_path, md_path)  # tables first, then plots
+    write_tables(document, json_path, csv_path, md_path)  # tables first, then plots
     plot_paths = {"metrics_plot": metrics_plot, "curves_plot": curves_plot, "confusion_plots": confusion_plots,
                   "reliability_plots": reliability_plots}  # fmt: skip
     _write_plots(document, [m for m in models if m["kind"] == "model"], test_set, history_paths, plot_paths)

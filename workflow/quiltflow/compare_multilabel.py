@@ -55,11 +55,12 @@ from quiltflow.compare import (
     _test_entries,
     _test_train_ratio,
     check_file_lists,
+    write_tables,
 )
 from quiltflow.compare_report import CURVES_CAPTION
 from quiltflow.cv import run_buckets
 from quiltflow.errors import UserError
-from quiltflow.jsonio import read_json, read_label_map, write_json
+from quiltflow.jsonio import read_json, read_label_map
 from quiltflow.mdhtml import markdown_to_html
 from quiltflow.metrics import read_predictions
 from quiltflow.tasks import MULTILABEL
@@ -760,13 +761,7 @@ def compare_multilabel(
         permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
         narration_labels=narration_labels,
     )  # fmt: skip
-    if json_path:
-        write_json(document, json_path)
-    if csv_path:
-        write_csv(document["rows"], csv_path)
-    if md_path:
-        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(md_path).write_text(render_markdown(document), encoding="utf-8")
+    write_tables(document, json_path, csv_path, md_path, render=render_markdown, csv_writer=write_csv)
     paths = {"metrics_plot": metrics_plot, "ap_plot": ap_plot, "curves_plot": curves_plot,
              "confusion_plots": confusion_plots, "reliability_plots": reliability_plots}  # fmt: skip
     _write_plots(document, [m for m in models if m["kind"] == "model"], truth, history_paths, paths)
