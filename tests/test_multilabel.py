@@ -204,6 +204,10 @@ def test_end_to_end_multilabel_cross_validation(multilabel_cv_run: Path) -> None
         assert {"map_macro", "auc_macro", "f1_micro", "hamming_loss", "top1_in_labels"} <= set(metrics["metrics"])
         pooled = pd.read_parquet(results / "predictions" / f"{model}.parquet")
         assert pooled["image_id"].is_unique and set(pooled["fold"]) == {0, 1}
+        classes = metrics["metrics"]["class_names"]
+        per_label = pooled[[f"prob_{c}" for c in classes]].to_numpy()  # one column per label too
+        assert np.array_equal(per_label, np.stack(pooled["probabilities"]))
+        assert np.stack(pooled["true_multi_hot"]).shape == per_label.shape
     comparison = json.loads((results / "comparison.json").read_text())
     names = {row["name"] for row in comparison["rows"]}
     assert {"label_frequency_baseline", "ensemble", "custom_cnn"} <= names

@@ -361,7 +361,7 @@ def evaluate_model(
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
     if tta != "none":
         document["tta"] = tta
-    write_predictions(predictions, predictions_path)
+    write_predictions(predictions, predictions_path, class_names)
     write_json(document, metrics_path)
     _log_result(document)
     return document

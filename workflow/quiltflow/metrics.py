@@ -59,11 +59,18 @@ def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(value_type))
 
 
-def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
+def probability_column(class_name: str) -> str:
+    """The column of one label's probability (multi-label predictions, prediction on new images)."""
+    return f"prob_{class_name}"
+
+
+def write_predictions(predictions: pd.DataFrame, path: str | Path, class_names: Sequence[str] = ()) -> None:
     """Write a predictions table with the exact column types of docs/interfaces.md.
 
     Multi-label tables also carry ``true_multi_hot`` and ``pred_multi_hot`` (list<int8>, one entry
-    per label), written after ``probabilities`` whenever present.
+    per label), written after ``probabilities`` whenever present, and, given ``class_names``, one
+    float32 column per label (``probability_column``) at the end: the same values as
+    ``probabilities``, for readers that want a label by name.
     """
     probs = probability_matrix(predictions, source=str(path))
     run_columns = [name for name in RUN_COLUMNS if name in predictions.columns]
@@ -76,6 +83,13 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
     for field in _MULTI_HOT_FIELDS + _RUN_FIELDS:
         if field.name in run_columns + hot_columns:
             schema = schema.append(field)
+    per_label = {}
+    if hot_columns and class_names:
+        if len(class_names) != probs.shape[1]:
+            raise UserError(f"{path}: {len(class_names)} class names for {probs.shape[1]} probabilities")
+        per_label = {probability_column(c): pa.array(probs[:, k].astype(np.float32)) for k, c in enumerate(class_names)}
+        for name in per_label:
+            schema = schema.append(pa.field(name, pa.float32()))
     table = pa.table(
         {
             "image_id": pa.array(predictions["image_id"].astype(str).tolist(), pa.string()),
@@ -85,6 +99,7 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
             "probabilities": _list_array(probs.astype(np.float32), pa.float32()),
             **{name: _list_array(matrix, pa.int8()) for name, matrix in hot.items()},
             **{name: pa.array(predictions[name].to_numpy(np.int32), pa.int32()) for name in run_columns},
+            **per_label,
         },
         schema=schema,
     )

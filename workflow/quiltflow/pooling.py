@@ -106,7 +106,7 @@ def pool_runs(
         raise UserError(f"pool_runs: {model}: runs evaluated with and without test-time augmentation")
     if tta != {None}:
         document["tta"] = tta.pop()
-    write_predictions(predictions, predictions_out)
+    write_predictions(predictions, predictions_out, class_names)
     write_json(document, metrics_out)
     log.info("%s: pooled %d predictions of %d runs", model, len(predictions), len(runs))
     return document

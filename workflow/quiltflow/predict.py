@@ -38,6 +38,7 @@ import pandas as pd
 
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map
+from quiltflow.metrics import probability_column
 from quiltflow.settings import ShardSettings
 from quiltflow.shards import MAX_PIXELS, BadImage, prepare_views
 from quiltflow.tasks import MULTICLASS, MULTILABEL, TASKS, read_task
@@ -344,7 +345,7 @@ def _label_columns(
             [int(n) if good else None for n, good in zip(over.sum(axis=1), ok)], dtype="Int32"
         )
     for k, name in enumerate(class_names):
-        columns[f"prob_{name}"] = probs[:, k].astype(np.float32)
+        columns[probability_column(name)] = probs[:, k].astype(np.float32)
     return columns
 
 
