@@ -754,15 +754,13 @@ def compare_models(
     ap_plot: str | None = None,
 ) -> dict[str, Any]:
     """Compare every model with each other and with baselines; write whichever outputs are given.
-
     Files are matched by position: ``metrics_paths[i]``, ``predictions_paths[i]``,
     ``history_paths[i]``, ``confusion_plots[i]`` and ``reliability_plots[i]`` belong to the same
     model. CIs have level ``1 - alpha``. ``tta_metrics_paths``/``tta_predictions_paths``: each
     model's test-time augmentation variant (same order), rows ``{model}+tta`` of kind ``tta``, each
     tested against its own model; no plots of their own. Returns the comparison document (also
-    written to ``json_path``). Multi-label runs: quiltflow.compare_multilabel (+ ``ap_plot``;
-    ``narration_labels``: the label lists are Quilt's per-video narration lists, a caveat line).
-    """
+    written to ``json_path``). Multi-label: quiltflow.compare_multilabel (+ ``ap_plot``, and
+    ``narration_labels``: Quilt's per-video lists, a caveat)."""
     arguments = dict(locals())  # the parameters, before any other local exists
     if read_task(label_map_path) == MULTILABEL:
         from quiltflow.compare_multilabel import compare_multilabel

@@ -323,12 +323,9 @@ def evaluate_model(
     tta: str = "none",
 ) -> dict[str, Any]:
     """Predict the test split, write the predictions Parquet and the metrics JSON; return the JSON.
-
-    ``test_index_path``/``manifest_path``: one bucket, or a run's test buckets; ``fold`` and
-    ``seed`` name the run and become columns of the predictions. ``tta="dihedral"`` (rule
-    evaluate_tta): test-time augmentation; the document's model is ``{model}+tta`` and its
-    ``tta`` key says which.
-    """
+    ``test_index_path``/``manifest_path``: one bucket, or a run's test buckets; ``fold`` and ``seed``
+    name the run (columns of the predictions). ``tta="dihedral"`` (rule evaluate_tta): test-time
+    augmentation; the document's model is ``{model}+tta`` and its ``tta`` key says which."""
     from quiltflow.runtime import set_thread_pools
 
     set_thread_pools(max(1, int(threads)))  # before TensorFlow runs anything

@@ -303,12 +303,10 @@ def train_model(
     provenance: Mapping[str, Any] | None = None,
     targets: Targets | None = None,
 ) -> dict[str, Any]:
-    """Train on batched ``(uint8 images, labels)`` datasets; returns ``train_info``.
-
-    Any architecture works on images (a features-trained one then runs the frozen base every
-    step; the workflow uses ``train_frozen_head`` on cached features instead). ``class_counts``
-    (indexed by label) and ``num_train``/``num_val`` are counted from the data if not given.
-    ``targets``: the task (multi-label: multi-hot labels), names, positive weights.
+    """Train on batched ``(uint8 images, labels)`` datasets; returns ``train_info``. Any
+    architecture works on images (the workflow trains features-trained ones with
+    ``train_frozen_head``). ``class_counts`` (by label) and ``num_train``/``num_val`` are counted
+    from the data if not given. ``targets``: task (multi-label: multi-hot), names, positive weights.
     """
     s = settings
     strategy, device, run = _prepare(s, out_dir, seed, threads)
@@ -346,15 +344,21 @@ def train_model(
     with float32_policy():
         final = build_model(s.architecture, num_classes, image_size, weights="none", **build)
     final.set_weights(best.get_weights())
-    shutil.rmtree(run.backup, ignore_errors=True)
     info = _info(s, device, image_size, seed, num_train, num_val, resume, class_weight, seconds)
-    info = _with_targets(info, targets, _validation_thresholds(final, val_ds, targets))
-    return _finish(run, final, _with_provenance(info, provenance))
+    return _wrap_up(run, final, info, targets, (final, val_ds), provenance)
 
 
 def _num_records(ds: tf.data.Dataset) -> int:
     """Examples in a batched dataset (one pass over it)."""
     return int(sum(int(tf.shape(element[1])[0]) for element in ds))
+
+
+def _wrap_up(run: TrainingRun, final, info: dict[str, Any], targets: Targets, scoring, provenance) -> dict[str, Any]:
+    """Drop the resume state; add the task facts (multi-label: thresholds from ``scoring`` =
+    (model, validation batches)) and the provenance; save the final model and train_info."""
+    shutil.rmtree(run.backup, ignore_errors=True)
+    info = _with_targets(info, targets, _validation_thresholds(*scoring, targets))
+    return _finish(run, final, _with_provenance(info, provenance))
 
 
 def _features_dataset(data: Mapping[str, np.ndarray], batch_size: int, shuffle: bool, seed: int):
@@ -404,13 +408,10 @@ def train_frozen_head(
     provenance: Mapping[str, Any] | None = None,
     targets: Targets | None = None,
 ) -> dict[str, Any]:
-    """Train the head of a features-trained architecture on cached features (``extract_features``).
-
-    The head never sees the base, so an epoch costs a few dense layers, not a ResNet50 pass.
-    ``model.keras`` is still the full image model (base + trained head), like the others.
-    ``checkpoints/best.keras`` holds the head alone. ``backbone_seed`` (default ``seed``) is the
-    seed the features were extracted with: a random base must be rebuilt from it.
-    """
+    """Train the head of a features-trained architecture on cached features (``extract_features``):
+    an epoch costs a few dense layers, not a ResNet50 pass. ``model.keras`` is still the full image
+    model; ``checkpoints/best.keras`` the head alone. ``backbone_seed`` (default ``seed``): the seed
+    the features were extracted with (a random base is rebuilt from it)."""
     s = settings
     if not s.spec.trains_on_features:
         raise UserError(f"models.{s.name}.architecture: {s.architecture} does not train on cached features")
@@ -447,11 +448,9 @@ def train_frozen_head(
     final = _image_model_with_head(
         s, num_classes, image_size, best, seed if backbone_seed is None else backbone_seed, task
     )
-    shutil.rmtree(run.backup, ignore_errors=True)
     info = _info(s, device, image_size, seed, len(labels), len(features_val["labels"]), resume, class_weight, seconds)
-    info = _with_targets(info, targets, _validation_thresholds(best, val_ds, targets))
     info["trained_on"] = "cached features"
-    return _finish(run, final, _with_provenance(info, provenance))
+    return _wrap_up(run, final, info, targets, (best, val_ds), provenance)
 
 
 # --- workflow entry point ----------------------------------------------------------------------
