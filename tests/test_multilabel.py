@@ -175,7 +175,9 @@ def test_predict_keeps_sigmoid_outputs_and_applies_thresholds() -> None:
     assert np.stack(table["true_multi_hot"]).tolist() == [[1, 0, 1], [0, 0, 1]]
     assert table["true_label"].tolist() == [2, 2] and table["pred_label"].tolist() == [0, 1]
     assert np.allclose(np.stack(table["probabilities"])[0], [0.9, 0.2, 0.6])  # no softmax
-    assert np.allclose(as_probabilities(np.array([[2.0, -2.0]]), "m", MULTILABEL), 1 / (1 + np.exp([[-2.0, 2.0]])))
+    assert as_probabilities(np.array([[1.0 + 1e-7, -1e-7]]), "m", MULTILABEL).tolist() == [[1.0, 0.0]]
+    with pytest.raises(UserError, match=r"outside \[0, 1\]"):  # logits? cannot tell: refused
+        as_probabilities(np.array([[2.0, -2.0]]), "m", MULTILABEL)
 
 
 # --- end to end ---------------------------------------------------------------------------------

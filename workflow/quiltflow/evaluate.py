@@ -37,17 +37,24 @@ log = logging.getLogger("quiltflow.evaluate")
 TTA_MODES = ("none", "dihedral")
 # A TTA evaluation's model name in its metrics JSON and in the comparison: custom_cnn+tta.
 TTA_SUFFIX = "+tta"
+# A sigmoid output is in [0, 1]; float noise beyond this says the outputs are not probabilities.
+SIGMOID_TOLERANCE = 1e-6
 
 
 def as_probabilities(outputs: np.ndarray, model_name: str, task: str = MULTICLASS) -> np.ndarray:
-    """Model outputs as probabilities; logits (rows not summing to 1) get a softmax. Multi-label
-    outputs are one probability per label: values outside [0, 1] are logits and get a sigmoid."""
+    """Model outputs as probabilities (evaluation and prediction on new images alike); logits
+    (rows not summing to 1) get a softmax. Multi-label outputs are one independent probability per
+    label, never softmaxed; values outside [0, 1] (beyond float noise) are a UserError: whether
+    they are logits cannot be told, and every registered architecture ends in a sigmoid."""
     outputs = outputs.astype(np.float64)
     if task == MULTILABEL:
-        if outputs.min(initial=0.0) >= 0 and outputs.max(initial=0.0) <= 1:
-            return outputs
-        log.warning("%s: outputs are not probabilities (no sigmoid layer?); applying a sigmoid", model_name)
-        return 1.0 / (1.0 + np.exp(-outputs))
+        bad = ~np.isfinite(outputs) | (outputs < -SIGMOID_TOLERANCE) | (outputs > 1 + SIGMOID_TOLERANCE)
+        if bad.any():
+            raise UserError(
+                f"model {model_name}: outputs outside [0, 1] (e.g. {outputs[bad][0]:.4g}); "
+                "a multi-label model must end in a sigmoid layer"
+            )
+        return np.clip(outputs, 0.0, 1.0)
     sums = outputs.sum(axis=1)
     if outputs.min(initial=0.0) >= 0 and np.all(np.abs(sums - 1.0) < 1e-3):
         return outputs

@@ -53,8 +53,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", 
 TABLE_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 TRAIN_INFO = "train_info.json"  # next to each run's model.keras; multi-label runs hold "thresholds"
 LABELS_SEPARATOR = "|"  # pred_labels of a multi-label model: the labels over threshold, joined
-# A sigmoid output is in [0, 1]; float noise beyond this says the outputs are not probabilities.
-SIGMOID_TOLERANCE = 1e-6
 PROGRESS_SECONDS = 10.0
 
 ModelPaths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -243,18 +241,6 @@ def _thresholds_array(thresholds: Mapping[str, float] | Sequence[float], class_n
     return values
 
 
-def _head_activation(model: Any) -> str:
-    """The activation name of the model's final Dense layer (looking into nested models), or ''."""
-    import keras
-
-    layer = model.layers[-1]
-    while isinstance(layer, keras.Model):
-        layer = layer.layers[-1]
-    if not isinstance(layer, keras.layers.Dense):
-        return ""
-    return getattr(getattr(layer, "activation", None), "__name__", "")
-
-
 def _check_model(model: Any, settings: ShardSettings, num_classes: int, task: str = MULTICLASS) -> None:
     shape = tuple(model.input_shape)
     if tuple(shape[1:3]) != (settings.image_size, settings.image_size):
@@ -262,7 +248,9 @@ def _check_model(model: Any, settings: ShardSettings, num_classes: int, task: st
     width = model.output_shape[-1]
     if width != num_classes:
         raise UserError(f"model {model.name}: {width} outputs but the label map has {num_classes} classes")
-    head = _head_activation(model)
+    from quiltflow.models import output_layer
+
+    head = output_layer(model)[1]
     if task == MULTILABEL and head == "softmax":
         raise UserError(
             f"model {model.name}: ends in a softmax but the label map's task is {MULTILABEL} (sigmoid per label)"
@@ -274,34 +262,17 @@ def _check_model(model: Any, settings: ShardSettings, num_classes: int, task: st
         )
 
 
-def _sigmoid_outputs(outputs: np.ndarray, model_name: str) -> np.ndarray:
-    """A multi-label model's outputs as they are (independent sigmoid probabilities, no softmax);
-    values outside [0, 1] (beyond float noise) are a UserError: the model has no sigmoid head."""
-    outputs = outputs.astype(np.float64)
-    bad = ~np.isfinite(outputs) | (outputs < -SIGMOID_TOLERANCE) | (outputs > 1 + SIGMOID_TOLERANCE)
-    if bad.any():
-        raise UserError(
-            f"model {model_name}: outputs outside [0, 1] (e.g. {outputs[bad][0]:.4g}); "
-            "a multi-label model must end in a sigmoid layer"
-        )
-    return np.clip(outputs, 0.0, 1.0)
-
-
 def _probabilities(models: list[Any], pixels: np.ndarray, views: int, task: str = MULTICLASS) -> np.ndarray:
     """float64 ``[images, classes]``: each model's probabilities, cells then models averaged.
 
-    Single-label: ``evaluate.as_probabilities`` (a softmax only for logits, as evaluate_model).
-    Multi-label: the raw sigmoid outputs, never softmaxed (``_sigmoid_outputs``).
+    ``evaluate.as_probabilities``, evaluate_model's own check: a softmax only for single-label
+    logits; multi-label sigmoid outputs as they are.
     """
-    from quiltflow.evaluate import as_probabilities  # evaluate_model's own logits check
+    from quiltflow.evaluate import as_probabilities
 
     per_model = []
     for model in models:
-        outputs = np.asarray(model.predict_on_batch(pixels))
-        if task == MULTILABEL:
-            probs = _sigmoid_outputs(outputs, model.name)
-        else:
-            probs = as_probabilities(outputs, model.name)
+        probs = as_probabilities(np.asarray(model.predict_on_batch(pixels)), model.name, task)
         per_model.append(probs.reshape(-1, views, probs.shape[1]).mean(axis=1))
     return np.mean(per_model, axis=0)
 
