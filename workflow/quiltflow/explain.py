@@ -243,13 +243,10 @@ def split_at(model: Any, path: Sequence[str]) -> tuple[Fn, Fn]:
 def _final_dense(model: Any) -> Any:
     """The model's final Dense layer if it applies a softmax or a sigmoid (looking into nested
     models), else None."""
-    import keras
+    from quiltflow.models import output_layer
 
-    layer = model.layers[-1]
-    while isinstance(layer, keras.Model):
-        layer = layer.layers[-1]
-    activation = getattr(getattr(layer, "activation", None), "__name__", "")
-    return layer if isinstance(layer, keras.layers.Dense) and activation in SCORE_ACTIVATIONS else None
+    layer, activation = output_layer(model)
+    return layer if activation in SCORE_ACTIVATIONS else None
 
 
 def heat_maps(acts: Any, grads: Any, image_size: int) -> np.ndarray:

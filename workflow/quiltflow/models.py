@@ -184,6 +184,17 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
             layer.trainable = False
 
 
+def output_layer(model: keras.Model) -> tuple[layers.Layer, str]:
+    """The model's last layer (looking into nested models) and its activation's name ("" unless
+    it is a Dense layer): what prediction checks against the task and Grad-CAM differentiates."""
+    layer = model.layers[-1]
+    while isinstance(layer, keras.Model):
+        layer = layer.layers[-1]
+    if not isinstance(layer, layers.Dense):
+        return layer, ""
+    return layer, getattr(layer.activation, "__name__", "")
+
+
 def build_model(
     name: str,
     num_classes: int,
