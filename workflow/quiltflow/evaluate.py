@@ -26,6 +26,7 @@ from quiltflow.metrics import (
     compute_metrics,
     write_predictions,
 )
+from quiltflow.multilabel import ordered_thresholds
 from quiltflow.pooling import run_summary
 from quiltflow.tasks import MULTICLASS, MULTILABEL, read_task
 
@@ -302,13 +303,11 @@ def _targets(task: str, info: Mapping[str, Any], class_names: Sequence[str], man
     """predict()'s multi-label arguments: the run's validation thresholds and primary labels."""
     if task != MULTILABEL:
         return {"task": task}
-    thresholds = info.get("thresholds")
-    if not isinstance(thresholds, Mapping) or set(thresholds) != set(class_names):
-        raise UserError(f"train_info of {info.get('model')}: thresholds missing or not per class; re-run train_model")
+    thresholds = ordered_thresholds(info.get("thresholds"), class_names, f"train_info of {info.get('model')}")
     if "label_index" not in manifest:
         raise UserError("test manifest has no column label_index (re-run split_manifests)")
     primary = dict(zip(manifest["image_id"].astype(str), manifest["label_index"].astype(int)))
-    return {"task": task, "thresholds": [float(thresholds[c]) for c in class_names], "primary": primary}
+    return {"task": task, "thresholds": thresholds, "primary": primary}
 
 
 def evaluate_model(

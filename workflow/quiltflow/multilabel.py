@@ -9,7 +9,7 @@ No TensorFlow here: the comparison stage recomputes everything from the predicti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -184,3 +184,19 @@ def multilabel_metrics(y_true: Any, probs: Any, y_pred: Any, class_names: Sequen
             for i, name in enumerate(class_names)
         },
     }
+
+
+def ordered_thresholds(thresholds: Any, class_names: Sequence[str], source: str) -> np.ndarray:
+    """A run's ``train_info.json`` ``thresholds`` (``{class: float}``) as float64 [C] in label-map
+    order; no mapping, a missing class or a non-finite value is a one-line UserError naming ``source``."""
+    if not isinstance(thresholds, Mapping):
+        raise UserError(f"{source}: no thresholds (a multi-label run records one per label)")
+    missing = [c for c in class_names if c not in thresholds]
+    if missing:
+        raise UserError(
+            f"{source}: no threshold for class {missing[0]!r} ({len(missing)} of {len(class_names)} missing)"
+        )
+    values = np.array([float(thresholds[c]) for c in class_names])
+    if not np.isfinite(values).all():
+        raise UserError(f"{source}: thresholds must be finite numbers")
+    return values

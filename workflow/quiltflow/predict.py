@@ -39,6 +39,7 @@ import pandas as pd
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map
 from quiltflow.metrics import probability_column
+from quiltflow.multilabel import ordered_thresholds
 from quiltflow.settings import ShardSettings
 from quiltflow.shards import MAX_PIXELS, BadImage, prepare_views
 from quiltflow.tasks import MULTICLASS, MULTILABEL, TASKS, read_task
@@ -214,27 +215,14 @@ def run_thresholds(train_info_paths: Sequence[str | os.PathLike], class_names: S
     for path in train_info_paths:
         if not Path(path).is_file():
             raise UserError(f"predict: {path} does not exist (a multi-label model's thresholds are read from it)")
-        thresholds = read_json(path, "train info").get("thresholds")
-        if not isinstance(thresholds, Mapping):
-            raise UserError(f"{path}: no thresholds (a multi-label run records one per label)")
-        missing = [c for c in class_names if c not in thresholds]
-        if missing:
-            raise UserError(
-                f"{path}: no threshold for class {missing[0]!r} ({len(missing)} of {len(class_names)} missing)"
-            )
-        values = np.array([float(thresholds[c]) for c in class_names])
-        if not np.isfinite(values).all():
-            raise UserError(f"{path}: thresholds must be finite numbers")
+        values = ordered_thresholds(read_json(path, "train info").get("thresholds"), class_names, str(path))
         per_run.append(values)
     return np.mean(per_run, axis=0)
 
 
 def _thresholds_array(thresholds: Mapping[str, float] | Sequence[float], class_names: Sequence[str]) -> np.ndarray:
     if isinstance(thresholds, Mapping):
-        missing = [c for c in class_names if c not in thresholds]
-        if missing:
-            raise UserError(f"predict: no threshold for class {missing[0]!r}")
-        thresholds = [thresholds[c] for c in class_names]
+        return ordered_thresholds(thresholds, class_names, "predict")
     values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if len(values) != len(class_names):
         raise UserError(f"predict: {len(values)} thresholds for {len(class_names)} classes")
