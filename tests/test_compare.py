@@ -233,15 +233,23 @@ def test_folds_and_seeds_add_fold_scores_and_the_corrected_t_test(tmp_path):
         doc["metrics"]["confusion_matrix"][0][0] += len(table) // 2
         doc["dataset"]["n_manifest"] = len(table)
         Path(paths["metrics"][i]).write_text(json.dumps(doc))
+    buckets = [f"fold{f}{part}" for f in range(3) for part in "ab"]  # 50 test images per half-fold
+    Path(paths["split_report"]).write_text(
+        json.dumps(
+            {"folds": 3, "counts": dict.fromkeys(buckets, 50), "class_counts": dict.fromkeys(buckets, TRAIN_COUNTS)}
+        )
+    )
     doc = run_compare(paths)
     assert doc["folds"] == 3 and doc["seeds"] == 2 and doc["n_test"] == 300 and doc["n_predictions"] == 600
-    assert doc["test_train_ratio"] == pytest.approx(0.5, abs=0.05)  # a third of the videos against two thirds
+    # A run tests on its fold (100) and trains on the rest less the validation half-fold (300 - 100 - 50).
+    assert doc["test_train_ratio"] == pytest.approx(100 / 150)
     good = next(r for r in doc["rows"] if r["name"] == "good")
     assert 0 < good["accuracy_fold_sd"] < 0.2 and abs(good["accuracy_fold_mean"] - good["accuracy"]) < 0.01
     tests = {t["test"] for t in doc["pairwise"]}
     assert tests == {"video_swap_permutation", "corrected_resampled_t"}
     t_test = next(t for t in doc["pairwise"] if t["test"] == "corrected_resampled_t" and t["metric"] == "accuracy")
-    assert t_test["df"] == 5 and t_test["better"] == "good"
+    # Six fold scores and the honest n_test/n_train: good leads (p 0.005) but not after Holm over 18 tests.
+    assert t_test["df"] == 5 and t_test["t"] > 0 and t_test["p_value"] < 0.01
 
 
 def test_a_video_in_two_folds_is_an_error(tmp_path):
@@ -361,3 +369,23 @@ def test_compare_script_wiring(tmp_path):
         *out["reliability_plots"],
     ]:
         assert Path(path).stat().st_size > 0, path
+
+
+def test_test_train_ratio_leaves_the_validation_half_fold_out_of_training(tmp_path):
+    """Run f tests on fold f, validates on half a of fold f+1 and trains on the rest (cv.run_buckets)."""
+    from quiltflow.compare import TestSet, _read_split_report, _test_train_ratio
+
+    buckets = [f"fold{f}{part}" for f in range(5) for part in "ab"]
+    report = tmp_path / "split_report.json"
+    report.write_text(
+        json.dumps(
+            {"folds": 5, "counts": dict.fromkeys(buckets, 10), "class_counts": dict.fromkeys(buckets, {"a": 10})}
+        )
+    )
+    folds = np.repeat(np.arange(5), 20)[None, :]  # the same 100 images, 20 per fold
+    test_set = TestSet(
+        "m", "p", "0", np.arange(100).astype(str), np.arange(100).astype(str), np.zeros(100), folds, (0,)
+    )
+    _, split_ratio = _read_split_report(str(report))
+    assert _test_train_ratio(test_set, split_ratio) == pytest.approx(20 / 70)  # not 20 / 80
+    assert _test_train_ratio(test_set, None) == pytest.approx(20 / 70)  # without image counts: from the folds

@@ -242,6 +242,8 @@ def test_folds_add_corrected_t_tests_and_pool_train_prevalence(tmp_path):
     prevalence, _ = cml._train_prevalence(paths["split_report"], CLASSES)
     assert prevalence[2] == pytest.approx(0.5)  # run 0 trains on fold1b, run 1 on fold0b: (150+50)/(300+100)
     doc = run(paths, samples=100, permutations=100)
+    # Run 0 tests on fold 0 (200), validates on fold1a and trains on fold1b (300); run 1: 400 against fold0b (100).
+    assert doc["test_train_ratio"] == pytest.approx((200 / 300 + 400 / 100) / 2)
     assert doc["folds"] == 2 and {t["test"] for t in doc["pairwise"]} == {
         "video_swap_permutation",
         "corrected_resampled_t",

@@ -263,7 +263,8 @@ def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | 
 
     Holdout: the train bucket. k folds: summed over every run's training buckets, i.e. the
     average training distribution of the k runs (each run's prior comes from its own training
-    buckets only), and the mean n_test/n_train of the runs.
+    buckets only), and the mean n_test/n_train of the runs, n_train counting the training buckets
+    only (not the validation half-fold). None without image counts for every run's buckets.
     """
     split_report = read_json(split_report_path, "split report")
     folds = int(split_report.get("folds", 1))
@@ -276,12 +277,10 @@ def _read_split_report(split_report_path: str) -> tuple[dict[str, Any], float | 
         for name, n in class_counts[bucket].items():
             counts[name] = counts.get(name, 0) + int(n)
     sizes = split_report.get("counts") or {}
-    ratios = [
-        sum(sizes.get(b, 0) for b in plan["test"]) / train
-        for plan in plans
-        if (train := sum(sizes.get(b, 0) for b in plan["train"]))
-    ]
-    return counts, (float(np.mean(ratios)) if ratios else None)
+    test_train = [[sum(sizes.get(b, 0) for b in plan[part]) for part in ("test", "train")] for plan in plans]
+    if not all(test and train for test, train in test_train):
+        return counts, None  # e.g. counts.test absent: 0 would pass for a real ratio
+    return counts, float(np.mean([test / train for test, train in test_train]))
 
 
 # --------------------------------------------------------------------------- rows to score
@@ -442,14 +441,21 @@ def _fold_scores(row: dict[str, Any], test_set: TestSet, k: int) -> dict[str, np
     return {name: np.concatenate(values) for name, values in per_metric.items()}
 
 
-def _test_train_ratio(test_set: TestSet, holdout_ratio: float | None) -> float | None:
-    """n_test/n_train of the corrected t-test: from the fold sizes with k >= 2 folds (a fold's
-    training set is the other folds), else the split report's holdout counts."""
-    sizes = [np.bincount(np.unique(folds, return_inverse=True)[1]) for folds in test_set.folds]
-    if all(len(s) >= 2 for s in sizes):
-        n = len(test_set.y_true)
-        return float(np.mean([size / (n - size) for s in sizes for size in s]))
-    return holdout_ratio
+def _test_train_ratio(test_set: TestSet, split_ratio: float | None) -> float | None:
+    """n_test/n_train of the corrected t-test, n_train being what a run trains on. With k >= 2 folds
+    run f tests on fold f and validates on half ``a`` of fold f+1 (cv.run_buckets), so n_train is
+    not n - n_test. The split report's image counts give the real sizes (``split_ratio``: the mean
+    over its runs, holdout or folds); without them, the predictions' fold sizes estimate them (half
+    of the next fold validating); None with one fold and no counts."""
+    if split_ratio is not None:
+        return split_ratio
+    ratios = []
+    for folds in test_set.folds:
+        sizes = np.bincount(np.unique(folds, return_inverse=True)[1])
+        if len(sizes) < 2:
+            return None
+        ratios += list(sizes / (len(folds) - sizes - np.roll(sizes, -1) / 2))
+    return float(np.mean(ratios))
 
 
 # --------------------------------------------------------------------------- paired tests
@@ -634,7 +640,7 @@ def build_comparison(
     alpha: float,
     ensemble: bool = True,
     synthetic: bool = False,
-    holdout_ratio: float | None = None,
+    split_ratio: float | None = None,
 ) -> dict[str, Any]:
     """The comparison document of loaded models (see the module docstring); reads and writes nothing.
     ``models`` are ``{"name", "kind", "doc", "y_pred" [seeds, n], "probs" [seeds, n, k]}`` dicts on
@@ -647,7 +653,7 @@ def build_comparison(
     )
     row_documents, groups, counts, point, resampled, fold_scores, n_folds = scored
     pairs, vs_majority_pairs = _comparisons(rows)
-    ratio = _test_train_ratio(test_set, holdout_ratio) if fold_scores is not None else None
+    ratio = _test_train_ratio(test_set, split_ratio) if fold_scores is not None else None
     if fold_scores is not None and ratio is None:
         raise UserError("split report: counts.train and counts.test are needed for the corrected t-test over seeds")
     swap_p = _swap_p_values(pairs + vs_majority_pairs, counts, groups, permutations=permutations, seed=seed)
@@ -769,14 +775,14 @@ def compare_models(
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
     class_names = read_label_map(label_map_path)
-    train_counts, holdout_ratio = _read_split_report(split_report_path)
+    train_counts, split_ratio = _read_split_report(split_report_path)
     models, test_set = _load_models(
         [*metrics_paths, *tta_metrics_paths], [*predictions_paths, *tta_predictions_paths], class_names
     )
     _mark_tta(models, len(metrics_paths), tta_metrics_paths)
     document = build_comparison(
         models, test_set, class_names, train_counts, seed=seed, bootstrap_samples=bootstrap_samples,
-        permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
+        permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, split_ratio=split_ratio,
     )  # fmt: skip
     write_tables(document, json_path, csv_path, md_path)  # tables first, then plots
     plot_paths = {"metrics_plot": metrics_plot, "curves_plot": curves_plot, "confusion_plots": confusion_plots,

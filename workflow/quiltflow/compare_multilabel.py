@@ -147,7 +147,7 @@ def _load_models(
 
 
 def _train_prevalence(split_report_path: str, class_names: list[str]) -> tuple[np.ndarray, float | None]:
-    """Train prevalence of each label (images carrying it / images) and the holdout n_test/n_train.
+    """Train prevalence of each label (images carrying it / images) and the split's n_test/n_train.
 
     Holdout: the train bucket. k folds: every run's training buckets pooled, the label counts summed
     as quiltflow.compare._read_split_report sums class counts and the images likewise, i.e. the
@@ -488,7 +488,7 @@ def _tests(rows, units, point, resampled, fold_scores, ratio, *, permutations, s
 def build_multilabel_comparison(
     models: list[dict[str, Any]], test_set: TestSet, truth: np.ndarray, class_names: list[str],
     prevalence: np.ndarray, *, seed: int, bootstrap_samples: int, permutations: int, alpha: float,
-    ensemble: bool = True, synthetic: bool = False, holdout_ratio: float | None = None,
+    ensemble: bool = True, synthetic: bool = False, split_ratio: float | None = None,
     narration_labels: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """The comparison document of loaded models (``name, kind, doc, probs, hot`` [seeds, n, C]
@@ -501,7 +501,7 @@ def build_multilabel_comparison(
     point, resampled, fold_scores, n_folds = _score_rows(
         rows, units, test_set, seed=seed, bootstrap_samples=bootstrap_samples
     )
-    ratio = _test_train_ratio(test_set, holdout_ratio) if fold_scores is not None else None
+    ratio = _test_train_ratio(test_set, split_ratio) if fold_scores is not None else None
     if fold_scores is not None and ratio is None:
         raise UserError("split report: counts.train and counts.test are needed for the corrected t-test over seeds")
     pairwise, vs_baseline = _tests(
@@ -751,14 +751,14 @@ def compare_multilabel(
     if not 0 < alpha < 1:
         raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
     class_names = read_label_map(label_map_path)
-    prevalence, holdout_ratio = _train_prevalence(split_report_path, class_names)
+    prevalence, split_ratio = _train_prevalence(split_report_path, class_names)
     models, test_set, truth = _load_models(
         [*metrics_paths, *tta_metrics_paths], [*predictions_paths, *tta_predictions_paths], class_names
     )
     _mark_tta(models, len(metrics_paths), tta_metrics_paths)
     document = build_multilabel_comparison(
         models, test_set, truth, class_names, prevalence, seed=seed, bootstrap_samples=bootstrap_samples,
-        permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, holdout_ratio=holdout_ratio,
+        permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, split_ratio=split_ratio,
         narration_labels=narration_labels,
     )  # fmt: skip
     write_tables(document, json_path, csv_path, md_path, render=render_markdown, csv_writer=write_csv)
