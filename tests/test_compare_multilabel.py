@@ -277,3 +277,17 @@ def test_bootstrap_is_vectorised():
     resampled = cml._bootstrap(rows, units, samples=2000, seed=0)
     assert resampled["map_macro"].shape == (2000, 2)
     assert time.perf_counter() - start < 20
+
+
+def test_integer_truth_scores_as_bool_truth(tmp_path):
+    """0/1 integer matrices (multilabel.multi_hot gives int8) must score as bool ones: ~1 is -2 on integers."""
+    paths = make_run(tmp_path, MODELS, TRUTH)
+    models, test_set, truth = cml._load_models(paths["metrics"], paths["predictions"], CLASSES)
+    prevalence = np.array([TRAIN[c] for c in CLASSES]) / 1000
+    args = {"seed": 0, "bootstrap_samples": 50, "permutations": 50, "alpha": 0.05}
+    as_bool = cml.build_multilabel_comparison(models, test_set, truth, CLASSES, prevalence, **args)
+    as_int = [{**m, "hot": m["hot"].astype(np.int8)} for m in models]
+    doc = cml.build_multilabel_comparison(as_int, test_set, truth.astype(np.int8), CLASSES, prevalence, **args)
+    assert doc == as_bool
+    row = {"probs": MODELS["noisy"][None]}
+    assert cml._ece(row, TRUTH.astype(np.int8)) == pytest.approx(cml._ece(row, TRUTH))

@@ -105,6 +105,17 @@ def _multi_hot(frame, column: str, path: str, shape: tuple[int, int, int]) -> np
     return values.reshape(shape).astype(bool)
 
 
+def _bool_matrix(values: Any, name: str) -> np.ndarray:
+    """A 0/1 array (bool, or integers such as multilabel.multi_hot's int8) as bool. Every score here
+    uses ``~`` and ``&``, which are bitwise on integers (~1 == -2): the entry points convert once."""
+    array = np.asarray(values)
+    if array.dtype == bool:
+        return array
+    if ((array != 0) & (array != 1)).any():
+        raise UserError(f"{name}: values other than 0 and 1")
+    return array == 1
+
+
 def _load_one(metrics_path: str, predictions_path: str, class_names: list[str]) -> tuple[dict, TestSet]:
     """One model's metrics document, probabilities [S, n, C] and decisions [S, n, C] (image_id order)."""
     doc = read_json(metrics_path, "metrics file")
@@ -414,7 +425,7 @@ def _ece(row: dict, truth: np.ndarray) -> float:
 def _binary_events(probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, one-column probabilities) such that clusterstats' top-class reliability of them is
     the reliability of P(label) itself: confidence = p, "correct" = the label is present."""
-    return (~truth).ravel().astype(np.int64), np.asarray(probs, dtype=np.float64).reshape(-1, 1)
+    return (np.asarray(truth) == 0).ravel().astype(np.int64), np.asarray(probs, dtype=np.float64).reshape(-1, 1)
 
 
 def _per_label_table(rows: list[dict], point: dict, class_names: list[str], units: _Units, prevalence) -> dict:
@@ -494,6 +505,8 @@ def build_multilabel_comparison(
     """The comparison document of loaded models (``name, kind, doc, probs, hot`` [seeds, n, C]
     dicts; ``tta`` rows carry ``tta_of``) on ``truth`` [n, C]; reads and writes nothing.
     ``narration_labels``: the lists are Quilt's per-video narration lists (a caveat says so)."""
+    truth = _bool_matrix(truth, "true multi-hot")
+    models = [{**m, "hot": _bool_matrix(m["hot"], f"{m['name']}: decisions")} for m in models]
     if not truth.any():
         raise UserError("compare_models: no test image carries any label (empty multi-hot targets)")
     rows = _rows(models, prevalence, class_names, ensemble=ensemble)
@@ -687,7 +700,8 @@ def plot_per_label_ap(document: dict[str, Any], path: str | Path) -> None:
 def plot_label_counts(truth: np.ndarray, hot: np.ndarray, class_names: list[str], title: str, path: str | Path) -> None:
     """Per label: TP, FN, FP, TN counts of the thresholded decisions (pooled over seeds), shaded by
     their share of the label's images (the multi-label stand-in for a confusion matrix)."""
-    truth = np.broadcast_to(truth, hot.shape).reshape(-1, len(class_names))
+    hot = _bool_matrix(hot, "decisions")
+    truth = np.broadcast_to(_bool_matrix(truth, "true multi-hot"), hot.shape).reshape(-1, len(class_names))
     hot = hot.reshape(-1, len(class_names))
     counts = np.stack([(truth & hot).sum(0), (truth & ~hot).sum(0), (~truth & hot).sum(0), (~truth & ~hot).sum(0)], 1)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
