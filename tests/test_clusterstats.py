@@ -186,6 +186,11 @@ def test_macro_auc_matches_sklearn_and_its_influence_sums_to_zero():
     )
     expected_pr = np.mean([average_precision_score(y_true == c, probs[:, c]) for c in range(3)])
     assert clusterstats.macro_pr_auc(y_true, probs) == pytest.approx(expected_pr)
+    # One class only: no class has both positives and negatives, so neither AUC nor PR-AUC is defined
+    # (average precision would be 1.0 for any scores, baselines included).
+    one_class = np.zeros(len(y_true), dtype=np.int64)
+    assert clusterstats.macro_auc_with_influence(one_class, probs, codes, 50)[0] is None
+    assert clusterstats.macro_pr_auc(one_class, probs) is None
 
 
 def test_first_order_auc_bootstrap_follows_the_exact_one():

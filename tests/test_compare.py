@@ -389,3 +389,15 @@ def test_test_train_ratio_leaves_the_validation_half_fold_out_of_training(tmp_pa
     _, split_ratio = _read_split_report(str(report))
     assert _test_train_ratio(test_set, split_ratio) == pytest.approx(20 / 70)  # not 20 / 80
     assert _test_train_ratio(test_set, None) == pytest.approx(20 / 70)  # without image counts: from the folds
+
+
+def test_pr_auc_is_null_when_no_class_has_both_positives_and_negatives(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"]})
+    table = pd.read_parquet(paths["predictions"][0])
+    table["true_label"] = 0  # every test image in one class
+    table.to_parquet(paths["predictions"][0])
+    metrics = json.loads(Path(paths["metrics"][0]).read_text())
+    metrics["metrics"]["accuracy"] = float(np.mean(table["pred_label"] == 0))
+    Path(paths["metrics"][0]).write_text(json.dumps(metrics))
+    doc = run_compare(paths)
+    assert all(r["auc_macro"] is None and r["pr_auc_macro"] is None for r in doc["rows"])

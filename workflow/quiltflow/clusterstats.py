@@ -205,8 +205,11 @@ def macro_auc_with_influence(
 
 
 def macro_pr_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
-    """Macro one-vs-rest average precision (PR-AUC) over classes present in the true labels."""
-    values = [average_precision_score(y_true == c, probs[:, c]) for c in range(probs.shape[1]) if np.any(y_true == c)]
+    """Macro one-vs-rest average precision (PR-AUC) over classes with both positives and negatives,
+    as the macro AUC: a class carried by every image has AP 1.0 whatever the scores (None if none)."""
+    y_true = np.asarray(y_true)
+    defined = [c for c in range(probs.shape[1]) if 0 < np.count_nonzero(y_true == c) < len(y_true)]
+    values = [average_precision_score(y_true == c, probs[:, c]) for c in defined]
     return float(np.mean(values)) if values else None
 
 
