@@ -41,6 +41,7 @@ def make_table(n_groups: int = 200, seed: int = 0, singles: int = 300) -> pd.Dat
     df["subset"] = np.where(df["group"].str.startswith("pubmed"), "pubmed", "quilt")
     df["magnification"] = 1.0
     df["n_captions"] = 1
+    df["video"] = df["group"]
     table = pa.Table.from_pandas(
         df[FILTERED_SCHEMA.names].sort_values("image_id"),
         schema=FILTERED_SCHEMA,

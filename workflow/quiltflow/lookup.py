@@ -387,3 +387,21 @@ def folder_rows(image_root: Path) -> Rows:
         subsets=["folder"],
         not_image_file=~ok_ext,
     )
+
+
+def read_rows(fmt: str, metadata_path: str | Path | None, image_root: Path, columns: Mapping[str, Any] | None) -> Rows:
+    """The rows of the dataset in format ``fmt``."""
+    if fmt in ("quilt", "csv") and metadata_path is None:
+        raise UserError(f"dataset.metadata: required for format {fmt!r}")
+    if fmt == "quilt":
+        rows = quilt_rows(Path(metadata_path))
+    elif fmt == "csv":
+        rows = csv_rows(Path(metadata_path), columns or {})
+    elif fmt == "folder":
+        rows = folder_rows(image_root)
+    else:
+        raise UserError(f"dataset.format={fmt!r}: expected one of quilt, csv, folder")
+    if rows.n == 0:
+        source = metadata_path if metadata_path is not None else image_root
+        raise UserError(f"{source}: no rows to filter")
+    return rows

@@ -74,23 +74,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quiltflow.errors import UserError
+from quiltflow.image_hashes import ImageHashes, hash_images
 from quiltflow.lookup import (
     IMAGE_EXTENSIONS,
     PATH_EMPTY,
     PATH_UNSAFE,
     VIDEO_ID_REGEX,
     Rows,
-    csv_rows,
-    folder_rows,
     has_byte,
     list_files,
     list_root,
     normalize_paths,
-    quilt_rows,
+    read_rows,
 )
-from quiltflow.neardup import HASH_FLAT, HASH_UNREADABLE, cluster_hashes, hash_files
+from quiltflow.neardup import HASH_FLAT, HASH_UNREADABLE, cluster_hashes
 from quiltflow.settings import FilterSettings
 from quiltflow.tables import FILTERED_SCHEMA, arrow_to_pandas
+from quiltflow.units import check_one_group_per_video, join_videos
 
 log = logging.getLogger("quiltflow.metadata")
 
@@ -227,24 +227,6 @@ class _Units:
     image_code: np.ndarray  # image of every input row (normalised path code)
     reason: np.ndarray  # int8 class-level drop reason per unit (0 = kept)
     label_set: np.ndarray | None = None  # bool [units, classes]: surviving labels (multilabel)
-
-
-def _read_rows(fmt: str, metadata_path: str | Path | None, image_root: Path, columns: Mapping[str, Any] | None) -> Rows:
-    """The rows of the dataset in format ``fmt``."""
-    if fmt in ("quilt", "csv") and metadata_path is None:
-        raise UserError(f"dataset.metadata: required for format {fmt!r}")
-    if fmt == "quilt":
-        rows = quilt_rows(Path(metadata_path))
-    elif fmt == "csv":
-        rows = csv_rows(Path(metadata_path), columns or {})
-    elif fmt == "folder":
-        rows = folder_rows(image_root)
-    else:
-        raise UserError(f"dataset.format={fmt!r}: expected one of quilt, csv, folder")
-    if rows.n == 0:
-        source = metadata_path if metadata_path is not None else image_root
-        raise UserError(f"{source}: no rows to filter")
-    return rows
 
 
 def _ignored_filters(rows: Rows, filters: FilterSettings, fmt: str) -> list[str]:
@@ -480,10 +462,16 @@ def _labels_column(classes: list[str], units: _Units, sets: _LabelSets | None) -
 
 
 def _near_duplicates(
-    rows: Rows, paths: _Paths, units: _Units, image_root: Path, filters: FilterSettings, threads: int
+    rows: Rows,
+    paths: _Paths,
+    units: _Units,
+    image_root: Path,
+    filters: FilterSettings,
+    threads: int,
+    image_hashes: ImageHashes | None,
 ) -> _NearDuplicates:
-    """Hash every kept image once and join near-identical ones; ``drop`` mode marks the units of
-    all but the first image (by image_id) of each cluster."""
+    """Join near-identical kept images (hashes from ``image_hashes``, else computed once here);
+    ``drop`` mode marks the units of all but the first image (by image_id) of each cluster."""
     if filters.near_duplicates == "off":
         return _NearDuplicates(None, {"mode": "off"})
     started = time.perf_counter()
@@ -491,7 +479,9 @@ def _near_duplicates(
     unit_rank = paths.rank.result()[rows.path_code[units.rows[keep]]]
     ranks, first = np.unique(unit_rank, return_index=True)  # distinct images, image_id order
     names = paths.norm.take(pa.array(rows.path_code[units.rows[keep[first]]])).to_pylist()
-    hashes, status = hash_files([image_root / name for name in names], threads)
+    if image_hashes is None:  # no hash table (a call outside the workflow): hash here
+        image_hashes = hash_images(names, image_root, threads)[0]
+    hashes, status = image_hashes.of(names)
     clusters = cluster_hashes(hashes, status, filters.near_duplicate_distance)
     sizes = clusters.sizes
     is_root = clusters.root == np.arange(len(ranks))
@@ -516,22 +506,26 @@ def _near_duplicates(
             "near-duplicates: %d kept images could not be decoded (kept; sharding skips them)", report["unreadable"]
         )
     # Time goes to the log, not the report: equal input must give an equal report.
-    log.info("near-duplicates: %s in %.1f s (%d threads)", report, time.perf_counter() - started, threads)
+    log.info("near-duplicates: %s in %.1f s", report, time.perf_counter() - started)
     return _NearDuplicates(clusters.root, report)
 
 
 def _merge_near_duplicate_groups(table: pd.DataFrame, near: _NearDuplicates) -> None:
-    """``group`` mode: every member of a cluster takes the smallest group of the cluster, so the
-    grouped split puts them on one side. ``table`` is sorted by image_id, like the clusters."""
-    if near.root is None or near.report["mode"] != "group" or not near.report["clusters"]:
+    """``group`` mode: a cluster joins the *videos* of its members into one unit, so every frame
+    of those videos shares one group (quiltflow.units). ``table`` is sorted by image_id, like
+    the clusters."""
+    if near.root is None or near.report["mode"] != "group":
         return
     image = pd.factorize(table["image_id"], sort=False)[0]  # 0, 1, ... in image_id order
-    if image.max() + 1 != len(near.root):
+    if len(image) and image.max() + 1 != len(near.root):
         raise AssertionError("near-duplicate clusters and the filtered table disagree")
-    cluster = near.root[image]
-    groups_before = table["group"].nunique()
-    table["group"] = table["group"].groupby(cluster).transform("min")
-    near.report["groups_merged"] = int(groups_before - table["group"].nunique())
+    table["group"], merge = join_videos(table["video"], near.root[image])
+    near.report.update(
+        groups_merged=merge.groups_merged,
+        units=merge.units,
+        largest_unit_videos=merge.largest_unit_videos,
+        largest_unit_images=merge.largest_unit_images,
+    )
 
 
 def _settle_rows(units: _Units, drops: _Drops) -> None:
@@ -576,15 +570,17 @@ def filter_metadata(
     filters: FilterSettings,
     columns: Mapping[str, Any] | None,
     threads: int = 1,
+    image_hashes: ImageHashes | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Filter ``metadata_path`` (format ``fmt``) against ``image_root``: (table, report).
-    ``threads`` hash images for the near-duplicate search."""
+    Near-duplicates are looked up in ``image_hashes`` (rule hash_images); without it the kept
+    images are hashed here on ``threads`` threads."""
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
     # The root listing (a flat Quilt folder: ~10^6 names) is read while the metadata parses.
     root_listing = _BACKGROUND.submit(list_root, image_root)
-    rows = _read_rows(fmt, metadata_path, image_root, columns)
+    rows = read_rows(fmt, metadata_path, image_root, columns)
     ignored = _ignored_filters(rows, filters, fmt)
     drops = _Drops(rows, filters)
     paths = _drop_bad_paths(rows, drops, image_root)
@@ -601,7 +597,7 @@ def filter_metadata(
         _drop_classes(rows.classes, units, filters, rows.n)
     else:
         _drop_label_sets(rows.classes, units, label_sets, filters, rows.n)
-    near = _near_duplicates(rows, paths, units, image_root, filters, threads)
+    near = _near_duplicates(rows, paths, units, image_root, filters, threads, image_hashes)
     _settle_rows(units, drops)
     keep_units = units.reason == 0
     labels = (units.label[keep_units], _labels_column(rows.classes, units, label_sets))
@@ -609,6 +605,7 @@ def filter_metadata(
         rows, units.rows[keep_units], labels, paths.norm, units.n_captions[keep_units], paths.rank.result()
     )
     _merge_near_duplicate_groups(table, near)
+    check_one_group_per_video(table)
     extra = {
         "ignored_filters": ignored,
         "near_duplicates": near.report,
@@ -713,6 +710,7 @@ def _build_table(
             _lookup(rows.splits, rows.split_code, kept),
             pa.array(mag, type=pa.float64(), from_pandas=True),
             pa.array(n_captions.astype(np.int32)),
+            group,  # video: the source group, kept when near-duplicates join videos (quiltflow.units)
         ],
         schema=FILTERED_SCHEMA,
     )

@@ -33,6 +33,7 @@ from quiltflow.jsonio import write_json
 from quiltflow.settings import SplitSettings
 from quiltflow.tables import FILTERED_SCHEMA, MANIFEST_SCHEMA, write_parquet_stable
 from quiltflow.tasks import MULTICLASS, TASKS
+from quiltflow.units import check_one_bucket_per_video
 
 log = logging.getLogger("quiltflow.splits")
 
@@ -140,6 +141,8 @@ def _assign_groups(
 def _canonical_order(table: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array]:
     """The table sorted by image_id (stable), so the result ignores row order; and its ids.
     The filtered table is already sorted: sorting is then skipped."""
+    if "video" not in table.columns:  # a table made before videos and units were told apart
+        table = table.assign(video=table["group"])
     missing = [c for c in FILTERED_SCHEMA.names if c not in table.columns]
     if missing:
         raise UserError(f"filtered table lacks column {missing[0]!r}")
@@ -295,6 +298,7 @@ def make_splits(
     row_split = group_split[group_code]
     _check_one_split_per_image(ids, row_split)
     manifests = _manifests(table, row_split, label_index, label_indices, settings)
+    check_one_bucket_per_video(manifests)
     label_map = {"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}, "task": task}
     report = _split_report(manifests, classes, row_split, label_indices, group_split, settings)
     log.info("split %d rows into %s", len(table), report["counts"])

@@ -20,6 +20,7 @@ FILTERED_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
         ("label", pa.string()),
+        # The unit of the split: the video, or videos joined by near-duplicates (quiltflow.units).
         ("group", pa.string()),
         ("pathologies", pa.list_(pa.string())),
         # The image's targets: [label] (label_policy primary) or every surviving label (multilabel).
@@ -28,6 +29,7 @@ FILTERED_SCHEMA = pa.schema(
         ("source_split", pa.string()),
         ("magnification", pa.float64()),
         ("n_captions", pa.int32()),
+        ("video", pa.string()),  # the image's own video (source group), before near-duplicate joining
     ]
 )
 MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32())).append(
@@ -57,7 +59,7 @@ def write_parquet_stable(df: pd.DataFrame, path: str | Path, schema: pa.Schema) 
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata(None)
     # Dictionary pages only where values repeat; unique ids would just pay for a failed attempt.
-    low_card = [c for c in ("label", "group", "subset", "source_split") if c in schema.names]
+    low_card = [c for c in ("label", "group", "video", "subset", "source_split") if c in schema.names]
     pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=low_card)
 
 

@@ -64,6 +64,9 @@ TTA = config["evaluation"]["tta"] != "none"
 # job reads it; the DAG needs it only for the multi-label comparison's extra plot.
 TASK = task_of_policy(config["filters"]["label_policy"])
 MULTILABEL = TASK == _MULTILABEL_TASK
+# Near-duplicate hashes (rule hash_images): hashed once per dataset, not per filter change.
+NEAR_DUPLICATES = config["filters"]["near_duplicates"] not in ("off", False)
+IMAGE_HASHES = "results/metadata/image_hashes.parquet"
 
 
 wildcard_constraints:
@@ -88,11 +91,19 @@ def script_code(script):
     return code_version(Path(workflow.basedir) / "workflow" / "scripts" / script)
 
 
-def metadata_inputs(wildcards):
-    """filter_metadata's inputs: the lookup (not for folder) and the image root."""
+def dataset_inputs(wildcards):
+    """hash_images' inputs: the lookup (not for folder) and the image root."""
     inputs = {"image_root": DATASET["image_root"]}
     if DATASET["format"] != "folder":
         inputs["metadata"] = DATASET["metadata"]
+    return inputs
+
+
+def metadata_inputs(wildcards):
+    """filter_metadata's inputs: the dataset, and the image hashes unless near_duplicates is off."""
+    inputs = dataset_inputs(wildcards)
+    if NEAR_DUPLICATES:
+        inputs["hashes"] = IMAGE_HASHES
     return inputs
 
 

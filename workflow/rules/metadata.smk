@@ -1,3 +1,25 @@
+rule hash_images:
+    """Every image the dataset names -> its near-duplicate hashes (once per dataset, not per filter change)."""
+    input:
+        unpack(dataset_inputs),
+    output:
+        hashes=IMAGE_HASHES,
+    log:
+        "logs/hash_images.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 8  # decoding releases the GIL: threads scale over cores; capped by --cores
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        format=DATASET["format"],
+        columns=DATASET["columns"],
+        code=script_code("hash_images.py"),
+    script:
+        "../scripts/hash_images.py"
+
+
 rule filter_metadata:
     """Lookup table + image root -> one row per kept image, and a report of every dropped row."""
     input:
@@ -13,7 +35,7 @@ rule filter_metadata:
         "logs/filter_metadata.log",
     conda:
         "../../envs/data.yaml"
-    threads: 8  # near-duplicate hashing (~1,000+ images/s per thread); capped by --cores
+    threads: 2  # the root listing and id ranking run beside the lookup's parsing
     resources:
         mem_mb=4000,
         runtime=30,
