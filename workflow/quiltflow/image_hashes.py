@@ -13,7 +13,7 @@ label: the filters have not run yet), sorted by ``image_id``:
 ``status``    ``quiltflow.neardup`` HASH_OK / HASH_UNREADABLE / HASH_FLAT
 ``hashes``    the image's ``HASHES_PER_IMAGE`` 64-bit hashes (all 0 unless status is OK)
 
-The Parquet file's metadata records ``hash_version`` (``quiltflow._HASH_VERSION``); a
+The Parquet file's metadata records ``hash_version`` (``quiltflow.neardup.HASH_VERSION``); a
 table written by another descriptor is refused with one line, never compared.
 """
 
@@ -39,7 +39,6 @@ from quiltflow.lookup import PATH_OK, list_files, list_root, normalize_paths, re
 log = logging.getLogger("quiltflow.image_hashes")
 
 _VERSION_KEY = b"hash_version"
-_HASH_VERSION = getattr(neardup, "HASH_VERSION", "dhash64-v1")  # TEMP until neardup defines it
 
 
 def _schema(width: int) -> pa.Schema:
@@ -90,10 +89,17 @@ def hash_images(names: Sequence[str], image_root: str | Path, threads: int = 1) 
     names = sorted(set(names))
     paths = [Path(image_root) / name for name in names]
     hashes, status = neardup.hash_files(paths, threads)
-    hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(paths), -1)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         stats = np.array(list(pool.map(_stat, paths)), dtype=np.int64).reshape(-1, 2)
-    result = ImageHashes(pa.array(names, type=pa.string()), hashes, np.asarray(status, np.int8), _HASH_VERSION)
+    return hash_table(names, hashes, status, stats)
+
+
+def hash_table(
+    names: Sequence[str], hashes: np.ndarray, status: np.ndarray, stats: np.ndarray
+) -> tuple[ImageHashes, pa.Table]:
+    """The table of sorted, distinct ``names`` with their hashes [n, K], status and (size, mtime_ns)."""
+    hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(names), -1)
+    result = ImageHashes(pa.array(names, type=pa.string()), hashes, np.asarray(status, np.int8), neardup.HASH_VERSION)
     columns = [
         result.image_id,
         pa.array(stats[:, 0]),
@@ -138,10 +144,10 @@ def read_image_hashes(path: str | Path) -> ImageHashes:
         raise UserError(f"{path}: image hash table not found")
     table = pq.read_table(path)
     version = (table.schema.metadata or {}).get(_VERSION_KEY, b"").decode()
-    if version != _HASH_VERSION:
+    if version != neardup.HASH_VERSION:
         raise UserError(
             f"{path}: hashes of descriptor {version or 'unknown'!r}, this code computes "
-            f"{_HASH_VERSION!r}; rerun with --forcerun hash_images"
+            f"{neardup.HASH_VERSION!r}; rerun with --forcerun hash_images"
         )
     flat = table.column("hashes").combine_chunks()
     width = flat.type.list_size
