@@ -64,7 +64,7 @@ TTA = config["evaluation"]["tta"] != "none"
 # job reads it; the DAG needs it only for the multi-label comparison's extra plot.
 TASK = task_of_policy(config["filters"]["label_policy"])
 MULTILABEL = TASK == _MULTILABEL_TASK
-# Near-duplicate hashes (rule hash_images): hashed once per dataset, not per filter change.
+# Near-duplicate hashes, written by rule hash_images once per dataset (not per filter change).
 NEAR_DUPLICATES = config["filters"]["near_duplicates"] not in ("off", False)
 IMAGE_HASHES = "results/metadata/image_hashes.parquet"
 
