@@ -391,6 +391,39 @@ def test_test_train_ratio_leaves_the_validation_half_fold_out_of_training(tmp_pa
     assert _test_train_ratio(test_set, None) == pytest.approx(20 / 70)  # without image counts: from the folds
 
 
+def _videos(paths: dict, n: int) -> None:
+    """Regroup the test images into n videos."""
+    for pred_path in paths["predictions"]:
+        table = pd.read_parquet(pred_path)
+        table["group"] = [f"video{i % n}" for i in range(len(table))]
+        table.to_parquet(pred_path)
+
+
+def test_one_test_video_gives_no_intervals(tmp_path):
+    paths = make_run(tmp_path, {"good": MODELS["good"], "weak": MODELS["weak"]})
+    _videos(paths, 1)
+    out = outputs(tmp_path, ["good", "weak"])
+    doc = run_compare(paths, **out)
+    assert doc["n_groups"] == 1 and doc["design_effect"] is None
+    for row in doc["rows"]:
+        assert all(row[f"{m}_ci"] is None for m in ("accuracy", "balanced_accuracy", "f1_macro", "video_accuracy"))
+        assert row["auc_macro_ci"] is None and row["design_effect"] is None
+    assert all(t["difference_ci"] is None for t in doc["pairwise"] + doc["vs_majority"])
+    assert any("at least 4 test videos" in c and "Only 1 test video (" in c for c in doc["caveats"])
+    assert not any("intervals are wide" in c for c in doc["caveats"])
+    md = Path(out["md_path"]).read_text()
+    assert "[n/a]" in md and "[0.8" not in md
+    with open(out["csv_path"]) as fh:
+        table = list(csv.DictReader(fh))
+    assert table[0]["accuracy"] and table[0]["accuracy_ci_low"] == "" and table[0]["design_effect"] == ""
+    assert "n/a" in Path(out["html_path"]).read_text()
+    _videos(paths, 3)
+    assert run_compare(paths, permutations=50)["rows"][0]["accuracy_ci"] is None
+    _videos(paths, 4)  # clusterstats.MIN_GROUPS_FOR_INTERVALS
+    doc = run_compare(paths, permutations=50)
+    assert doc["rows"][0]["accuracy_ci"] is not None and doc["design_effect"] is not None
+
+
 def test_pr_auc_is_null_when_no_class_has_both_positives_and_negatives(tmp_path):
     paths = make_run(tmp_path, {"good": MODELS["good"]})
     table = pd.read_parquet(paths["predictions"][0])

@@ -291,3 +291,18 @@ def test_integer_truth_scores_as_bool_truth(tmp_path):
     assert doc == as_bool
     row = {"probs": MODELS["noisy"][None]}
     assert cml._ece(row, TRUTH.astype(np.int8)) == pytest.approx(cml._ece(row, TRUTH))
+
+
+def test_one_test_video_gives_no_intervals_multilabel(tmp_path):
+    paths = make_run(tmp_path, MODELS, TRUTH, groups=["video0"] * len(TRUTH))
+    out = outputs(tmp_path, list(MODELS))
+    doc = run(paths, samples=50, permutations=50, **out)
+    assert doc["n_groups"] == 1
+    for row in doc["rows"]:
+        assert all(row[f"{m}_ci"] is None for m in cml.WITH_CI) and row["design_effect"] is None
+    assert all(t["difference_ci"] is None for t in doc["pairwise"] + doc["vs_baseline"])
+    assert any("at least 4 test videos" in c and "Only 1 test video (" in c for c in doc["caveats"])
+    assert not any("intervals are wide" in c for c in doc["caveats"])
+    md = Path(out["md_path"]).read_text()
+    assert "[n/a]" in md
+    assert "n/a" in Path(out["html_path"]).read_text()

@@ -521,7 +521,7 @@ def _t_test_entry(a: str, b: str, metric: str, fold_scores: dict, ratio: float, 
 def _test_entries(
     pairs: list[tuple[str, str]],
     point: dict[str, dict],
-    resampled: dict[str, np.ndarray],
+    resampled: dict[str, np.ndarray] | None,
     index: dict[str, int],
     swap_p: dict[tuple[str, str], dict[str, float]],
     fold_scores: dict[str, dict] | None,
@@ -529,16 +529,19 @@ def _test_entries(
     level: float,
     metrics: Sequence[str] = clusterstats.SCORE_NAMES,
 ) -> list[dict[str, Any]]:
-    """One entry per pair, score and test (swap test always; t-test with several folds or seeds)."""
+    """One entry per pair, score and test (swap test always; t-test with several folds or seeds).
+    ``resampled`` None: too few videos for the swap tests' bootstrap intervals (``difference_ci`` None)."""
     entries = []
     for a, b in pairs:
         for metric in metrics:
-            paired = resampled[metric][:, index[a]] - resampled[metric][:, index[b]]
             difference = point[a][metric] - point[b][metric]
+            interval = None
+            if resampled is not None:
+                paired = resampled[metric][:, index[a]] - resampled[metric][:, index[b]]
+                interval = list(clusterstats.percentile_ci(paired, difference, level))
             entries.append(
                 {"a": a, "b": b, "metric": metric, "test": SWAP_TEST, "difference": difference,
-                 "difference_ci": list(clusterstats.percentile_ci(paired, difference, level)),
-                 "p_value": swap_p[(a, b)][metric]}
+                 "difference_ci": interval, "p_value": swap_p[(a, b)][metric]}
             )  # fmt: skip
             if fold_scores is not None:
                 entries.append(_t_test_entry(a, b, metric, fold_scores, ratio, level))
@@ -561,10 +564,12 @@ def _decide(entries: list[dict[str, Any]], alpha: float, labels: dict[str, str] 
 
 
 def _row_document(
-    row: dict[str, Any], point: dict, resampled: dict[str, np.ndarray], i: int, n_test: int, level: float
+    row: dict[str, Any], point: dict, resampled: dict[str, np.ndarray] | None, i: int, n_test: int, level: float
 ) -> dict[str, Any]:
+    """A row's scores with their intervals (None where the score is, or without ``resampled``)."""
+
     def ci(metric: str) -> list[float] | None:
-        if point[metric] is None:
+        if point[metric] is None or resampled is None:
             return None
         return list(clusterstats.percentile_ci(resampled[metric][:, i], point[metric], level))
 
@@ -575,10 +580,20 @@ def _row_document(
         {"f1_weighted": point["f1_weighted"], "auc_macro": point["auc_macro"], "auc_macro_ci": ci("auc_macro"),
          "pr_auc_macro": point["pr_auc_macro"], "ece": point["ece"], "video_accuracy": point["video_accuracy"],
          "video_accuracy_ci": ci("video_accuracy"),
-         "design_effect": clusterstats.design_effect(resampled["accuracy"][:, i], point["accuracy"], n_test),
+         "design_effect": None if resampled is None
+         else clusterstats.design_effect(resampled["accuracy"][:, i], point["accuracy"], n_test),
          "weights": row["weights"], "n_test": n_test}
     )  # fmt: skip
     return document
+
+
+def too_few_videos(n_groups: int, n_test: int) -> str:
+    """The caveat of a test set with too few videos for any interval (see _score_everything)."""
+    return (
+        f"Only {n_groups} test video{'' if n_groups == 1 else 's'} ({n_test} images): the video is the unit, and "
+        f"intervals and design effects need at least {clusterstats.MIN_GROUPS_FOR_INTERVALS} test videos, so none "
+        "are given (n/a); the video swap tests cannot reach significance."
+    )
 
 
 def _caveats(document: dict[str, Any], majority_name: str) -> list[str]:
@@ -595,7 +610,9 @@ def _caveats(document: dict[str, Any], majority_name: str) -> list[str]:
                 f"{row['name']} is not significantly better than always predicting the majority class "
                 f"({majority_name}) on accuracy, balanced accuracy or macro F1 (video-level tests, Holm-adjusted)."
             )
-    if document["n_groups"] < 30:
+    if document["n_groups"] < clusterstats.MIN_GROUPS_FOR_INTERVALS:
+        caveats.append(too_few_videos(document["n_groups"], document["n_test"]))
+    elif document["n_groups"] < 30:
         caveats.append(
             f"Only {document['n_groups']} test videos ({document['n_test']} images): the video is the unit, "
             "so intervals are wide and tests have little power."
@@ -612,7 +629,9 @@ def _score_everything(rows, test_set, k, *, seed, bootstrap_samples, level):
     groups = _groups_of(test_set, k)
     counts = {r["name"]: _row_counts(r, test_set.y_true, groups) for r in rows}
     point = {r["name"]: _point_estimates(r, counts[r["name"]], test_set.y_true, groups) for r in rows}
-    resampled = _cluster_bootstrap([counts[r["name"]] for r in rows], groups, samples=bootstrap_samples, seed=seed)
+    resampled = None  # too few videos: no interval (see clusterstats.MIN_GROUPS_FOR_INTERVALS)
+    if groups.n_groups >= clusterstats.MIN_GROUPS_FOR_INTERVALS:
+        resampled = _cluster_bootstrap([counts[r["name"]] for r in rows], groups, samples=bootstrap_samples, seed=seed)
     n_folds = max(len(np.unique(f)) for f in test_set.folds)
     several = n_folds * len(test_set.seeds) >= 2
     fold_scores = {r["name"]: _fold_scores(r, test_set, k) for r in rows} if several else None
@@ -696,7 +715,10 @@ def _write_plots(
     training curves. ``plot_paths``: ``metrics_plot``, ``curves_plot``, ``confusion_plots``,
     ``reliability_plots`` (lists matched to models by position); None skips a plot."""
     if plot_paths.get("metrics_plot"):
-        plots.plot_metric_bars(document["rows"], plot_paths["metrics_plot"], level=document["ci_level"])
+        # Rows without intervals (too few videos) get NaN bounds: bars without error bars.
+        no_ci = {f"{m}_ci": [np.nan, np.nan] for m in ("accuracy", "f1_macro")}
+        rows = [r if r["accuracy_ci"] is not None else {**r, **no_ci} for r in document["rows"]]
+        plots.plot_metric_bars(rows, plot_paths["metrics_plot"], level=document["ci_level"])
     ece = {r["name"]: r["ece"] for r in document["rows"]}
     for key, what in (("confusion_plots", "confusion plot"), ("reliability_plots", "reliability plot")):
         paths = plot_paths.get(key)

@@ -55,9 +55,10 @@ from quiltflow.compare import (
     _test_entries,
     _test_train_ratio,
     check_file_lists,
+    too_few_videos,
     write_tables,
 )
-from quiltflow.compare_report import CURVES_CAPTION
+from quiltflow.compare_report import CURVES_CAPTION, difference_text
 from quiltflow.cv import run_buckets
 from quiltflow.errors import UserError
 from quiltflow.jsonio import read_json, read_label_map
@@ -401,16 +402,20 @@ def _number(value: Any) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def _row_document(row: dict, point: dict, resampled: dict, i: int, n_test: int, level: float) -> dict[str, Any]:
+def _row_document(row: dict, point: dict, resampled: dict | None, i: int, n_test: int, level: float) -> dict:
+    """A row's scores with their intervals (None where the score is, or without ``resampled``: too few videos)."""
     document: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
     for metric in WITH_CI:
         estimate = _number(point[metric])
-        interval = None if estimate is None else clusterstats.percentile_ci(resampled[metric][:, i], estimate, level)
+        interval = None
+        if estimate is not None and resampled is not None:
+            interval = clusterstats.percentile_ci(resampled[metric][:, i], estimate, level)
         document.update({metric: estimate, f"{metric}_ci": None if interval is None else list(interval)})
     top1 = document["top1_in_labels"]
     document.update(
         {"ece": _number(point["ece"]), "weights": row["weights"], "n_test": n_test,
-         "design_effect": clusterstats.design_effect(resampled["top1_in_labels"][:, i], top1, n_test)}
+         "design_effect": None if resampled is None
+         else clusterstats.design_effect(resampled["top1_in_labels"][:, i], top1, n_test)}
     )  # fmt: skip
     return {**document, **row["extra"]}
 
@@ -460,7 +465,9 @@ def _caveats(document: dict[str, Any]) -> list[str]:
                 f"{row['name']} is not significantly better than the label-frequency baseline on mAP or macro "
                 "ROC-AUC (video-level tests, Holm-adjusted)."
             )
-    if document["n_groups"] < 30:
+    if document["n_groups"] < clusterstats.MIN_GROUPS_FOR_INTERVALS:
+        caveats.append(too_few_videos(document["n_groups"], document["n_test"]))
+    elif document["n_groups"] < 30:
         caveats.append(
             f"Only {document['n_groups']} test videos ({document['n_test']} images): the video is the unit, "
             "so intervals are wide and tests have little power."
@@ -469,12 +476,15 @@ def _caveats(document: dict[str, Any]) -> list[str]:
 
 
 def _score_rows(rows: list[dict], units: _Units, test_set: TestSet, *, seed: int, bootstrap_samples: int):
-    """Point estimates (with ``ap`` per label and ``ece``), resampled scores, per-fold scores or None."""
+    """Point estimates (with ``ap`` per label and ``ece``), resampled scores (None: too few videos),
+    per-fold scores or None."""
     ones = np.ones((1, units.n_groups))
     point = {r["name"]: {k: v[0] for k, v in units.scores(r, ones).items()} for r in rows}
     for row in rows:
         point[row["name"]]["ece"] = _ece(row, units.truth)
-    resampled = _bootstrap(rows, units, samples=bootstrap_samples, seed=seed)
+    resampled = None  # too few videos: no interval (see clusterstats.MIN_GROUPS_FOR_INTERVALS)
+    if units.n_groups >= clusterstats.MIN_GROUPS_FOR_INTERVALS:
+        resampled = _bootstrap(rows, units, samples=bootstrap_samples, seed=seed)
     n_folds = max(len(np.unique(f)) for f in test_set.folds)
     several = n_folds * len(test_set.seeds) >= 2
     fold_scores = {r["name"]: _fold_scores(r, units, test_set) for r in rows} if several else None
@@ -545,10 +555,13 @@ def build_multilabel_comparison(
 # --------------------------------------------------------------------------- tables
 
 
-def _cell(value: float | None, ci: Sequence[float] | None = None) -> str:
+def _cell(value: float | None, ci: Sequence[float] | str | None = None) -> str:
+    """A score, with its interval if ``ci`` is one ("n/a": an interval column without an interval)."""
     if value is None:
         return "–"
-    return f"{value:.3f}" if ci is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    if ci is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [n/a]" if isinstance(ci, str) else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _scores_table(document: dict[str, Any]) -> list[str]:
@@ -559,7 +572,7 @@ def _scores_table(document: dict[str, Any]) -> list[str]:
         cells = [
             r["name"],
             r["kind"],
-            *(_cell(r[m], r[f"{m}_ci"]) for m in WITH_CI),
+            *(_cell(r[m], r[f"{m}_ci"] or "n/a") for m in WITH_CI),
             _cell(r["ece"]),
             str(r["weights"]),
             str(r["n_test"]),
@@ -604,8 +617,8 @@ def render_markdown(document: dict[str, Any]) -> str:
 
 
 def _test_line(t: dict[str, Any]) -> str:
-    d, ci = t["difference"], t["difference_ci"]
-    return f"- {t['verdict']}; {METRIC_LABELS[t['metric']]} difference {d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]."
+    difference = difference_text(t["difference"], t["difference_ci"])
+    return f"- {t['verdict']}; {METRIC_LABELS[t['metric']]} difference {difference}."
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:

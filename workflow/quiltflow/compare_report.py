@@ -71,11 +71,18 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 
 def _ci(value: float | None, ci: Sequence[float] | None) -> str:
+    """A score and its interval: "–" for an undefined score, "[n/a]" for a missing interval."""
     if value is None:
         return "–"
     if ci is None:
-        return f"{value:.3f}"
+        return f"{value:.3f} [n/a]"
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def difference_text(difference: float, ci: Sequence[float] | None) -> str:
+    """A test's difference with its interval ("[n/a]" when too few videos gave none)."""
+    interval = "n/a" if ci is None else f"{ci[0]:+.3f}, {ci[1]:+.3f}"
+    return f"{difference:+.3f} [{interval}]"
 
 
 def _optional(value: float | None, digits: int = 3) -> str:
@@ -148,10 +155,8 @@ def _table(document: dict[str, Any]) -> list[str]:
 def _test_lines(tests: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for t in tests:
-        d, ci = t["difference"], t["difference_ci"]
-        lines.append(
-            f"- {t['verdict']}; {METRIC_LABELS[t['metric']]} difference {d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]."
-        )
+        difference = difference_text(t["difference"], t["difference_ci"])
+        lines.append(f"- {t['verdict']}; {METRIC_LABELS[t['metric']]} difference {difference}.")
     return lines
 
 
