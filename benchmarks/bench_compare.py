@@ -24,7 +24,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow.compare import TestSet, build_comparison  # noqa: E402
+from quiltflow.compare.multiclass import TestSet, build_comparison  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]
 

@@ -8,7 +8,7 @@ Builds, in a temporary folder, a Quilt-format lookup (realistic subset mix, seve
 per image, a few thousand distinct pathology strings, missing files, not_histology rows) and a
 flat folder of empty image files, then times, each in a fresh child process:
 
-* fast:  ``quiltflow.metadata.filter_metadata`` + ``write_filtered`` + ``quiltflow.splits``
+* fast:  ``quiltflow.data.metadata.filter_metadata`` + ``write_filtered`` + ``quiltflow.data.splits``
   ``make_splits`` + ``write_splits`` (what the two Snakemake rules do);
 * naive: pandas ``iterrows``, ``ast.literal_eval`` and ``os.path.exists`` per row, a Python
   loop split. It is time-boxed: it runs on the first ``--naive-rows`` rows and its time is
@@ -40,8 +40,8 @@ import pyarrow.csv as pacsv
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "workflow"))
 
-from quiltflow.demo import _ID_ALPHABET, LOOKUP_COLUMNS  # noqa: E402
-from quiltflow.lookup import SUBSPECIALTIES  # noqa: E402
+from quiltflow.data.demo import _ID_ALPHABET, LOOKUP_COLUMNS  # noqa: E402
+from quiltflow.data.lookup import SUBSPECIALTIES  # noqa: E402
 
 # Rows per subset in the real lookup.
 SUBSET_ROWS = {"quilt": 802_148, "openpath": 133_511, "pubmed": 59_371, "laion": 22_682}
@@ -156,7 +156,7 @@ def make_quilt_fixture(
 def make_hash_table(lookup: Path, image_root: Path, path: Path, seed: int = 0) -> int:
     """What rule hash_images would write for the fixture (whose files are empty): random hashes,
     1 % of the images given another image's hashes (reused frames, so clusters join videos)."""
-    from quiltflow.image_hashes import existing_images, hash_table, write_image_hashes
+    from quiltflow.data.image_hashes import existing_images, hash_table, write_image_hashes
     from quiltflow.neardup import HASH_OK, HASHES_PER_IMAGE
 
     names = existing_images("quilt", lookup, image_root, None)
@@ -173,11 +173,11 @@ def make_hash_table(lookup: Path, image_root: Path, path: Path, seed: int = 0) -
 def _fast(lookup: Path, image_root: Path, out: Path, hashes: Path | None = None) -> dict:
     """The workflow's implementation, as the two rules run it; with ``hashes`` (rule
     hash_images' table) near-duplicate grouping is on, as in the default config."""
-    from quiltflow.image_hashes import read_image_hashes
-    from quiltflow.metadata import filter_metadata
-    from quiltflow.settings import FilterSettings, SplitSettings
-    from quiltflow.splits import make_splits, write_splits
-    from quiltflow.tables import read_filtered, write_filtered
+    from quiltflow.core.settings import FilterSettings, SplitSettings
+    from quiltflow.data.image_hashes import read_image_hashes
+    from quiltflow.data.metadata import filter_metadata
+    from quiltflow.data.splits import make_splits, write_splits
+    from quiltflow.records.tables import read_filtered, write_filtered
 
     t0 = time.perf_counter()
     filters = FilterSettings.from_config(FILTERS | ({"near_duplicates": "group"} if hashes else {}))

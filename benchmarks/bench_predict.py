@@ -5,7 +5,7 @@
 ``DIR`` is a finished run (the project root after ``make demo``, or a copy of a test run): its
 ``results/models/{model}/model.keras`` and ``results/tfrecords/test.index.json`` are used.
 
-  predict    ``quiltflow.predict.predict_paths`` on ``--n`` raw 512x512 JPEGs (H&E-like, made in a
+  predict    ``quiltflow.evaluation.predict.predict_paths`` on ``--n`` raw 512x512 JPEGs (H&E-like, made in a
              temporary folder): decode, framing + resize, JPEG round trip at the shard quality,
              ``tf.io.decode_jpeg``, batched model. The model is loaded once per call (its load
              time is measured apart and shown; "steady" leaves it out).
@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE.parents[0] / "workflow"))
 sys.path.insert(0, str(HERE))
 
 from bench_shards import he_like  # noqa: E402
-from quiltflow.jsonio import read_json, read_label_map  # noqa: E402
-from quiltflow.predict import load_models, predict_paths, run_shard_settings  # noqa: E402
+from quiltflow.core.jsonio import read_json, read_label_map  # noqa: E402
+from quiltflow.evaluation.predict import load_models, predict_paths, run_shard_settings  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int, side: int = 512) -> list[str]:
@@ -68,7 +68,7 @@ def time_evaluate(model, indexes: list[Path], batch_size: int, images: int) -> f
     (``data.make_dataset`` with ids, as evaluate_model reads them, repeated to enough records)
     and ``model.predict_on_batch`` per batch, as ``evaluate.predict`` calls it."""
     import tensorflow as tf
-    from quiltflow.data import make_dataset, num_examples
+    from quiltflow.models.pipeline import make_dataset, num_examples
 
     per_image = int(read_json(indexes[0], "index").get("records_per_image", 1))
     records = images * per_image
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from quiltflow.runtime import set_thread_pools
+    from quiltflow.models.runtime import set_thread_pools
 
     set_thread_pools(args.threads)
     results = args.run / "results"

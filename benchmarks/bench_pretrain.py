@@ -30,11 +30,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
-from quiltflow.models import backbone_base  # noqa: E402
-from quiltflow.runtime import configure_runtime  # noqa: E402
-from quiltflow.settings import ShardSettings  # noqa: E402
-from quiltflow.shards import write_index, write_shard  # noqa: E402
-from quiltflow.simclr import nt_xent_loss, pretrain_dataset, simclr_model  # noqa: E402
+from quiltflow.core.settings import ShardSettings  # noqa: E402
+from quiltflow.data.shards import write_shard
+from quiltflow.models.builders import backbone_base  # noqa: E402
+from quiltflow.models.runtime import configure_runtime  # noqa: E402
+from quiltflow.models.simclr import nt_xent_loss, pretrain_dataset, simclr_model  # noqa: E402
+from quiltflow.records.shard_index import write_index  # noqa: E402
 
 NUM_CLASSES = 10
 

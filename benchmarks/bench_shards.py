@@ -40,9 +40,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow.settings import ShardSettings  # noqa: E402
-from quiltflow.shards import write_index, write_shard  # noqa: E402
-from quiltflow.tfrecord_io import crc32c  # noqa: E402
+from quiltflow.core.settings import ShardSettings  # noqa: E402
+from quiltflow.data.shards import write_shard
+from quiltflow.records.shard_index import write_index  # noqa: E402
+from quiltflow.records.tfrecord_io import crc32c  # noqa: E402
 
 # ------------------------------------------------------------------------------ inputs
 
@@ -172,7 +173,7 @@ def pil_generator(root: Path, ids: list[str], size: int, batch: int):
 
 
 def pil_record_generator(shard: Path, batch: int):
-    from quiltflow.tfrecord_io import read_examples
+    from quiltflow.records.tfrecord_io import read_examples
 
     images = []
     for ex in read_examples(shard, verify=False):
@@ -273,7 +274,7 @@ def main() -> None:
 
         # (c) reading: tf.data over the shards vs PIL decoding the same source images.
         import tensorflow as tf
-        from quiltflow.data import make_dataset
+        from quiltflow.models.pipeline import make_dataset
 
         results["machine"]["tensorflow"] = tf.__version__
         for side in args.sizes:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from quiltflow.models import backbone, build_model  # noqa: E402
-from quiltflow.runtime import configure_runtime  # noqa: E402
+from quiltflow.models.builders import backbone, build_model  # noqa: E402
+from quiltflow.models.runtime import configure_runtime  # noqa: E402
 
 
 def forward_flops(model: keras.Model) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from quiltflow.demo import LOOKUP_COLUMNS as QUILT_COLUMNS
+from quiltflow.data.demo import LOOKUP_COLUMNS as QUILT_COLUMNS
 
 CLASSES = ("Breast", "Renal", "Pulmonary")
 

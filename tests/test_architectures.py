@@ -6,10 +6,10 @@ import io
 import tokenize
 
 import pytest
-from quiltflow import models
-from quiltflow.architectures import REGISTRY, architecture
-from quiltflow.errors import UserError
-from quiltflow.schema import load_schema
+from quiltflow.core.architectures import REGISTRY, architecture
+from quiltflow.core.errors import UserError
+from quiltflow.core.schema import load_schema
+from quiltflow.models import builders as models
 from workflow_runner import REPO
 
 REGISTRY_MODULES = {"architectures.py", "models.py"}  # the registry and the builders

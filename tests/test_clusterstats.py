@@ -1,4 +1,4 @@
-"""quiltflow.clusterstats: video-level (cluster) bootstrap, swap permutation test, corrected t-test,
+"""quiltflow.compare.clusterstats: video-level (cluster) bootstrap, swap permutation test, corrected t-test,
 AUC with per-video influence, calibration; and the design effect on clustered fixtures."""
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from sklearn.metrics import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow import clusterstats, compare, stats  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.compare import clusterstats, stats  # noqa: E402
+from quiltflow.compare import multiclass as compare
+from quiltflow.core.errors import UserError  # noqa: E402
 
 
 def test_scores_from_counts_match_sklearn():

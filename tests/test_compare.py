@@ -1,4 +1,4 @@
-"""quiltflow.compare / quiltflow.plots: the video-level model comparison from metrics JSON + predictions Parquet only."""
+"""quiltflow.compare.multiclass / quiltflow.compare.plots: the video-level model comparison from metrics JSON + predictions Parquet only."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import pytest
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
-from quiltflow.compare import compare_models  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
-from quiltflow.metrics import build_metrics_document, compute_metrics, write_predictions  # noqa: E402
+from quiltflow.compare.multiclass import compare_models  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.core.jsonio import sha256_file, write_json  # noqa: E402
+from quiltflow.evaluation.metrics import compute_metrics
+from quiltflow.records.metrics_document import build_metrics_document  # noqa: E402
+from quiltflow.records.predictions import write_predictions
 from workflow_runner import run_without_tensorflow, run_workflow_script  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
@@ -303,8 +305,10 @@ def test_compare_never_imports_tensorflow(tmp_path):
     run_without_tensorflow(
         f"""
         import json
-        from quiltflow.compare import compare_models
-        from quiltflow import plots, stats, metrics
+        from quiltflow.compare.multiclass import compare_models
+        from quiltflow.compare import plots
+        from quiltflow.compare import stats
+        from quiltflow.records import metrics
         paths, out = json.loads({json.dumps(json.dumps([paths, out]))})
         compare_models(paths["metrics"], paths["predictions"], paths["histories"], paths["split_report"],
                        paths["label_map"], seed=0, bootstrap_samples=50, alpha=0.05, **out)
@@ -373,7 +377,7 @@ def test_compare_script_wiring(tmp_path):
 
 def test_test_train_ratio_leaves_the_validation_half_fold_out_of_training(tmp_path):
     """Run f tests on fold f, validates on half a of fold f+1 and trains on the rest (cv.run_buckets)."""
-    from quiltflow.compare import TestSet, _read_split_report, _test_train_ratio
+    from quiltflow.compare.multiclass import TestSet, _read_split_report, _test_train_ratio
 
     buckets = [f"fold{f}{part}" for f in range(5) for part in "ab"]
     report = tmp_path / "split_report.json"

@@ -1,4 +1,4 @@
-"""quiltflow.compare_multilabel: the video-level comparison of multi-label (multi-hot) predictions."""
+"""quiltflow.compare.multilabel: the video-level comparison of multi-label (multi-hot) predictions."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, h
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
-from quiltflow import compare_multilabel as cml  # noqa: E402
-from quiltflow.compare import compare_models  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.compare import multilabel as cml  # noqa: E402
+from quiltflow.compare.multiclass import compare_models  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
 
 CLASSES = ["breast", "derm", "gi", "lung", "renal"]  # renal: never in test
 TRAIN = {"breast": 300, "derm": 120, "gi": 600, "lung": 80, "renal": 10}  # of 1000 train images

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from quiltflow.config import validate_config
-from quiltflow.errors import UserError
-from quiltflow.schema import load_schema
+from quiltflow.core.errors import UserError
+from quiltflow.core.schema import load_schema
+from quiltflow.dag.config import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 

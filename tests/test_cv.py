@@ -6,12 +6,12 @@ import json
 
 import pandas as pd
 import pytest
-from quiltflow.cv import buckets, run_buckets, runs
-from quiltflow.errors import UserError
-from quiltflow.pooling import check_out_of_fold
-from quiltflow.settings import SplitSettings
-from quiltflow.splits import fold_assignment, make_splits
-from quiltflow.tfrecord_io import iter_records
+from quiltflow.core.cv import buckets, run_buckets, runs
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import SplitSettings
+from quiltflow.data.splits import fold_assignment, make_splits
+from quiltflow.evaluation.pooling import check_out_of_fold
+from quiltflow.records.tfrecord_io import iter_records
 from workflow_runner import copy_workflow, planned_jobs, rules_of, snakemake
 
 

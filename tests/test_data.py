@@ -13,11 +13,12 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from quiltflow.data import load_index, make_dataset, num_examples
-from quiltflow.errors import UserError
-from quiltflow.settings import ShardSettings
-from quiltflow.shards import write_index, write_shard
-from quiltflow.tfrecord_io import read_examples
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import ShardSettings
+from quiltflow.data.shards import write_shard
+from quiltflow.models.pipeline import load_index, make_dataset, num_examples
+from quiltflow.records.shard_index import write_index
+from quiltflow.records.tfrecord_io import read_examples
 
 S = 32
 N = 30
@@ -138,7 +139,7 @@ def test_missing_shard_is_a_user_error(index_path: Path, tmp_path: Path):
 
 
 def test_dihedral_views_are_the_eight_flips_and_rotations():
-    from quiltflow.data import _dihedral_table, _random_dihedral
+    from quiltflow.models.pipeline import _dihedral_table, _random_dihedral
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (16, 5, 5, 3), dtype=np.uint8)
@@ -153,7 +154,7 @@ def test_dihedral_views_are_the_eight_flips_and_rotations():
 
 
 def test_colour_jitter_with_zero_ranges_is_identity(monkeypatch):
-    import quiltflow.data as data
+    import quiltflow.models.pipeline as data
 
     monkeypatch.setattr(data, "BRIGHTNESS_DELTA", 0.0)
     monkeypatch.setattr(data, "CONTRAST_RANGE", (1.0, 1.0))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from quiltflow.config import DEMO_DIR, OWNED_FOLDERS, validate_config
-from quiltflow.demo import generate_demo
-from quiltflow.errors import UserError
+from quiltflow.core.errors import UserError
+from quiltflow.dag.config import DEMO_DIR, OWNED_FOLDERS, validate_config
+from quiltflow.data.demo import generate_demo
 from workflow_runner import REPO, copy_workflow, planned_jobs, rules_of, snakemake
 
 OLD_MTIME = 1_600_000_000  # 2020-09-13: the dataset predates the checkout, as a download would

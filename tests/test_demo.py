@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from quiltflow.demo import DEFAULT_CLASSES, LOOKUP_COLUMNS, _video_stain, generate_demo, render_tile, tissue_style
-from quiltflow.errors import UserError
-from quiltflow.lookup import SUBSPECIALTIES
-from quiltflow.metadata import DROP_REASONS, filter_metadata
-from quiltflow.settings import FilterSettings
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import FilterSettings
+from quiltflow.data.demo import DEFAULT_CLASSES, LOOKUP_COLUMNS, _video_stain, generate_demo, render_tile, tissue_style
+from quiltflow.data.lookup import SUBSPECIALTIES
+from quiltflow.data.metadata import DROP_REASONS, filter_metadata
 from scipy import ndimage
 
 

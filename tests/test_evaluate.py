@@ -1,4 +1,4 @@
-"""quiltflow.evaluate: predictions of a tiny Keras model, and the evaluate_model files end to end."""
+"""quiltflow.evaluation.evaluate: predictions of a tiny Keras model, and the evaluate_model files end to end."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from quiltflow import evaluate  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.metrics import METRICS_SCHEMA_VERSION, load_metrics_document, read_predictions  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.evaluation import evaluate  # noqa: E402
+from quiltflow.records.metrics_document import METRICS_SCHEMA_VERSION, load_metrics_document  # noqa: E402
+from quiltflow.records.predictions import read_predictions
 from workflow_runner import run_workflow_script  # noqa: E402
 
 CLASSES = ["adeno", "benign", "squamous"]
@@ -149,8 +150,9 @@ def test_evaluate_model_counts_must_reconcile(tmp_path, monkeypatch):
 
 def test_evaluate_script_on_real_tiles(tmp_path, lc25000):
     """Real H&E tiles -> TFRecord shard (one missing image) -> evaluate_model.py -> reconciled metrics."""
-    from quiltflow.settings import ShardSettings
-    from quiltflow.shards import index_split, write_shard
+    from quiltflow.core.settings import ShardSettings
+    from quiltflow.data.shards import write_shard
+    from quiltflow.records.shard_index import index_split
 
     classes = ["lung_aca", "lung_n", "lung_scc"]
     rows = [

@@ -1,4 +1,4 @@
-"""Rule explain_model and quiltflow.explain: Grad-CAM on tiny in-memory models, the seeded choice of
+"""Rule explain_model and quiltflow.evaluation.explain: Grad-CAM on tiny in-memory models, the seeded choice of
 test images, and `snakemake explain` on a copy of the finished test run."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from quiltflow.errors import UserError
-from quiltflow.explain import (
+from quiltflow.core.errors import UserError
+from quiltflow.core.jsonio import read_label_map
+from quiltflow.evaluation.explain import (
     MISTAKES_FILE,
     class_gradients,
     file_stem,
@@ -21,7 +22,6 @@ from quiltflow.explain import (
     split_at,
     top_mistakes,
 )
-from quiltflow.jsonio import read_label_map
 from workflow_runner import clone_run, planned_jobs, rules_of, run_without_tensorflow, snakemake
 
 keras = pytest.importorskip("keras")
@@ -148,8 +148,8 @@ def test_all_negative_evidence_gives_an_all_zero_map():
 
 def test_registered_architectures_have_a_target(tmp_path):
     """custom_cnn: its last Conv2D; the ResNet models: conv5_block3_out inside the nested ResNet."""
-    from quiltflow.explain import target_path
-    from quiltflow.models import build_model
+    from quiltflow.evaluation.explain import target_path
+    from quiltflow.models.builders import build_model
 
     custom = build_model("custom_cnn", 3, 32, weights="none")
     path = target_path(custom, "custom_cnn")
@@ -188,7 +188,7 @@ def test_gallery_files_are_safe_and_in_label_map_order():
 
 def test_naming_selection_and_galleries_need_no_tensorflow():
     run_without_tensorflow(
-        "from quiltflow.explain import gallery_files, select_examples, top_mistakes\nimport quiltflow.gallery"
+        "from quiltflow.evaluation.explain import gallery_files, select_examples, top_mistakes\nimport quiltflow.evaluation.gallery"
     )
 
 
@@ -346,7 +346,7 @@ def test_the_task_and_the_predictions_must_agree():
 
 
 def test_multilabel_caption_names_every_true_label():
-    from quiltflow.gallery import caption
+    from quiltflow.evaluation.gallery import caption
 
     names = ["Breast", "Lung", "Skin", "Bone", "Liver"]
     row = pd.Series({"image_id": "x.jpg", "true_label": 0, "pred_label": 1, "prob": 0.5, "true_labels": [0, 1]})
@@ -359,7 +359,7 @@ def test_multilabel_caption_names_every_true_label():
 
 def test_explain_model_on_a_sigmoid_model_writes_its_galleries(tmp_path, monkeypatch):
     """explain_model end to end on a tiny sigmoid model, the test shards replaced by in-memory images."""
-    import quiltflow.explain as explain
+    import quiltflow.evaluation.explain as explain
 
     model = sigmoid_half_model("left", classes=3)
     ids = [r[0] for r in ML_ROWS]
@@ -446,7 +446,7 @@ def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(finished
 
 
 def test_explain_models_must_be_configured_models():
-    from quiltflow.config import explain_models, validate_config
+    from quiltflow.dag.config import explain_models, validate_config
 
     config = {
         "dataset": {"format": "quilt"},

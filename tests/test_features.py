@@ -10,11 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.features import extract_features, load_features, save_features  # noqa: E402
-from quiltflow.models import build_model  # noqa: E402
-from quiltflow.settings import ModelSettings  # noqa: E402
-from quiltflow.train import train_frozen_head, train_model  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.core.settings import ModelSettings  # noqa: E402
+from quiltflow.models.builders import build_model  # noqa: E402
+from quiltflow.models.features import extract_features, load_features, save_features  # noqa: E402
+from quiltflow.models.train import train_frozen_head, train_model  # noqa: E402
 
 SIZE = 32
 

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from quiltflow.errors import UserError
-from quiltflow.evaluate import _average_cells
-from quiltflow.settings import ShardSettings
-from quiltflow.shards import prepare_image, prepare_views, write_index, write_shard
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import ShardSettings
+from quiltflow.data.images import prepare_image, prepare_views
+from quiltflow.data.shards import write_shard
+from quiltflow.evaluation.evaluate import _average_cells
+from quiltflow.records.shard_index import write_index
 from workflow_runner import copy_workflow, snakemake
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

@@ -9,12 +9,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from quiltflow.demo import LOOKUP_COLUMNS
-from quiltflow.errors import UserError
-from quiltflow.lookup import parse_pathology
-from quiltflow.metadata import DROP_REASONS, filter_metadata
-from quiltflow.settings import FilterSettings, section_schema
-from quiltflow.tables import FILTERED_SCHEMA, read_filtered, write_filtered
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import FilterSettings, section_schema
+from quiltflow.data.demo import LOOKUP_COLUMNS
+from quiltflow.data.lookup import parse_pathology
+from quiltflow.data.metadata import DROP_REASONS, filter_metadata
+from quiltflow.records.tables import FILTERED_SCHEMA, read_filtered, write_filtered
 
 COLUMNS = list(LOOKUP_COLUMNS)
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +154,8 @@ def test_vocabulary_drops_unknown_labels_and_reports_raw_values(tmp_path: Path, 
 
 
 def test_vocabulary_default_is_the_schema_and_covers_the_demo() -> None:
-    from quiltflow.demo import DEFAULT_CLASSES, TAIL_CLASS
-    from quiltflow.lookup import SUBSPECIALTIES
+    from quiltflow.data.demo import DEFAULT_CLASSES, TAIL_CLASS
+    from quiltflow.data.lookup import SUBSPECIALTIES
 
     vocabulary = section_schema("filters")["properties"]["classes"]["default"]
     assert list(SUBSPECIALTIES) == vocabulary and len(vocabulary) == 18

@@ -1,4 +1,4 @@
-"""quiltflow.metrics: hand-checked metric values, the metrics JSON schema, predictions Parquet."""
+"""quiltflow.evaluation.metrics: hand-checked metric values, the metrics JSON schema, predictions Parquet."""
 
 from __future__ import annotations
 
@@ -14,17 +14,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.jsonio import sha256_file, write_json  # noqa: E402
-from quiltflow.metrics import (  # noqa: E402
-    METRICS_SCHEMA_VERSION,
-    PREDICTIONS_ARROW_SCHEMA,
-    build_metrics_document,
-    compute_metrics,
-    load_metrics_document,
-    read_predictions,
-    write_predictions,
-)
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.core.jsonio import sha256_file, write_json  # noqa: E402
+from quiltflow.evaluation.metrics import compute_metrics  # noqa: E402
+from quiltflow.records.metrics_document import METRICS_SCHEMA_VERSION, build_metrics_document, load_metrics_document
+from quiltflow.records.predictions import PREDICTIONS_ARROW_SCHEMA, read_predictions, write_predictions
 
 CLASSES = ["adeno", "benign", "squamous"]
 # Six images. Misclassified: img1 (true 0 -> 1, true class 2nd) and img5 (true 2 -> 0, true class last).

@@ -10,9 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 import keras  # noqa: E402
-from quiltflow import models  # noqa: E402
-from quiltflow.architectures import REGISTRY  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.core.architectures import REGISTRY  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.models import builders as models  # noqa: E402
 
 SIZE = 32  # smallest input ResNet50 (no top) accepts: keeps every test fast
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from quiltflow.errors import UserError
-from quiltflow.metadata import DROP_REASONS, filter_metadata
-from quiltflow.settings import FilterSettings, SplitSettings
-from quiltflow.splits import make_splits
-from quiltflow.tasks import MULTICLASS, MULTILABEL, head_activation, read_task, task_of_policy
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import FilterSettings, SplitSettings
+from quiltflow.core.tasks import MULTICLASS, MULTILABEL, head_activation, read_task, task_of_policy
+from quiltflow.data.metadata import DROP_REASONS, filter_metadata
+from quiltflow.data.splits import make_splits
 from test_metadata import touch, vid_name, write_lookup
 from workflow_runner import copy_workflow, snakemake
 
@@ -137,7 +137,7 @@ def test_splits_carry_label_indices_and_count_occurrences(tmp_path: Path) -> Non
 
 def test_positive_weights_and_the_weighted_loss() -> None:
     import keras
-    from quiltflow.train import MAX_POSITIVE_WEIGHT, WeightedBinaryCrossentropy, positive_weights_from_counts
+    from quiltflow.models.train import MAX_POSITIVE_WEIGHT, WeightedBinaryCrossentropy, positive_weights_from_counts
 
     weights = positive_weights_from_counts([10, 1, 0, 100], 100)
     assert weights.tolist() == [9.0, 99.0, 1.0, 0.0]
@@ -157,7 +157,7 @@ def test_positive_weights_and_the_weighted_loss() -> None:
 
 def test_predict_keeps_sigmoid_outputs_and_applies_thresholds() -> None:
     import tensorflow as tf
-    from quiltflow.evaluate import as_probabilities, predict
+    from quiltflow.evaluation.evaluate import as_probabilities, predict
 
     class Fixed:  # a "model" whose sigmoid outputs are known
         name = "fixed"
@@ -220,10 +220,10 @@ def test_thresholds_are_fitted_on_the_validation_videos_only(multilabel_cv_run: 
     """The decision thresholds are a fitted step: recomputed from the run's validation buckets
     they equal train_info's, and no validation video is a test video of that run."""
     import keras
-    import quiltflow.models  # noqa: F401  (registers the custom layers)
-    from quiltflow.cv import run_buckets
-    from quiltflow.data import make_dataset
-    from quiltflow.multilabel import f1_optimal_thresholds
+    import quiltflow.models.builders  # noqa: F401  (registers the custom layers)
+    from quiltflow.core.cv import run_buckets
+    from quiltflow.models.pipeline import make_dataset
+    from quiltflow.models.thresholds import f1_optimal_thresholds
 
     results = multilabel_cv_run / "results"
     classes = json.loads((results / "splits" / "label_map.json").read_text())["classes"]
@@ -249,7 +249,7 @@ def test_weighted_loss_keeps_a_gradient_when_the_sigmoid_saturates() -> None:
     push the wrong label back (clipping probabilities would leave a zero gradient)."""
     import keras
     import tensorflow as tf
-    from quiltflow.train import WeightedBinaryCrossentropy
+    from quiltflow.models.train import WeightedBinaryCrossentropy
 
     inputs = keras.Input((1,))
     model = keras.Model(inputs, keras.layers.Dense(2, activation="sigmoid", use_bias=False)(inputs))

@@ -1,4 +1,4 @@
-"""quiltflow.multilabel and the multi-label branch of quiltflow.metrics/pooling (issue 16).
+"""quiltflow.models.thresholds and the multi-label branch of quiltflow.metrics/pooling (issue 16).
 
 Hand-made cases with values worked out by hand, and random cases checked against scikit-learn
 and a brute-force threshold search.
@@ -27,19 +27,14 @@ from sklearn.metrics import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow.errors import UserError
-from quiltflow.jsonio import sha256_file, write_json
-from quiltflow.metrics import (
-    PREDICTIONS_ARROW_SCHEMA,
-    build_metrics_document,
-    compute_metrics,
-    load_metrics_document,
-    read_predictions,
-    validate_metrics_document,
-    write_predictions,
-)
-from quiltflow.multilabel import apply_thresholds, f1_optimal_thresholds, multi_hot, multilabel_metrics
-from quiltflow.pooling import pool_runs, run_summary
+from quiltflow.core.errors import UserError
+from quiltflow.core.jsonio import sha256_file, write_json
+from quiltflow.evaluation.metrics import compute_metrics
+from quiltflow.evaluation.multilabel_metrics import multilabel_metrics
+from quiltflow.evaluation.pooling import pool_runs, run_summary
+from quiltflow.models.thresholds import apply_thresholds, f1_optimal_thresholds, multi_hot
+from quiltflow.records.metrics_document import build_metrics_document, load_metrics_document, validate_metrics_document
+from quiltflow.records.predictions import PREDICTIONS_ARROW_SCHEMA, read_predictions, write_predictions
 
 CLASSES = ["adeno", "benign", "squamous"]
 # Five images, three labels. Label 2 ("squamous") has no positive test image: ap/auc undefined.

@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from quiltflow.config import DEMO_IMAGES
-from quiltflow.errors import UserError
-from quiltflow.jsonio import read_label_map
-from quiltflow.predict import list_images, predict_paths, results_dir_of, run_shard_settings
-from quiltflow.settings import ShardSettings, schema_default
-from quiltflow.shards import MAX_PIXELS, write_index, write_shard
+from quiltflow.core.errors import UserError
+from quiltflow.core.jsonio import read_label_map
+from quiltflow.core.settings import ShardSettings, schema_default
+from quiltflow.dag.config import DEMO_IMAGES
+from quiltflow.data.images import MAX_PIXELS
+from quiltflow.data.shards import write_shard
+from quiltflow.evaluation.predict import list_images, predict_paths, results_dir_of, run_shard_settings
+from quiltflow.records.shard_index import write_index
 from test_shards import make_bad_files
 from workflow_runner import clone_run, copy_workflow, planned_jobs, rules_of, snakemake
 
@@ -83,9 +85,9 @@ def test_other_framings_match_evaluation(finished_run, tmp_path, framing, grid_s
     """Shards written with another framing, evaluated as evaluate_model does (grid: cells
     averaged per source image), against predict_paths with the same settings."""
     import keras
-    import quiltflow.models  # noqa: F401
-    from quiltflow.data import make_dataset
-    from quiltflow.evaluate import predict
+    import quiltflow.models.builders  # noqa: F401
+    from quiltflow.evaluation.evaluate import predict
+    from quiltflow.models.pipeline import make_dataset
 
     run = finished_run
     settings = ShardSettings.from_config({"framing": framing, "grid_size": grid_size}, image_size=32)

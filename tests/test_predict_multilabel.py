@@ -11,16 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from quiltflow.errors import UserError
-from quiltflow.predict import (
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import ShardSettings
+from quiltflow.core.tasks import MULTICLASS, MULTILABEL
+from quiltflow.evaluation.predict import (
     LABELS_SEPARATOR,
     _label_columns,
     predict_images,
     predict_paths,
     run_thresholds,
 )
-from quiltflow.settings import ShardSettings
-from quiltflow.tasks import MULTICLASS, MULTILABEL
 
 CLASSES = ["Breast", "Lung", "Soft tissue"]
 SIZE = 32

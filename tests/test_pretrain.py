@@ -6,12 +6,12 @@ import json
 
 import pandas as pd
 import pytest
-from quiltflow.config import validate_config
-from quiltflow.cv import run_buckets
-from quiltflow.errors import UserError
-from quiltflow.jsonio import sha256_file
-from quiltflow.pretraining import pool_buckets, pretrain_suffix, resolve_model_weights
-from quiltflow.settings import ModelSettings, PretrainSettings
+from quiltflow.core.cv import run_buckets
+from quiltflow.core.errors import UserError
+from quiltflow.core.jsonio import sha256_file
+from quiltflow.core.settings import ModelSettings, PretrainSettings
+from quiltflow.dag.config import validate_config
+from quiltflow.dag.pretraining import pool_buckets, pretrain_suffix, resolve_model_weights
 from workflow_runner import copy_workflow, planned_jobs, snakemake
 
 CONFIGS = ("config/test.yaml", "config/pretrain_test.yaml")
@@ -161,9 +161,9 @@ def test_pretraining_by_fold_end_to_end(tmp_path):
 def test_methods_match_the_schema_and_model_jobs_do_not_hash_them():
     from pathlib import Path
 
-    from quiltflow.codehash import module_closure
-    from quiltflow.encoders import METHODS
-    from quiltflow.settings import section_schema
+    from quiltflow.core.settings import section_schema
+    from quiltflow.dag.codehash import module_closure
+    from quiltflow.models.encoders import METHODS
 
     assert list(METHODS) == section_schema("pretraining.*")["properties"]["method"]["enum"]
     scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"

@@ -23,7 +23,7 @@ from PIL import Image, ImageStat
 from workflow_runner import REPO, VENV_BIN, clone_run, snakemake, workflow_env
 
 sys.path.insert(0, str(REPO / "workflow"))
-from quiltflow.mdhtml import markdown_to_html  # noqa: E402
+from quiltflow.compare.mdhtml import markdown_to_html  # noqa: E402
 
 MODELS = ("custom_cnn", "resnet50_frozen", "resnet50_finetune")  # config/test.yaml
 ROWS = (*MODELS, "ensemble", "majority_baseline", "stratified_baseline")

@@ -155,7 +155,7 @@ def test_sigkilled_shard_writer_leaves_no_shard(tmp_path):
     out.parent.mkdir()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from quiltflow.settings import ShardSettings; from quiltflow.shards import write_shard;"
+        "from quiltflow.core.settings import ShardSettings; from quiltflow.data.shards import write_shard;"
         "settings = ShardSettings.from_config({'jpeg_quality': 90}, image_size=224);"
         "write_shard(sys.argv[2], sys.argv[3], 0, 1, settings, sys.argv[4], sys.argv[4] + '.report.json')"
     )

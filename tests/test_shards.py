@@ -14,21 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
-from quiltflow import shards
-from quiltflow.errors import UserError
-from quiltflow.settings import ShardSettings
-from quiltflow.shards import (
-    BadImage,
-    index_shard_files,
-    load_index,
-    plan_shards,
-    prepare_image,
-    shard_bounds,
-    shard_count,
-    write_index,
-    write_shard,
-)
-from quiltflow.tfrecord_io import iter_records, read_examples
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import ShardSettings
+from quiltflow.dag.shard_plan import plan_shards, shard_bounds, shard_count
+from quiltflow.data import shards
+from quiltflow.data.images import BadImage, prepare_image
+from quiltflow.data.shards import write_shard
+from quiltflow.records.shard_index import index_shard_files, load_index, write_index
+from quiltflow.records.tfrecord_io import iter_records, read_examples
 from workflow_runner import run_without_tensorflow
 
 S = 32  # output size used by most tests: small keeps them fast
@@ -412,9 +405,11 @@ def test_sharding_and_indexing_never_import_tensorflow(dataset):
     out = dataset["tmp"] / "notf" / "train-00000-of-00001.tfrecord"
     run_without_tensorflow(
         f"""
-        from quiltflow.smk import setup_logging
-        from quiltflow.settings import ShardSettings
-        from quiltflow.shards import write_shard, write_index, plan_shards
+        from quiltflow.core.smk import setup_logging
+        from quiltflow.core.settings import ShardSettings
+        from quiltflow.data.shards import write_shard
+        from quiltflow.records.shard_index import write_index
+        from quiltflow.dag.shard_plan import plan_shards
         out = {str(out)!r}
         settings = ShardSettings.from_config({{"jpeg_quality": 90}}, image_size=32)
         write_shard({str(dataset["manifest"])!r}, {str(dataset["root"])!r}, 0, 1, settings,

@@ -15,12 +15,13 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 import keras
-from quiltflow import simclr
-from quiltflow.errors import UserError
-from quiltflow.models import ResNet50Preprocess, backbone
-from quiltflow.settings import ShardSettings
-from quiltflow.shards import write_index, write_shard
-from quiltflow.simclr import PretrainRun, keep_batch, nt_xent_loss, pretrain_dataset, steps_per_epoch
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import ShardSettings
+from quiltflow.data.shards import write_shard
+from quiltflow.models import simclr
+from quiltflow.models.builders import ResNet50Preprocess, backbone
+from quiltflow.models.simclr import PretrainRun, keep_batch, nt_xent_loss, pretrain_dataset, steps_per_epoch
+from quiltflow.records.shard_index import write_index
 
 S = 32
 N = 18  # batch 8: two full batches and one of 2

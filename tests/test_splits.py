@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from quiltflow.errors import UserError
-from quiltflow.settings import SplitSettings
-from quiltflow.splits import SPLITS, make_splits, write_splits
-from quiltflow.tables import FILTERED_SCHEMA, arrow_to_pandas, read_filtered
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import SplitSettings
+from quiltflow.data.splits import SPLITS, make_splits, write_splits
+from quiltflow.records.tables import FILTERED_SCHEMA, arrow_to_pandas, read_filtered
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

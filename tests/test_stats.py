@@ -1,4 +1,4 @@
-"""quiltflow.stats: baselines, bootstrap CIs, McNemar's exact test, Holm adjustment, verdicts."""
+"""quiltflow.compare.stats: baselines, bootstrap CIs, McNemar's exact test, Holm adjustment, verdicts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow import stats  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.compare import stats  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
 

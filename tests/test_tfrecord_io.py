@@ -7,8 +7,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from quiltflow.errors import UserError
-from quiltflow.tfrecord_io import (
+from quiltflow.core.errors import UserError
+from quiltflow.records.tfrecord_io import (
     TFRecordCorruptError,
     TFRecordWriter,
     _crc32c_small,

@@ -17,9 +17,9 @@ sys.path.insert(0, str(WORKFLOW))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.settings import ModelSettings  # noqa: E402
-from quiltflow.train import class_weights_from_counts, train_model  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.core.settings import ModelSettings  # noqa: E402
+from quiltflow.models.train import class_weights_from_counts, train_model  # noqa: E402
 
 SIZE = 32
 CONTRACT_KEYS = {
@@ -86,8 +86,8 @@ def test_settings_defaults_per_architecture():
 
 def test_settings_defaults_are_the_schema_and_registry_ones():
     """Nothing but the schema and the architecture registry supplies a default."""
-    from quiltflow.architectures import REGISTRY
-    from quiltflow.settings import schema_default
+    from quiltflow.core.architectures import REGISTRY
+    from quiltflow.core.settings import schema_default
 
     for name, spec in REGISTRY.items():
         s = settings_of({"architecture": name}, "m")
@@ -206,8 +206,8 @@ CHILD = textwrap.dedent(
     import os, sys, time
     sys.path.insert(0, {workflow!r})
     import numpy as np, tensorflow as tf
-    from quiltflow.settings import ModelSettings
-    from quiltflow.train import train_model
+    from quiltflow.core.settings import ModelSettings
+    from quiltflow.models.train import train_model
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)

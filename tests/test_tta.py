@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from quiltflow import evaluate  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.evaluation import evaluate  # noqa: E402
 from workflow_runner import clone_run, planned_jobs, snakemake  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
@@ -169,7 +169,7 @@ def _tta_run(tmp_path: Path, tta_key: bool = True) -> dict:
 
 
 def _compare_with_tta(paths: dict) -> dict:
-    from quiltflow.compare import compare_models
+    from quiltflow.compare.multiclass import compare_models
 
     return compare_models(
         paths["metrics"][:2], paths["predictions"][:2], paths["histories"][:2], paths["split_report"],

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
-from quiltflow.demo import generate_demo
-from quiltflow.errors import UserError
-from quiltflow.image_hashes import existing_images, hash_images, read_image_hashes, write_image_hashes
-from quiltflow.metadata import filter_metadata
+from quiltflow.core.errors import UserError
+from quiltflow.core.settings import FilterSettings, SplitSettings
+from quiltflow.data.demo import generate_demo
+from quiltflow.data.image_hashes import existing_images, hash_images, read_image_hashes, write_image_hashes
+from quiltflow.data.metadata import filter_metadata
+from quiltflow.data.splits import make_splits
+from quiltflow.data.units import check_one_bucket_per_video, check_one_group_per_video, join_videos
 from quiltflow.neardup import HASH_OK, HASH_UNREADABLE, HASH_VERSION, HASHES_PER_IMAGE
-from quiltflow.settings import FilterSettings, SplitSettings
-from quiltflow.splits import make_splits
-from quiltflow.units import check_one_bucket_per_video, check_one_group_per_video, join_videos
 from workflow_runner import copy_workflow, planned_jobs, rules_of, snakemake
 
 # --- joining videos ----------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from quiltflow.data import _dihedral_table
-from quiltflow.views import RGB_FROM_HED, hed_jitter, simclr_views
+from quiltflow.models.pipeline import _dihedral_table
+from quiltflow.models.views import RGB_FROM_HED, hed_jitter, simclr_views
 
 S = 32
 B = 6
@@ -106,7 +106,7 @@ def test_works_inside_tf_data_with_a_dynamic_batch(images):
 
 
 def test_blur_keeps_flat_images_flat_and_softens_edges():
-    from quiltflow.views import _blur_matrix
+    from quiltflow.models.views import _blur_matrix
 
     band = _blur_matrix(S, 1.0)
     np.testing.assert_allclose(band.sum(axis=1), 1.0, atol=1e-6)

@@ -136,7 +136,7 @@ def test_touching_the_lookup_reruns_nothing(finished_run, tmp_path):
 
 def test_editing_stage_code_reruns_that_stage_and_dependants(finished_run, tmp_path):
     workdir = clone_run(finished_run, tmp_path / "run")
-    with open(workdir / "workflow/quiltflow/splits.py", "a") as fh:
+    with open(workdir / "workflow/quiltflow/data/splits.py", "a") as fh:
         fh.write("\n# an edit of the split logic\n")
     rules = rules_of(planned_jobs(workdir))
     assert {"split_manifests", "train_model", "evaluate_model", "compare_models"} <= rules

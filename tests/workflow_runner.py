@@ -125,7 +125,7 @@ def run_workflow_script(
 ) -> None:
     """Run ``workflow/scripts/<script_name>`` in this process with a fake ``snakemake`` object.
 
-    The scripts call ``quiltflow.smk.setup_logging``, which points sys.stdout/sys.stderr at the
+    The scripts call ``quiltflow.core.smk.setup_logging``, which points sys.stdout/sys.stderr at the
     job log and replaces the "quiltflow" logger's handlers. Afterwards this puts back the streams,
     the handlers and the level, and closes the log file (so its text can be read at once)."""
     scripts = REPO / "workflow" / "scripts"

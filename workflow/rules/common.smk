@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,10 +10,14 @@ min_version("9.0")
 
 # The stage logic is the quiltflow package beside this folder; the Snakefile imports it at
 # DAG-build time (config validation, shard counts), the scripts import it in each job.
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+# Jobs import it too: workflow/ goes first on their PYTHONPATH (local jobs inherit this process's
+# environment; a cluster job parses this file again in its own process and sets it there).
+WORKFLOW_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, WORKFLOW_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [WORKFLOW_DIR, os.environ.get("PYTHONPATH")]))
 
-from quiltflow.codehash import code_version  # noqa: E402
-from quiltflow.config import (  # noqa: E402
+from quiltflow.dag.codehash import code_version  # noqa: E402
+from quiltflow.dag.config import (  # noqa: E402
     DEMO_IMAGES,
     DEMO_LOOKUP,
     explain_models,
@@ -20,17 +25,17 @@ from quiltflow.config import (  # noqa: E402
     validate_config,
     weights_files,
 )
-from quiltflow.cv import buckets, run_buckets, run_of, runs  # noqa: E402
-from quiltflow.errors import UserError  # noqa: E402
-from quiltflow.pretraining import (  # noqa: E402
+from quiltflow.core.cv import buckets, run_buckets, run_of, runs  # noqa: E402
+from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.dag.pretraining import (  # noqa: E402
     model_pretraining,
     output_path,
     pool_buckets,
     pretrain_suffix,
     fold_of_suffix,
 )
-from quiltflow.shards import shard_names  # noqa: E402
-from quiltflow.tasks import MULTILABEL as _MULTILABEL_TASK, task_of_policy  # noqa: E402
+from quiltflow.dag.shard_plan import shard_names  # noqa: E402
+from quiltflow.core.tasks import MULTILABEL as _MULTILABEL_TASK, task_of_policy  # noqa: E402
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -47,7 +52,7 @@ MODELS = sorted(config["models"])
 FROZEN = frozen_models(config)
 DATASET = config["dataset"]
 DEMO = DATASET["demo"]["enabled"]
-# Cross-validation by video (quiltflow.cv): buckets of images (each sharded and featurised once)
+# Cross-validation by video (quiltflow.core.cv): buckets of images (each sharded and featurised once)
 # and runs (fold x seed). One holdout run keeps the single-run paths (empty run suffix).
 FOLDS = config["splits"]["folds"]
 SEEDS = config["seeds"] or [config["seed"]]
@@ -55,12 +60,12 @@ BUCKETS = buckets(FOLDS)
 RUNS = runs(FOLDS, SEEDS)
 RUN_SUFFIXES = [run.suffix for run in RUNS]
 SINGLE_RUN = RUN_SUFFIXES == [""]
-# Pretraining entries (quiltflow.pretraining): one job each, or one per fold with folds >= 2.
+# Pretraining entries (quiltflow.dag.pretraining): one job each, or one per fold with folds >= 2.
 PRETRAININGS = sorted(config["pretraining"])
 # Test-time augmentation (evaluation.tta): rule evaluate_tta writes {model}{run}.tta.* beside the
 # plain evaluation's files; the comparison reports them as {model}+tta rows.
 TTA = config["evaluation"]["tta"] != "none"
-# The learning task (quiltflow.tasks): split_manifests records it in label_map.json, where every
+# The learning task (quiltflow.core.tasks): split_manifests records it in label_map.json, where every
 # job reads it; the DAG needs it only for the multi-label comparison's extra plot.
 TASK = task_of_policy(config["filters"]["label_policy"])
 MULTILABEL = TASK == _MULTILABEL_TASK
@@ -203,7 +208,7 @@ def features_weights(wildcards):
 
 
 def pretrain_pool(wildcards):
-    """Index JSONs of the buckets a pretraining job reads (quiltflow.pretraining.pool_buckets)."""
+    """Index JSONs of the buckets a pretraining job reads (quiltflow.dag.pretraining.pool_buckets)."""
     pool = config["pretraining"][wildcards.pretrain]["pool"]
     buckets = pool_buckets(pool, fold_of_suffix(wildcards.fold), FOLDS)
     return [f"results/tfrecords/{b}.index.json" for b in buckets]

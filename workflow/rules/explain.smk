@@ -1,4 +1,4 @@
-# Grad-CAM explanations (quiltflow.explain), requested by the target rule `explain` only: rule all
+# Grad-CAM explanations (quiltflow.evaluation.explain), requested by the target rule `explain` only: rule all
 # does not ask for them, so `make demo` stays within its time budget. Inputs: common.smk.
 
 
@@ -11,7 +11,7 @@ rule explain_model:
         # One folder per model rather than one declared file per class: the classes are only
         # known once split_manifests has written label_map.json, after the DAG is built, and
         # making that rule a checkpoint would re-plan every downstream job for a side target.
-        # The folder's content is still fixed: quiltflow.explain.gallery_files(label map).
+        # The folder's content is still fixed: quiltflow.evaluation.explain.gallery_files(label map).
         galleries=report(
             directory("results/explain/{model}"),
             patterns=["{name}.png"],

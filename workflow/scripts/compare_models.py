@@ -1,14 +1,12 @@
 """Rule compare_models: baselines, ensemble, video-level intervals and tests, tables and plots (no TensorFlow)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.compare import compare_models
+from quiltflow.compare.multiclass import compare_models
 
 document = compare_models(
     list(snakemake.input.metrics),

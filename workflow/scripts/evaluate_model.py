@@ -1,14 +1,10 @@
 """Rules evaluate_model and evaluate_tta (params.tta): test-set predictions and the metrics JSON of one model."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import as_paths, setup_logging
+from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.evaluate import evaluate_model  # after logging: TF messages go to the log
+from quiltflow.evaluation.evaluate import evaluate_model  # after logging: TF messages go to the log
 
 evaluate_model(
     model_path=snakemake.input.model,

@@ -1,14 +1,10 @@
-"""Rule explain_model: Grad-CAM galleries of one model's first run (quiltflow.explain)."""
+"""Rule explain_model: Grad-CAM galleries of one model's first run (quiltflow.evaluation.explain)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import as_paths, setup_logging
+from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.explain import explain_model  # after logging: TF messages go to the log
+from quiltflow.evaluation.explain import explain_model  # after logging: TF messages go to the log
 
 explain_model(
     model_path=snakemake.input.model,

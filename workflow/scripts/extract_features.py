@@ -1,18 +1,14 @@
 """Snakemake script: cache frozen ResNet50 features of one split (rule ``extract_features``)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import as_paths, setup_logging
+from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.data import make_dataset
-from quiltflow.features import extract_features, save_features
-from quiltflow.pretraining import resolve_model_weights
-from quiltflow.runtime import configure_runtime
-from quiltflow.settings import ModelSettings
+from quiltflow.core.settings import ModelSettings
+from quiltflow.dag.pretraining import resolve_model_weights
+from quiltflow.models.features import extract_features, save_features
+from quiltflow.models.pipeline import make_dataset
+from quiltflow.models.runtime import configure_runtime
 
 settings, _ = resolve_model_weights(
     ModelSettings.from_config(snakemake.params.settings, snakemake.wildcards.model), as_paths(snakemake.input.weights)

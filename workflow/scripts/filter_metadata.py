@@ -1,17 +1,13 @@
 """Snakemake script: filter the dataset metadata into results/metadata/filtered.parquet."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.image_hashes import read_image_hashes
-from quiltflow.metadata import filter_metadata
-from quiltflow.settings import FilterSettings
-from quiltflow.tables import write_filtered
+from quiltflow.core.settings import FilterSettings
+from quiltflow.data.image_hashes import read_image_hashes
+from quiltflow.data.metadata import filter_metadata
+from quiltflow.records.tables import write_filtered
 
 # The folder format has no metadata file, so the rule may leave that input out.
 metadata = getattr(snakemake.input, "metadata", None) or None

@@ -1,14 +1,10 @@
 """Snakemake script: write the embedded synthetic demo (Quilt-format lookup + JPEG tiles)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.demo import generate_demo
+from quiltflow.data.demo import generate_demo
 
 generate_demo(
     snakemake.output.lookup,

@@ -1,16 +1,12 @@
 """Snakemake script: hash every image the dataset names (results/metadata/image_hashes.parquet)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
 import time
 
-from quiltflow.image_hashes import existing_images, hash_counts, hash_images, write_image_hashes
+from quiltflow.data.image_hashes import existing_images, hash_counts, hash_images, write_image_hashes
 
 started = time.perf_counter()
 metadata = getattr(snakemake.input, "metadata", None) or None

@@ -1,15 +1,11 @@
 """Snakemake rule index_tfrecords: check a split's shards against their reports, write its index."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import ShardSettings
-from quiltflow.shards import index_split
+from quiltflow.core.settings import ShardSettings
+from quiltflow.records.shard_index import index_split
 
 params = snakemake.params
 index_split(

@@ -1,15 +1,11 @@
 """Snakemake script of checkpoint plan_shards: rows and shard count per split."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-
-from quiltflow.jsonio import write_json
-from quiltflow.settings import section_values
-from quiltflow.shards import plan_shards
-from quiltflow.smk import setup_logging
+from quiltflow.core.jsonio import write_json
+from quiltflow.core.settings import section_values
+from quiltflow.core.smk import setup_logging
+from quiltflow.dag.shard_plan import plan_shards
 
 log = setup_logging(snakemake.log[0])
 params = snakemake.params

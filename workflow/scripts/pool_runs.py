@@ -1,14 +1,10 @@
 """Snakemake script of rule pool_runs: one model's out-of-fold predictions and pooled metrics."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.pooling import pool_runs
+from quiltflow.evaluation.pooling import pool_runs
 
 params = snakemake.params
 pool_runs(

@@ -1,15 +1,11 @@
 """Rule predict_images: one trained model (its runs averaged) on the images of predict.images."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import as_paths, setup_logging
+from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.predict import predict_images  # after logging: TF messages go to the log
-from quiltflow.settings import ShardSettings
+from quiltflow.core.settings import ShardSettings
+from quiltflow.evaluation.predict import predict_images  # after logging: TF messages go to the log
 
 predict_images(
     model_paths=as_paths(snakemake.input.models),

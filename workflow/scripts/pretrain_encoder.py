@@ -1,15 +1,13 @@
 """Snakemake script: pretrain one backbone (rule ``pretrain_encoder``); out_dir = folder of output.weights."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import as_paths, setup_logging
+from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.encoders import pretrain_from_files
-from quiltflow.settings import PretrainSettings
+from quiltflow.core.settings import PretrainSettings
+from quiltflow.models.encoders import pretrain_from_files
 
 params = snakemake.params
 pretrain_from_files(

@@ -1,15 +1,11 @@
 """Snakemake rule shard_tfrecords: one TFRecord shard of a split manifest (PIL, no TensorFlow)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import ShardSettings
-from quiltflow.shards import write_shard
+from quiltflow.core.settings import ShardSettings
+from quiltflow.data.shards import write_shard
 
 params = snakemake.params
 # The rule passes the keys this job uses; section_values fills the rest from the schema.

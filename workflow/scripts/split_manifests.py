@@ -1,16 +1,12 @@
 """Snakemake script: video-grouped, label-stratified train/val/test manifests."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import setup_logging
+from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.settings import SplitSettings
-from quiltflow.splits import fold_assignment, make_splits, write_splits
-from quiltflow.tables import FOLDS_SCHEMA, read_filtered, write_parquet_stable
+from quiltflow.core.settings import SplitSettings
+from quiltflow.data.splits import fold_assignment, make_splits, write_splits
+from quiltflow.records.tables import FOLDS_SCHEMA, read_filtered, write_parquet_stable
 
 params = snakemake.params
 settings = SplitSettings.from_config(

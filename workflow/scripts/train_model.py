@@ -1,16 +1,14 @@
 """Snakemake script: train one model (rule ``train_model``); out_dir = folder of output.model."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # workflow/ on sys.path
-from quiltflow.smk import as_paths, setup_logging
+from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.pretraining import resolve_model_weights
-from quiltflow.settings import ModelSettings
-from quiltflow.train import train_from_files
+from quiltflow.core.settings import ModelSettings
+from quiltflow.dag.pretraining import resolve_model_weights
+from quiltflow.models.train import train_from_files
 
 inp, params = snakemake.input, snakemake.params
 settings, provenance = resolve_model_weights(

@@ -1,0 +1,133 @@
+"""The architecture registry: every fact about a model architecture, in one place.
+
+Adding an architecture means one ``Architecture`` entry here plus its builder function in
+``quiltflow.models.builders`` (named by ``builder``); config validation, the schema's enum (checked by a
+test), training, feature extraction and evaluation all ask this registry. No TensorFlow here: the
+Snakefile reads the registry while it builds the DAG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quiltflow.core.errors import UserError
+
+NO_WEIGHTS = "none"
+IMAGENET = "imagenet"
+PRETRAINED_PREFIX = "pretrained:"  # weights: pretrained:<name> -> a pretraining.<name> job's backbone
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor that architectures share and ``pretrain_encoder`` can pretrain."""
+
+    name: str
+    builder: str  # function in quiltflow.models.builders: (image_size) -> the bare base, float input
+    preprocess: str  # layer class in quiltflow.models.builders: uint8 RGB -> the base's input
+    feature_dim: int  # width of the pooled features
+
+
+BACKBONES: dict[str, Backbone] = {
+    spec.name: spec
+    for spec in (Backbone(name="resnet50", builder="resnet50_base", preprocess="ResNet50Preprocess", feature_dim=2048),)
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    builder: str  # function in quiltflow.models.builders: (num_classes, image_size, *, weights, dropout, seed)
+    default_weights: str  # when a model's weights is null: none (from scratch) or imagenet
+    accepts_weights: bool  # False: trains from scratch only (weights must be none)
+    trains_on_features: bool  # head trained on cached backbone features (rule extract_features)
+    finetunes_backbone: bool  # head warm-up (warmup_epochs), then the backbone unfrozen
+    default_augment: bool  # when a model's augment is null
+    default_dropout: float  # when a model's dropout is null
+    backbone: str | None = None  # BACKBONES entry whose weights it loads (None: no backbone)
+    # Grad-CAM target (quiltflow.evaluation.explain): layer names from the saved model down through its
+    # nested models to the target layer; () = the model's last Conv2D layer (its top level).
+    gradcam_layer: tuple[str, ...] = ()
+
+
+# The output of ResNet50's last residual block, inside the nested backbone (quiltflow.models.builders).
+RESNET50_LAST_BLOCK = ("backbone", "resnet50", "conv5_block3_out")
+
+REGISTRY: dict[str, Architecture] = {
+    spec.name: spec
+    for spec in (
+        Architecture(
+            name="custom_cnn",
+            description="the study's small CNN, trained from scratch",
+            builder="custom_cnn",
+            default_weights=NO_WEIGHTS,
+            accepts_weights=False,
+            trains_on_features=False,
+            finetunes_backbone=False,
+            default_augment=True,
+            default_dropout=0.25,
+        ),
+        Architecture(
+            name="resnet50_frozen",
+            description="frozen ResNet50 backbone + dense head trained on cached features",
+            builder="resnet50_frozen",
+            default_weights=IMAGENET,
+            accepts_weights=True,
+            trains_on_features=True,
+            finetunes_backbone=False,
+            default_augment=False,  # cached features cannot be augmented
+            default_dropout=0.0,
+            backbone="resnet50",
+            gradcam_layer=RESNET50_LAST_BLOCK,
+        ),
+        Architecture(
+            name="resnet50_finetune",
+            description="ResNet50 + dense head, fine-tuned end to end after a head warm-up",
+            builder="resnet50_finetune",
+            default_weights=IMAGENET,
+            accepts_weights=True,
+            trains_on_features=False,
+            finetunes_backbone=True,
+            default_augment=True,
+            default_dropout=0.0,
+            backbone="resnet50",
+            gradcam_layer=RESNET50_LAST_BLOCK,
+        ),
+    )
+}
+
+
+def architecture(name: str, where: str = "architecture") -> Architecture:
+    """The registry entry of ``name``; an unknown name is a one-line UserError naming ``where``."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"{where}: unknown architecture {name!r}; choose one of {sorted(REGISTRY)}") from None
+
+
+def backbone_spec(name: str, where: str = "backbone") -> Backbone:
+    """The backbone entry of ``name``; an unknown name is a one-line UserError naming ``where``."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise UserError(f"{where}: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def weights_name(weights: str | None) -> str:
+    """Normalise a weights value: None/"none"/"random"/"" -> "none", "imagenet", or a file path."""
+    if weights is None or str(weights).strip().lower() in (NO_WEIGHTS, "random", ""):
+        return NO_WEIGHTS
+    if str(weights).strip().lower() == IMAGENET:
+        return IMAGENET
+    return str(weights)
+
+
+def pretrained_name(weights: str | None) -> str | None:
+    """``"simclr"`` for ``weights: pretrained:simclr``; None for any other weights value."""
+    name = weights_name(weights)
+    return name[len(PRETRAINED_PREFIX) :] if name.startswith(PRETRAINED_PREFIX) else None
+
+
+def is_weights_file(weights: str | None) -> bool:
+    """A path to a weights file the user names (not none, imagenet or pretrained:<name>)."""
+    return weights_name(weights) not in (NO_WEIGHTS, IMAGENET) and pretrained_name(weights) is None

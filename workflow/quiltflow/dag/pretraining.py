@@ -1,0 +1,111 @@
+"""Which images each pretraining job sees, where its backbone lands, and who uses it.
+
+The leakage rule lives here, once: a pretraining job with ``pool: train`` reads the training
+buckets of one fold (the holdout ``train`` bucket when ``splits.folds`` is 1), so it never sees a
+validation or test image of a run that starts from it; with k folds there is one job per fold and
+a run of fold f uses the job of fold f. Standard library only: the Snakefile plans with it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from quiltflow.core.architectures import PRETRAINED_PREFIX, architecture, pretrained_name
+from quiltflow.core.cv import run_buckets
+from quiltflow.core.errors import UserError
+
+PRETRAINED_DIR = "results/pretrained"
+WEIGHTS_FILE = "backbone.weights.h5"
+INFO_FILE = "pretrain_info.json"
+
+
+def pretrain_suffix(fold: int, folds: int) -> str:
+    """Path part of the pretraining job a run of ``fold`` uses: '' (one job) or '/fold{f}'."""
+    return "" if folds == 1 else f"/fold{fold}"
+
+
+def fold_of_suffix(suffix: str) -> int:
+    """The fold of a pretraining suffix ('' -> 0, '/fold3' -> 3)."""
+    return int(suffix.removeprefix("/fold")) if suffix else 0
+
+
+def pool_buckets(pool: str, fold: int, folds: int) -> list[str]:
+    """The buckets a pretraining job of ``fold`` reads; never a val or test bucket of that fold's runs."""
+    if pool != "train":
+        raise UserError(f"pretraining pool {pool!r}: only 'train' is implemented")
+    return run_buckets(fold, folds)["train"]
+
+
+def output_path(name: str, suffix: str, file: str = WEIGHTS_FILE) -> str:
+    """``results/pretrained/{name}{suffix}/{file}``: the one home of the path pattern."""
+    return f"{PRETRAINED_DIR}/{name}{suffix}/{file}"
+
+
+def model_pretraining(config: dict, model: str) -> str | None:
+    """The ``pretraining`` entry a model starts from (None when its weights are not pretrained:)."""
+    return pretrained_name(config["models"][model]["weights"])
+
+
+def check_model_pretraining(config: dict) -> None:
+    """Every ``weights: pretrained:<name>`` names an entry whose backbone the architecture has."""
+    for model, entry in config["models"].items():
+        name = pretrained_name(entry["weights"])
+        if name is None:
+            continue
+        key = f"config key models.{model}.weights"
+        if name not in config.get("pretraining", {}):
+            have = sorted(config.get("pretraining", {}))
+            raise UserError(f"{key}: pretrained:{name} names no entry of pretraining (defined: {have or 'none'})")
+        spec = architecture(entry["architecture"])
+        wanted = config["pretraining"][name]["backbone"]
+        if spec.backbone != wanted:
+            raise UserError(f"{key}: {spec.name} has backbone {spec.backbone}, pretraining.{name} trains {wanted}")
+
+
+# --- running a job, and its provenance downstream ---------------------------------------------
+
+
+def describe(name: str, info: dict) -> str:
+    """The weights provenance a comparison row shows, e.g.
+    ``pretrained:simclr (simclr resnet50, 20 epochs on 360 train images)``."""
+    return (
+        f"{PRETRAINED_PREFIX}{name} ({info['method']} {info['backbone']}, "
+        f"{info['epochs_run']} epochs on {info['pool_images']} {info['pool']} images)"
+    )
+
+
+def pooled_description(descriptions: list[str]) -> str:
+    """One weights description for the runs of a model pooled over folds: per-fold pretraining
+    jobs differ only in their pool size, shown as a range."""
+    if len(set(descriptions)) == 1:
+        return descriptions[0]
+    sizes = [re.search(r" epochs on (\d+) ", d) for d in descriptions]
+    stripped = {re.sub(r" epochs on \d+ ", " epochs on N ", d) for d in descriptions}
+    if None in sizes or len(stripped) != 1:
+        return f"{descriptions[0]} (+{len(set(descriptions)) - 1} other)"
+    counts = sorted(int(m.group(1)) for m in sizes)
+    return (
+        stripped.pop()
+        .replace(" epochs on N ", f" epochs on {counts[0]}-{counts[-1]} ")
+        .replace(" images)", " images per fold)")
+    )
+
+
+def provenance(info_path) -> dict:
+    """``{"description", "pretraining"}`` for train_info.json from a job's pretrain_info.json."""
+    from quiltflow.core.jsonio import read_json
+
+    info = read_json(info_path, "pretrain info")
+    keep = ("name", "method", "backbone", "pool", "pool_buckets", "pool_images", "epochs_run", "weights_sha256")
+    return {"description": describe(info["name"], info), "pretraining": {key: info.get(key) for key in keep}}
+
+
+def resolve_model_weights(settings, weights_files, info_files=()):
+    """(settings, provenance) of a model job: ``pretrained:<name>`` becomes the job's backbone
+    file (its input); other weights pass through with no provenance."""
+    name = pretrained_name(settings.weights)
+    if name is None:
+        return settings, None
+    if len(weights_files) != 1:
+        raise UserError(f"models.{settings.name}.weights: pretrained:{name} needs its backbone file as the job's input")
+    return settings.with_weights_file(weights_files[0]), provenance(info_files[0]) if info_files else None

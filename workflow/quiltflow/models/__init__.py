@@ -1,0 +1,1 @@
+"""TensorFlow: the tf.data pipeline, augmentation and views, model builders, training, features, SimCLR, encoders, thresholds."""
