@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pandas as pd
@@ -11,52 +10,17 @@ import pytest
 import yaml
 from quiltflow.core.errors import UserError
 from quiltflow.core.settings import FilterSettings, section_schema
-from quiltflow.data.demo import LOOKUP_COLUMNS
 from quiltflow.data.lookup import parse_pathology
 from quiltflow.data.metadata import DROP_REASONS, filter_metadata
 from quiltflow.records.tables import FILTERED_SCHEMA, read_filtered, write_filtered
+from support import COLUMNS, touch, vid_name, write_lookup
 
-COLUMNS = list(LOOKUP_COLUMNS)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def vid_name(vid: str, n: int) -> str:
-    return f"{vid}_image_{n:08d}-0000-4000-8000-000000000000.jpg"
-
-
-def write_lookup(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> Path:
-    """A Quilt-format lookup with sensible defaults for every column not given."""
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for i, r in enumerate(rows):
-            full = {
-                "Unnamed: 0": i,
-                "caption": f"caption {i}, with a comma",
-                "subset": "quilt",
-                "split": "train",
-                "pathology": "['Renal']",
-                "magnification": 1,
-                "height": 512.0,
-                "width": 512.0,
-                "not_histology": 0,
-                "single_wsi": 1,
-                **r,
-            }
-            w.writerow(full)
-    return path
 
 
 def run_filter(fmt: str, metadata: Path | None, root: Path, filters: dict | None, columns: dict | None):
     """filter_metadata with the filters section as a config gives it (validated by the schema)."""
     return filter_metadata(fmt, metadata, root, FilterSettings.from_config(filters), columns)
-
-
-def touch(root: Path, *names: str) -> None:
-    for n in names:
-        p = root / n
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"x")
 
 
 def check(report: dict, table: pd.DataFrame) -> None:

@@ -15,7 +15,7 @@ from quiltflow.core.settings import FilterSettings, SplitSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, head_activation, read_task, task_of_policy
 from quiltflow.data.metadata import DROP_REASONS, filter_metadata
 from quiltflow.data.splits import make_splits
-from test_metadata import touch, vid_name, write_lookup
+from support import touch, vid_name, write_lookup
 from workflow_runner import copy_workflow, snakemake
 
 # Four videos; the lists are ordered (first = primary) and repeat a label on purpose.

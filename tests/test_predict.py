@@ -19,7 +19,7 @@ from quiltflow.data.images import MAX_PIXELS
 from quiltflow.data.shards import write_shard
 from quiltflow.evaluation.predict import list_images, predict_paths, results_dir_of, run_shard_settings
 from quiltflow.records.shard_index import write_index
-from test_shards import make_bad_files
+from support import make_bad_files
 from workflow_runner import clone_run, copy_workflow, planned_jobs, rules_of, snakemake
 
 MODELS = ["custom_cnn", "resnet50_frozen", "resnet50_finetune"]
@@ -74,7 +74,7 @@ def test_test_images_get_evaluate_models_probabilities(finished_run, model):
 def test_settings_are_read_from_the_run(finished_run):
     results = results_dir_of(finished_run / "results/models/custom_cnn/model.keras")
     assert results == (finished_run / "results").resolve()
-    settings = run_shard_settings(results)
+    settings = run_shard_settings(finished_run / "results/models/custom_cnn/model.keras")
     config = yaml.safe_load((finished_run / "config/test.yaml").read_text())
     assert (settings.image_size, settings.framing) == (config["image_size"], "center_crop")
     assert settings.jpeg_quality == schema_default("tfrecords", "jpeg_quality")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from quiltflow.data.images import BadImage, prepare_image
 from quiltflow.data.shards import write_shard
 from quiltflow.records.shard_index import index_shard_files, load_index, write_index
 from quiltflow.records.tfrecord_io import iter_records, read_examples
+from support import he_like, make_bad_files
 from workflow_runner import run_without_tensorflow
 
 S = 32  # output size used by most tests: small keeps them fast
@@ -29,16 +28,6 @@ S = 32  # output size used by most tests: small keeps them fast
 
 def settings(image_size: int = S, jpeg_quality: int = 90) -> ShardSettings:
     return ShardSettings.from_config({"jpeg_quality": jpeg_quality}, image_size=image_size)
-
-
-def he_like(w: int, h: int, seed: int = 0) -> np.ndarray:
-    """A smooth pink/purple RGB texture (JPEG-friendly, unlike white noise)."""
-    rng = np.random.default_rng(seed)
-    cell = max(4, min(w, h) // 6)  # features stay a few output pixels wide at any scale
-    low = rng.random((max(2, h // cell), max(2, w // cell), 3))
-    img = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR))
-    tint = np.array([0.85, 0.55, 0.8])
-    return (img * tint + 30).clip(0, 255).astype(np.uint8)
 
 
 def save_jpeg(path: Path, arr: np.ndarray, **kw) -> Path:
@@ -57,48 +46,6 @@ def reference(arr: np.ndarray, size: int) -> np.ndarray:
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     return np.asarray(im.resize((size, size), Image.BILINEAR, box=box)).astype(np.int16)
-
-
-def png_with_size(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
-    buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
-    path.write_bytes(bytes(data))
-    return path
-
-
-def make_bad_files(root: Path) -> dict[str, str]:
-    """One file of each broken kind; returns {image_id: expected reason}."""
-    good = io.BytesIO()
-    Image.fromarray(he_like(120, 90, seed=7)).save(good, "JPEG", quality=90)
-    jpg = good.getvalue()
-    png = io.BytesIO()
-    Image.fromarray(he_like(120, 90, seed=7)).save(png, "PNG")
-    corrupt = bytearray(png.getvalue())
-    idat = corrupt.index(b"IDAT")
-    corrupt[idat + 4 : idat + 12] = b"\xff" * 8  # the zlib header inside IDAT breaks
-    (root / "bad").mkdir(exist_ok=True)
-    (root / "bad/corrupt.png").write_bytes(bytes(corrupt))
-    (root / "bad/truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
-    (root / "bad/empty.jpg").write_bytes(b"")
-    (root / "bad/notes.jpg").write_text("this is a caption file, not an image\n" * 5)
-    png_with_size(root / "bad/bomb.png", 20_000, 20_000)  # > 2 x MAX_PIXELS: PIL refuses
-    png_with_size(root / "bad/bomb_warn.png", 8_000, 8_000)  # > MAX_PIXELS: PIL only warns
-    (root / "bad/a_directory.jpg").mkdir(exist_ok=True)
-    return {
-        "bad/corrupt.png": "corrupt",
-        "bad/truncated.jpg": "truncated",
-        "bad/empty.jpg": "zero_byte",
-        "bad/notes.jpg": "not_an_image",
-        "bad/bomb.png": "decompression_bomb",
-        "bad/bomb_warn.png": "decompression_bomb",
-        "bad/missing.jpg": "missing",
-        "bad/a_directory.jpg": "not_a_file",
-    }
 
 
 def write_manifest(path: Path, ids: list[str], labels: list[int], row_group_size: int = 3) -> Path:

@@ -19,6 +19,7 @@ keras = pytest.importorskip("keras")
 
 from quiltflow.core.errors import UserError  # noqa: E402
 from quiltflow.evaluation import evaluate  # noqa: E402
+from support import accurate_predictions, make_compare_run  # noqa: E402
 from workflow_runner import clone_run, planned_jobs, snakemake  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
@@ -157,11 +158,9 @@ def test_tta_adds_its_rows_without_retraining(finished_run, tmp_path):
 
 
 def _tta_run(tmp_path: Path, tta_key: bool = True) -> dict:
-    from test_compare import _accurate, make_run
-
-    models = {"good": _accurate(0.85, 1), "weak": _accurate(0.55, 2)}
-    models |= {"good+tta": _accurate(0.9, 3), "weak+tta": _accurate(0.6, 4)}
-    paths = make_run(tmp_path, models)
+    models = {"good": accurate_predictions(0.85, 1), "weak": accurate_predictions(0.55, 2)}
+    models |= {"good+tta": accurate_predictions(0.9, 3), "weak+tta": accurate_predictions(0.6, 4)}
+    paths = make_compare_run(tmp_path, models)
     for path in paths["metrics"][2:]:
         doc = json.loads(Path(path).read_text())
         Path(path).write_text(json.dumps({**doc, "tta": "dihedral"} if tta_key else doc))
