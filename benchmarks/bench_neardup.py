@@ -15,14 +15,16 @@ otherwise generated tissue-like frames. Thresholds: the schema default for the n
     80-92. A pair counts as found when the detector would join it directly (new: full-frame hash
     of either image within the threshold of any hash of the other; baseline: the two hashes).
     The windows were chosen on other crops (another seed, half of these tiles).
-(b) Chance matches: every pair of the originals. LC25000 itself holds a few shifted crops of
-    one original; a joined pair whose best shifted correlation (+-12 % shifts, 128x128 grey) is
-    >= 0.9 is counted as such a true copy, the rest as chance. At Quilt scale: (i) 650k random
-    rows (every hash uniform and independent: the floor, plus exact counts of the index at that
-    size and its time against brute force); (ii) ``--frames`` generated tissue-like frames
-    (smooth stain fields, texture, some slide margins; hashed in memory, no JPEG), all pairs,
-    scaled by (650k / frames)^2 - generated hashes have correlated bits like real ones, which
-    random rows lack.
+(b) Chance matches: every pair of the originals. LC25000 itself holds several views of one
+    original (its augmentation rotates, shifts and warps); a joined pair whose best aligned
+    correlation (rotations of +-25 degrees, shifts; 128x128 grey) is >= 0.6 is counted as such a
+    true copy, the rest as chance (warped views fall below: check those by eye). At Quilt scale:
+    (i) 650k random rows (every hash uniform and independent: the floor, plus exact counts of the
+    index at that size and its time against brute force); (ii) ``--frames`` generated tissue-like
+    frames (smooth stain fields, texture, a flat slide margin on 1 in 3; hashed in memory, no
+    JPEG), all pairs, scaled by (650k / frames)^2 - generated hashes have correlated bits and
+    shared flat margins like real lecture frames, which random rows lack, and a more uniform
+    look than real ones, so they overstate chance matches for both detectors alike.
 (c) Hashing cost on one core: new ``hash_file`` vs the baseline on the same files,
     alternating in chunks of 50 files (A B, B A, ...) so a slow spell of a shared machine hits
     both; images per CPU second of this process, medians over rounds, the ratio is the median of
@@ -177,8 +179,10 @@ def bench_recall(paths: list[Path], folder: Path, t_new: int) -> dict:
         new_copy, copy_status = hash_files(files)
         old_copy = np.array([baseline_dhash_file(p) for p in files], dtype=np.uint64)
         ok = (status == HASH_OK) & (copy_status == HASH_OK)
+        distance = new_distance(new_orig, new_copy)[ok]
         rows[name] = (
-            float(np.mean(new_distance(new_orig, new_copy)[ok] <= t_new)),
+            float(np.mean(distance <= t_new)),
+            float(np.mean(distance <= t_new + 1)),
             float(np.mean(np.bitwise_count(old_orig ^ old_copy)[ok] <= BASELINE_DISTANCE)),
             int(ok.sum()),
         )
@@ -187,19 +191,22 @@ def bench_recall(paths: list[Path], folder: Path, t_new: int) -> dict:
 
 def grey128(path: Path) -> np.ndarray:
     with Image.open(path) as image:
-        a = np.asarray(image.convert("L").resize((128, 128), Image.Resampling.BOX), dtype=np.float32)
-    return a
+        return np.asarray(image.convert("L").resize((128, 128), Image.Resampling.BOX), dtype=np.float32)
 
 
-def best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 16) -> float:
-    """Largest Pearson correlation of the overlaps of ``a`` and ``b`` over integer shifts."""
+def best_alignment_correlation(a: np.ndarray, b: np.ndarray, size: int = 80) -> float:
+    """Largest Pearson correlation of the central ``size`` x ``size`` patch of ``b``, rotated by
+    -25..25 degrees (LC25000's augmentation rotates its originals), against every patch of ``a``
+    (2-pixel steps): 0.7-0.95 for two views of one original, 0.15-0.35 for unrelated H&E tiles."""
+    lo = (len(b) - size) // 2
+    windows = np.lib.stride_tricks.sliding_window_view(a, (size, size))[::2, ::2].reshape(-1, size * size)
+    windows = (windows - windows.mean(1, keepdims=True)) / (windows.std(1, keepdims=True) + 1e-6)
     best = -1.0
-    n = len(a)
-    for dy in range(-max_shift, max_shift + 1):
-        for dx in range(-max_shift, max_shift + 1):
-            x = a[max(dy, 0) : n + min(dy, 0), max(dx, 0) : n + min(dx, 0)].ravel()
-            y = b[max(-dy, 0) : n + min(-dy, 0), max(-dx, 0) : n + min(-dx, 0)].ravel()
-            best = max(best, float(np.corrcoef(x, y)[0, 1]))
+    for angle in np.arange(-25, 25.1, 2.5):
+        rotated = Image.fromarray(b).rotate(float(angle), Image.Resampling.BILINEAR)
+        patch = np.asarray(rotated, dtype=np.float32)[lo : lo + size, lo : lo + size].ravel()
+        patch = (patch - patch.mean()) / (patch.std() + 1e-6)
+        best = max(best, float((windows @ patch).max() / patch.size))
     return best
 
 
@@ -208,16 +215,19 @@ def chance_real(paths: list[Path], new: np.ndarray, old: np.ndarray, status: np.
     ok = np.flatnonzero(status == HASH_OK)
     i, j = np.triu_indices(len(ok), 1)
     i, j = ok[i], ok[j]
-    new_hit = new_distance(new[i], new[j]) <= t_new
+    distance = new_distance(new[i], new[j])
+    new_hit, next_hit = distance <= t_new, distance <= t_new + 1
     old_hit = np.bitwise_count(old[i] ^ old[j]) <= BASELINE_DISTANCE
-    flagged = np.flatnonzero(new_hit | old_hit)
+    flagged = np.flatnonzero(next_hit | old_hit)
     grey = {k: grey128(paths[k]) for k in set(i[flagged]) | set(j[flagged])}
     true = np.zeros(len(i), dtype=bool)
-    true[flagged] = [best_shift_correlation(grey[i[f]], grey[j[f]]) >= 0.9 for f in flagged]
+    true[flagged] = [best_alignment_correlation(grey[i[f]], grey[j[f]]) >= 0.6 for f in flagged]
     return {
         "pairs": len(i),
         "new_true": int((new_hit & true).sum()),
         "new_chance": int((new_hit & ~true).sum()),
+        "next_true": int((next_hit & true).sum()),
+        "next_chance": int((next_hit & ~true).sum()),
         "old_true": int((old_hit & true).sum()),
         "old_chance": int((old_hit & ~true).sum()),
     }
@@ -251,11 +261,13 @@ def chance_random(n: int, t_new: int, brute_n: int, seed: int = 0) -> dict:
         found += int((np.bitwise_count(sub.ravel() ^ sub[row, 0]) <= t_new).sum())
     brute = time.perf_counter() - start
     p_new = sum(math.comb(64, d) for d in range(t_new + 1)) / 2**64
+    p_next = p_new + math.comb(64, t_new + 1) / 2**64
     p_old = sum(math.comb(64, d) for d in range(BASELINE_DISTANCE + 1)) / 2**64
     return {
         "new_pairs": len(new_pairs),
         "old_pairs": len(old_a),
         "new_expected": math.comb(n, 2) * (2 * HASHES_PER_IMAGE - 1) * p_new,
+        "next_expected": math.comb(n, 2) * (2 * HASHES_PER_IMAGE - 1) * p_next,
         "old_expected": math.comb(n, 2) * p_old,
         "new_seconds": new_seconds,
         "old_seconds": old_seconds,
@@ -291,9 +303,12 @@ def chance_generated(count: int, t_new: int) -> dict:
         values, status = hash_image(Image.fromarray(frame))
         new[k], ok[k] = values, status == HASH_OK
         old[k] = baseline_dhash_image(Image.fromarray(frame))
-    new_pairs = image_pairs(new[ok], t_new)
-    old_a, _ = near_pairs(old[ok], BASELINE_DISTANCE)
-    return {"frames": int(ok.sum()), "new_pairs": len(new_pairs), "old_pairs": len(old_a)}
+    return {
+        "frames": int(ok.sum()),
+        "new_pairs": len(image_pairs(new[ok], t_new)),
+        "next_pairs": len(image_pairs(new[ok], t_new + 1)),
+        "old_pairs": len(near_pairs(old[ok], BASELINE_DISTANCE)[0]),
+    }
 
 
 def cpu_seconds(fn, paths: list[Path]) -> float:
@@ -351,33 +366,41 @@ def image_set(args: argparse.Namespace, folder: Path) -> tuple[list[Path], str]:
 
 def report(t_new: int, recall: dict, real: dict, rand: dict, gen: dict, speed: dict, threads: dict) -> None:
     n, f = rand["n"], gen["frames"]
-    print(f"| measure | new ({HASH_VERSION}, <= {t_new} bits) | baseline (dHash64, <= {BASELINE_DISTANCE} bits) |")
-    print("|---|---|---|")
-    for name, (new, old, count) in recall["rows"].items():
-        print(f"| recall, {name} ({count} copies) | {new:.3f} | {old:.3f} |")
+    scale = (n / f) ** 2
     print(
-        f"| joined pairs among all {real['pairs']:,} pairs of the originals: chance | {real['new_chance']} | {real['old_chance']} |"
+        f"| measure | new ({HASH_VERSION}), <= {t_new} bits | new, <= {t_new + 1} bits "
+        f"| baseline (dHash64), <= {BASELINE_DISTANCE} bits |"
     )
-    print(f"| ... true shifted copies within the set (correlation >= 0.9) | {real['new_true']} | {real['old_true']} |")
+    print("|---|---|---|---|")
+    for name, (new, following, old, count) in recall["rows"].items():
+        print(f"| recall, {name} ({count} copies) | {new:.3f} | {following:.3f} | {old:.3f} |")
     print(
-        f"| chance pairs, {f:,} generated frames (all pairs) -> x{(n / f) ** 2:,.0f} at {n:,} | "
-        f"{gen['new_pairs']} -> {gen['new_pairs'] * (n / f) ** 2:,.0f} | {gen['old_pairs']} -> {gen['old_pairs'] * (n / f) ** 2:,.0f} |"
-    )
-    print(
-        f"| chance pairs, {n:,} uniform random images (expected) | {rand['new_pairs']} ({rand['new_expected']:.1f}) | "
-        f"{rand['old_pairs']} ({rand['old_expected']:.1f}) |"
+        f"| chance pairs among all {real['pairs']:,} pairs of the originals (after the next row) | {real['new_chance']} "
+        f"| {real['next_chance']} | {real['old_chance']} |"
     )
     print(
-        f"| search time at {n:,} images (brute force extrapolated) | {rand['new_seconds']:.1f} s "
-        f"({rand['brute_extrapolated']:,.0f} s) | {rand['old_seconds']:.1f} s |"
+        f"| ... of them true copies: views of one original (aligned correlation >= 0.6) | {real['new_true']} | {real['next_true']} "
+        f"| {real['old_true']} |"
     )
     print(
-        f"| hashing, images per CPU second, one core (median of {len(speed['ratios'])} rounds) | {speed['new']:,.0f} | {speed['old']:,.0f} |"
+        f"| chance pairs among {f:,} generated frames (x{scale:,.0f} -> {n:,}) | {gen['new_pairs']} "
+        f"(~{gen['new_pairs'] * scale:,.0f}) | {gen['next_pairs']} (~{gen['next_pairs'] * scale:,.0f}) "
+        f"| {gen['old_pairs']} (~{gen['old_pairs'] * scale:,.0f}) |"
     )
     print(
-        f"| speed ratio new / baseline (median of per-round ratios) | {speed['ratio']:.2f} (rounds {speed['ratios']}) | 1 |"
+        f"| chance pairs among {n:,} uniform random images: found (expected) | {rand['new_pairs']} "
+        f"({rand['new_expected']:.1f}) | ({rand['next_expected']:.1f}) | {rand['old_pairs']} ({rand['old_expected']:.1f}) |"
     )
-    print(f"| hash_files, {threads['cores']} threads, images per CPU second | {threads['per_core']:,.0f} | |")
+    print(
+        f"| search time, {n:,} images (brute force extrapolated as n^2) | {rand['new_seconds']:.1f} s "
+        f"({rand['brute_extrapolated']:,.0f} s) | | {rand['old_seconds']:.1f} s |"
+    )
+    print(
+        f"| hashing, images per CPU second, one core (median of {len(speed['ratios'])} rounds) "
+        f"| {speed['new']:,.0f} | | {speed['old']:,.0f} |"
+    )
+    print(f"| speed new / baseline (median of per-round ratios {speed['ratios']}) | {speed['ratio']:.2f} | | 1 |")
+    print(f"| hash_files, {threads['cores']} threads, images per CPU second | {threads['per_core']:,.0f} | | |")
 
 
 def main() -> None:

@@ -222,6 +222,7 @@ def test_cluster_hashes_joins_equal_and_near_and_skips_unhashed() -> None:
     hashes = np.array([[0xF0, 0xFF00, 0xAAAA], [0xFF01, 0x1, 0x3], [0x5555_0000, 0x1, 0xAAAA]], dtype=np.uint64)
     clusters = cluster_hashes(hashes, np.zeros(3, dtype=np.int8), max_distance=1)
     assert clusters.root.tolist() == [0, 0, 2]
+    assert cluster_hashes(np.zeros((0, HASHES_PER_IMAGE), np.uint64), np.zeros(0, np.int8), 4).root.tolist() == []
 
 
 def write_quilt_lookup(path: Path, rows: list[tuple[str, str]]) -> Path:

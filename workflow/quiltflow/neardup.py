@@ -321,7 +321,8 @@ def cluster_hashes(hashes: np.ndarray, status: np.ndarray, max_distance: int) ->
     image to the node. That joins exactly the image pairs of the definition (an image holding a
     hit value is within the distance of the query by that column)."""
     status = np.asarray(status)
-    hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(status), -1)
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    hashes = hashes[:, None] if hashes.ndim == 1 else hashes  # one hash per image
     n, k = hashes.shape
     ok = np.flatnonzero(status == HASH_OK)
     full, first = np.unique(hashes[ok, 0], return_index=True)
