@@ -34,12 +34,12 @@ rule all:
 # Stage targets (use these, not --until, for stages after the plan_shards checkpoint).
 rule tfrecords:
     input:
-        expand("results/tfrecords/{split}.index.json", split=BUCKETS),
+        expand(paths.SHARD_INDEX, split=BUCKETS),
 
 
 rule train:
     input:
-        model_runs("results/models/{model}{run}/model.keras"),
+        model_runs(paths.MODEL),
 
 
 rule evaluate:
@@ -50,4 +50,4 @@ rule evaluate:
 # Grad-CAM galleries (explain.smk); not in rule all, to keep the demo fast.
 rule explain:
     input:
-        expand("results/explain/{model}", model=EXPLAIN_MODELS),
+        expand(paths.EXPLAIN_DIR, model=EXPLAIN_MODELS),

@@ -97,7 +97,7 @@ def main() -> None:
     results = args.run / "results"
     model_path = results / "models" / args.model / "model.keras"
     indexes = sorted((results / "tfrecords").glob("*.index.json"))  # every bucket: more records per pass
-    settings = run_shard_settings(results)
+    settings = run_shard_settings(model_path)
     classes = read_label_map(results / "splits" / "label_map.json")
     t0 = time.perf_counter()
     model = load_models(model_path)[0]

@@ -14,22 +14,27 @@ min_version("9.0")
 # environment; a cluster job parses this file again in its own process and sets it there).
 WORKFLOW_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, WORKFLOW_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [WORKFLOW_DIR, os.environ.get("PYTHONPATH")]))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [WORKFLOW_DIR, os.environ.get("PYTHONPATH")])
+)
 
 from quiltflow.dag.codehash import code_version  # noqa: E402
 from quiltflow.dag.config import (  # noqa: E402
     DEMO_IMAGES,
     DEMO_LOOKUP,
     explain_models,
+    target_models,
     frozen_models,
     validate_config,
     weights_files,
 )
+from quiltflow.core import paths  # noqa: E402
 from quiltflow.core.cv import buckets, run_buckets, run_of, runs  # noqa: E402
+from quiltflow.core.paths import fill  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
 from quiltflow.dag.pretraining import (  # noqa: E402
     model_pretraining,
-    output_path,
+    pretrained_file,
     pool_buckets,
     pretrain_suffix,
     fold_of_suffix,
@@ -69,9 +74,11 @@ TTA = config["evaluation"]["tta"] != "none"
 # job reads it; the DAG needs it only for the multi-label comparison's extra plot.
 TASK = task_of_policy(config["filters"]["label_policy"])
 MULTILABEL = TASK == _MULTILABEL_TASK
+# A model's predictions and metrics pooled over its runs (or of its one holdout run).
+POOLED_PREDICTIONS = fill(paths.PREDICTIONS, run="")
+POOLED_METRICS = fill(paths.METRICS, run="")
 # Near-duplicate hashes, written by rule hash_images once per dataset (not per filter change).
 NEAR_DUPLICATES = config["filters"]["near_duplicates"] not in ("off", False)
-IMAGE_HASHES = "results/metadata/image_hashes.parquet"
 
 
 wildcard_constraints:
@@ -108,7 +115,7 @@ def metadata_inputs(wildcards):
     """filter_metadata's inputs: the dataset, and the image hashes unless near_duplicates is off."""
     inputs = dataset_inputs(wildcards)
     if NEAR_DUPLICATES:
-        inputs["hashes"] = IMAGE_HASHES
+        inputs["hashes"] = paths.IMAGE_HASHES
     return inputs
 
 
@@ -116,7 +123,8 @@ def shard_paths(split, suffix=".tfrecord"):
     """Shard files of one split, from the shard plan (the checkpoint; see README "Shard count")."""
     with open(checkpoints.plan_shards.get().output.plan) as fh:
         plan = json.load(fh)
-    return [f"results/tfrecords/{split}/{name}" for name in shard_names(plan, split, suffix)]
+    folder = Path(paths.SHARD).parent
+    return [fill(f"{folder}/{name}", split=split) for name in shard_names(plan, split, suffix)]
 
 
 def model_settings(wildcards):
@@ -136,41 +144,45 @@ def train_inputs(wildcards):
     train, val = run_split(wildcards, "train"), run_split(wildcards, "val")
     fold = run_of(wildcards.run, FOLDS, SEEDS).fold
     inputs = {
-        "train": [f"results/tfrecords/{b}.index.json" for b in train],
-        "val": [f"results/tfrecords/{b}.index.json" for b in val],
-        "label_map": "results/splits/label_map.json",
-        "split_report": "results/splits/split_report.json",
+        "train": [fill(paths.SHARD_INDEX, split=b) for b in train],
+        "val": [fill(paths.SHARD_INDEX, split=b) for b in val],
+        "label_map": paths.LABEL_MAP,
+        "split_report": paths.SPLIT_REPORT,
         "weights": weights_input(wildcards.model, fold),
         "pretrain_info": pretrain_info_input(wildcards.model, fold),
     }
     if wildcards.model in FROZEN:
-        features = f"results/features/{wildcards.model}{features_suffix(wildcards.model, fold)}"
-        inputs["features_train"] = [f"{features}/{b}.npz" for b in train]
-        inputs["features_val"] = [f"{features}/{b}.npz" for b in val]
+        features = fill(
+            paths.FEATURES,
+            model=wildcards.model,
+            pretrain_fold=features_suffix(wildcards.model, fold),
+        )
+        inputs["features_train"] = [fill(features, split=b) for b in train]
+        inputs["features_val"] = [fill(features, split=b) for b in val]
     return inputs
 
 
 def evaluate_inputs(wildcards):
     test = run_split(wildcards, "test")
-    model_dir = f"results/models/{wildcards.model}{wildcards.run}"
+    run = {"model": wildcards.model, "run": wildcards.run}
     return {
-        "model": f"{model_dir}/model.keras",
-        "info": f"{model_dir}/train_info.json",
-        "test": [f"results/tfrecords/{b}.index.json" for b in test],
-        "manifest": [f"results/splits/{b}.parquet" for b in test],
-        "label_map": "results/splits/label_map.json",
+        "model": fill(paths.MODEL, **run),
+        "info": fill(paths.TRAIN_INFO, **run),
+        "test": [fill(paths.SHARD_INDEX, split=b) for b in test],
+        "manifest": [fill(paths.MANIFEST, split=b) for b in test],
+        "label_map": paths.LABEL_MAP,
     }
 
 
 def metrics_targets():
     """Every model's metrics JSON (pooled over runs with several), and its TTA variant's with tta on."""
-    variants = ["", ".tta"] if TTA else [""]
-    return expand("results/metrics/{model}{variant}.json", model=MODELS, variant=variants)
+    variants = ["", paths.TTA_VARIANT] if TTA else [""]
+    return expand(POOLED_METRICS, model=MODELS, variant=variants)
 
 
 def pooled_model_name(wildcards):
     """pool_runs' model name: {model}, or {model}+tta for the TTA variant ({variant} = .tta)."""
-    return f"{wildcards.model}+tta" if wildcards.variant else wildcards.model
+    return f"{wildcards.model}{paths.TTA_ROW_SUFFIX}" if wildcards.variant else wildcards.model
 
 
 def model_runs(pattern):
@@ -184,7 +196,7 @@ def weights_input(model, fold):
     name = model_pretraining(config, model)
     if name is None:
         return weights_files(config, model)
-    return [output_path(name, pretrain_suffix(fold, FOLDS))]
+    return [pretrained_file(name, pretrain_suffix(fold, FOLDS), paths.PRETRAINED_WEIGHTS_FILE)]
 
 
 def pretrain_info_input(model, fold):
@@ -193,7 +205,7 @@ def pretrain_info_input(model, fold):
     return (
         []
         if name is None
-        else [output_path(name, pretrain_suffix(fold, FOLDS), "pretrain_info.json")]
+        else [pretrained_file(name, pretrain_suffix(fold, FOLDS), paths.PRETRAIN_INFO_FILE)]
     )
 
 
@@ -211,7 +223,7 @@ def pretrain_pool(wildcards):
     """Index JSONs of the buckets a pretraining job reads (quiltflow.dag.pretraining.pool_buckets)."""
     pool = config["pretraining"][wildcards.pretrain]["pool"]
     buckets = pool_buckets(pool, fold_of_suffix(wildcards.fold), FOLDS)
-    return [f"results/tfrecords/{b}.index.json" for b in buckets]
+    return [fill(paths.SHARD_INDEX, split=b) for b in buckets]
 
 
 # Grad-CAM explanations (explain.smk): the models the target `explain` asks for.
@@ -224,12 +236,12 @@ def explain_inputs(wildcards):
     test predictions and test shards: the images are read from the shards, as the model saw them."""
     run = RUN_SUFFIXES[0]
     return {
-        "model": f"results/models/{wildcards.model}{run}/model.keras",
-        "predictions": f"results/predictions/{wildcards.model}{run}.parquet",
+        "model": fill(paths.MODEL, model=wildcards.model, run=run),
+        "predictions": fill(paths.PREDICTIONS, model=wildcards.model, run=run, variant=""),
         "test": [
-            f"results/tfrecords/{b}.index.json" for b in run_buckets(RUNS[0].fold, FOLDS)["test"]
+            fill(paths.SHARD_INDEX, split=b) for b in run_buckets(RUNS[0].fold, FOLDS)["test"]
         ],
-        "label_map": "results/splits/label_map.json",
+        "label_map": paths.LABEL_MAP,
     }
 
 
@@ -238,7 +250,6 @@ def explain_inputs(wildcards):
 # exists after it (every shard job) is then never a target, and `--until shard_tfrecords` on a
 # fresh directory plans nothing and exits 0. Say so instead, and name the targets that work.
 BEFORE_SHARD_PLAN = {"generate_demo_data", "filter_metadata", "split_manifests", "plan_shards"}
-SHARD_PLAN = "results/tfrecords/shard_plan.json"
 
 
 def check_until(until, plan_exists):
@@ -250,7 +261,12 @@ def check_until(until, plan_exists):
         for name in until
         if name not in BEFORE_SHARD_PLAN
         and not name.startswith(
-            ("results/metadata/", "results/splits/", "resources/demo/", SHARD_PLAN)
+            (
+                Path(paths.FILTERED).parent.as_posix() + "/",
+                paths.SPLITS_DIR + "/",
+                "resources/demo/",
+                paths.SHARD_PLAN,
+            )
         )
     )
     if after:
@@ -263,23 +279,17 @@ def check_until(until, plan_exists):
 
 def all_targets(wildcards):
     """rule all's inputs; checks --until here because Snakemake sets it only after parsing."""
-    check_until(workflow.dag_settings.until, Path(SHARD_PLAN).exists())
+    check_until(workflow.dag_settings.until, Path(paths.SHARD_PLAN).exists())
     return [
-        "results/comparison.md",
+        fill(paths.COMPARISON, ext="md"),
         *metrics_targets(),
-        *model_runs("results/models/{model}{run}/model.keras"),
+        *model_runs(paths.MODEL),
     ]
 
 
 # --- prediction on new images (rules predict_images, predict) ----------------------------------
 PREDICT = config["predict"]
-_unknown_predict_models = sorted(set(PREDICT["models"] or []) - set(MODELS))
-if _unknown_predict_models:
-    raise WorkflowError(
-        f"config key predict.models: {_unknown_predict_models[0]!r} is not a model of this config "
-        f"(models: {', '.join(MODELS)})"
-    )
-PREDICT_MODELS = PREDICT["models"] or MODELS
+PREDICT_MODELS = target_models(config, "predict")
 
 
 def predict_images_input(wildcards):
@@ -297,14 +307,14 @@ def predict_images_input(wildcards):
 
 def predict_models_input(wildcards):
     """Every run's model.keras of one model (one holdout run: just results/models/{model}/)."""
-    return [f"results/models/{wildcards.model}{run}/model.keras" for run in RUN_SUFFIXES]
+    return [fill(paths.MODEL, model=wildcards.model, run=run) for run in RUN_SUFFIXES]
 
 
 def predict_train_info_input(wildcards):
     """Every run's train_info.json, next to its model.keras (a multi-label run's thresholds)."""
-    return [str(Path(p).with_name("train_info.json")) for p in predict_models_input(wildcards)]
+    return [fill(paths.TRAIN_INFO, model=wildcards.model, run=run) for run in RUN_SUFFIXES]
 
 
 def predict_targets(wildcards):
     predict_images_input(wildcards)
-    return expand("results/predict/{model}.{ext}", model=PREDICT_MODELS, ext=("parquet", "csv"))
+    return expand(paths.PREDICT, model=PREDICT_MODELS, ext=("parquet", "csv"))

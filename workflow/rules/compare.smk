@@ -2,25 +2,23 @@ rule compare_models:
     """Every model, their ensemble and baselines: video-level (cluster bootstrap) intervals, paired
     video-level tests in one Holm family, reliability diagrams, plots (no TensorFlow)."""
     input:
-        metrics=expand("results/metrics/{model}.json", model=MODELS),
-        predictions=expand("results/predictions/{model}.parquet", model=MODELS),
+        metrics=expand(POOLED_METRICS, model=MODELS, variant=""),
+        predictions=expand(POOLED_PREDICTIONS, model=MODELS, variant=""),
         # evaluation.tta: each model's TTA variant, a row of its own ({model}+tta).
-        tta_metrics=expand("results/metrics/{model}.tta.json", model=MODELS) if TTA else [],
+        tta_metrics=(expand(POOLED_METRICS, model=MODELS, variant=paths.TTA_VARIANT) if TTA else []),
         tta_predictions=(
-            expand("results/predictions/{model}.tta.parquet", model=MODELS) if TTA else []
+            expand(POOLED_PREDICTIONS, model=MODELS, variant=paths.TTA_VARIANT) if TTA else []
         ),
         # Training curves of each model's first run (fold 0, first seed).
-        histories=expand(
-            "results/models/{model}{run}/history.csv", model=MODELS, run=RUN_SUFFIXES[0]
-        ),
-        split_report="results/splits/split_report.json",
-        label_map="results/splits/label_map.json",
+        histories=expand(paths.HISTORY, model=MODELS, run=RUN_SUFFIXES[0]),
+        split_report=paths.SPLIT_REPORT,
+        label_map=paths.LABEL_MAP,
     output:
         # Multi-label runs (filters.label_policy multilabel): average precision per label.
         **(
             {
                 "ap_plot": report(
-                    "results/plots/per_label_ap.png",
+                    fill(paths.PLOT, name="per_label_ap"),
                     caption="../report/per_label_ap.rst",
                     category="Comparison",
                 )
@@ -28,34 +26,36 @@ rule compare_models:
             if MULTILABEL
             else {}
         ),
-        json="results/comparison.json",
-        csv="results/comparison.csv",
+        json=fill(paths.COMPARISON, ext="json"),
+        csv=fill(paths.COMPARISON, ext="csv"),
         md=report(
-            "results/comparison.md", caption="../report/comparison.rst", category="Comparison"
+            fill(paths.COMPARISON, ext="md"),
+            caption="../report/comparison.rst",
+            category="Comparison",
         ),
         # The same document as HTML: the report's landing page (workflow.rst) shows it.
         html=report(
-            "results/comparison.html",
+            fill(paths.COMPARISON, ext="html"),
             caption="../report/comparison.rst",
             category="Comparison",
         ),
         metrics_plot=report(
-            "results/plots/metrics.png",
+            fill(paths.PLOT, name="metrics"),
             caption="../report/metrics_plot.rst",
             category="Comparison",
         ),
         curves_plot=report(
-            "results/plots/training_curves.png",
+            fill(paths.PLOT, name="training_curves"),
             caption="../report/training_curves.rst",
             category="Training",
         ),
         confusion=report(
-            expand("results/plots/confusion_{model}.png", model=MODELS),
+            expand(fill(paths.PLOT, name="confusion_{model}"), model=MODELS),
             caption="../report/confusion.rst",
             category="Confusion matrices",
         ),
         reliability=report(
-            expand("results/plots/reliability_{model}.png", model=MODELS),
+            expand(fill(paths.PLOT, name="reliability_{model}"), model=MODELS),
             caption="../report/reliability.rst",
             category="Calibration",
         ),

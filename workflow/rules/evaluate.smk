@@ -3,8 +3,8 @@ rule evaluate_model:
     input:
         unpack(evaluate_inputs),
     output:
-        predictions="results/predictions/{model}{run}.parquet",
-        metrics="results/metrics/{model}{run}.json",
+        predictions=fill(paths.PREDICTIONS, variant=""),
+        metrics=fill(paths.METRICS, variant=""),
     log:
         "logs/evaluate_model/{model}{run}.log",
     conda:
@@ -35,8 +35,8 @@ if TTA:
         input:
             unpack(evaluate_inputs),
         output:
-            predictions="results/predictions/{model}{run}.tta.parquet",
-            metrics="results/metrics/{model}{run}.tta.json",
+            predictions=fill(paths.PREDICTIONS, variant=paths.TTA_VARIANT),
+            metrics=fill(paths.METRICS, variant=paths.TTA_VARIANT),
         log:
             "logs/evaluate_tta/{model}{run}.log",
         conda:
@@ -65,15 +65,13 @@ if not SINGLE_RUN:
         """Every fold's and seed's test predictions of one model (or of its TTA variant, {variant}
         = .tta) in one table; pooled metrics."""
         input:
-            predictions=expand(
-                "results/predictions/{{model}}{run}{{variant}}.parquet", run=RUN_SUFFIXES
-            ),
-            metrics=expand("results/metrics/{{model}}{run}{{variant}}.json", run=RUN_SUFFIXES),
-            label_map="results/splits/label_map.json",
-            folds="results/splits/folds.parquet",
+            predictions=[fill(paths.PREDICTIONS, run=run) for run in RUN_SUFFIXES],
+            metrics=[fill(paths.METRICS, run=run) for run in RUN_SUFFIXES],
+            label_map=paths.LABEL_MAP,
+            folds=paths.FOLDS_TABLE,
         output:
-            predictions="results/predictions/{model}{variant}.parquet",
-            metrics="results/metrics/{model}{variant}.json",
+            predictions=fill(paths.PREDICTIONS, run=""),
+            metrics=fill(paths.METRICS, run=""),
         log:
             "logs/pool_runs/{model}{variant}.log",
         conda:

@@ -13,7 +13,7 @@ rule explain_model:
         # making that rule a checkpoint would re-plan every downstream job for a side target.
         # The folder's content is still fixed: quiltflow.evaluation.explain.gallery_files(label map).
         galleries=report(
-            directory("results/explain/{model}"),
+            directory(paths.EXPLAIN_DIR),
             patterns=["{name}.png"],
             caption="../report/explain.rst",
             category="Explanations",

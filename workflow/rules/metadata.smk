@@ -3,7 +3,7 @@ rule hash_images:
     input:
         unpack(dataset_inputs),
     output:
-        hashes=IMAGE_HASHES,
+        hashes=paths.IMAGE_HASHES,
     log:
         "logs/hash_images.log",
     conda:
@@ -25,9 +25,9 @@ rule filter_metadata:
     input:
         unpack(metadata_inputs),
     output:
-        table="results/metadata/filtered.parquet",
+        table=paths.FILTERED,
         report=report(
-            "results/metadata/filter_report.json",
+            paths.FILTER_REPORT,
             caption="../report/filter_report.rst",
             category="Data",
         ),
@@ -51,12 +51,12 @@ rule filter_metadata:
 rule split_manifests:
     """Stratified, video-grouped manifests (train/val/test, or k folds) with a seeded, stable row order."""
     input:
-        table="results/metadata/filtered.parquet",
+        table=paths.FILTERED,
     output:
-        manifests=expand("results/splits/{bucket}.parquet", bucket=BUCKETS),
-        label_map="results/splits/label_map.json",
-        report="results/splits/split_report.json",
-        folds="results/splits/folds.parquet",
+        manifests=expand(paths.MANIFEST, split=BUCKETS),
+        label_map=paths.LABEL_MAP,
+        report=paths.SPLIT_REPORT,
+        folds=paths.FOLDS_TABLE,
     log:
         "logs/split_manifests.log",
     conda:

@@ -9,10 +9,10 @@ rule predict_images:
         images=predict_images_input,
         models=predict_models_input,
         train_info=predict_train_info_input,
-        label_map="results/splits/label_map.json",
+        label_map=paths.LABEL_MAP,
     output:
-        parquet="results/predict/{model}.parquet",
-        csv="results/predict/{model}.csv",
+        parquet=fill(paths.PREDICT, ext="parquet"),
+        csv=fill(paths.PREDICT, ext="csv"),
     log:
         "logs/predict_images/{model}.log",
     conda:

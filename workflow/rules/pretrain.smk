@@ -9,9 +9,9 @@ if PRETRAININGS:
         input:
             pool=pretrain_pool,
         output:
-            weights=output_path("{pretrain}", "{fold}"),
-            history=output_path("{pretrain}", "{fold}", "history.csv"),
-            info=output_path("{pretrain}", "{fold}", "pretrain_info.json"),
+            weights=pretrained_file("{pretrain}", "{fold}"),
+            history=pretrained_file("{pretrain}", "{fold}", paths.HISTORY_FILE),
+            info=pretrained_file("{pretrain}", "{fold}", paths.PRETRAIN_INFO_FILE),
         log:
             "logs/pretrain_encoder/{pretrain}{fold}.log",
         conda:

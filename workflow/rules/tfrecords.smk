@@ -1,9 +1,9 @@
 checkpoint plan_shards:
     """Rows and shard count per split (the one checkpoint: shard jobs are scheduled from it)."""
     input:
-        manifests=expand("results/splits/{bucket}.parquet", bucket=BUCKETS),
+        manifests=expand(paths.MANIFEST, split=BUCKETS),
     output:
-        plan="results/tfrecords/shard_plan.json",
+        plan=paths.SHARD_PLAN,
     log:
         "logs/plan_shards.log",
     conda:
@@ -19,11 +19,11 @@ checkpoint plan_shards:
 rule shard_tfrecords:
     """One small CPU job per shard: decode, resize, re-encode, write atomically; skips are reported."""
     input:
-        manifest="results/splits/{split}.parquet",
+        manifest=paths.MANIFEST,
         image_root=DATASET["image_root"],
     output:
-        shard="results/tfrecords/{split}/{split}-{index}-of-{total}.tfrecord",
-        report="results/tfrecords/{split}/{split}-{index}-of-{total}.report.json",
+        shard=paths.SHARD,
+        report=paths.SHARD_REPORT,
     log:
         "logs/shard_tfrecords/{split}-{index}-of-{total}.log",
     conda:
@@ -49,9 +49,9 @@ rule index_tfrecords:
     input:
         shards=lambda wc: shard_paths(wc.split),
         reports=lambda wc: shard_paths(wc.split, ".report.json"),
-        label_map="results/splits/label_map.json",
+        label_map=paths.LABEL_MAP,
     output:
-        index="results/tfrecords/{split}.index.json",
+        index=paths.SHARD_INDEX,
     log:
         "logs/index_tfrecords/{split}.log",
     conda:

@@ -1,10 +1,10 @@
 rule extract_features:
     """Frozen-backbone models: pooled backbone features computed once per split, cached to disk."""
     input:
-        index="results/tfrecords/{split}.index.json",
+        index=paths.SHARD_INDEX,
         weights=features_weights,
     output:
-        features="results/features/{model}{pretrain_fold}/{split}.npz",
+        features=paths.FEATURES,
     log:
         "logs/extract_features/{model}{pretrain_fold}-{split}.log",
     conda:
@@ -28,9 +28,9 @@ rule train_model:
     input:
         unpack(train_inputs),
     output:
-        model="results/models/{model}{run}/model.keras",
-        history="results/models/{model}{run}/history.csv",
-        info="results/models/{model}{run}/train_info.json",
+        model=paths.MODEL,
+        history=paths.HISTORY,
+        info=paths.TRAIN_INFO,
     log:
         "logs/train_model/{model}{run}.log",
     conda:
@@ -48,6 +48,7 @@ rule train_model:
         # Cached features (and the frozen base re-attached to the head) come from this seed.
         feature_seed=config["seed"],
         train_buckets=lambda wc: run_split(wc, "train"),
+        shards=config["tfrecords"],
         code=script_code("train_model.py"),
     script:
         "../scripts/train_model.py"

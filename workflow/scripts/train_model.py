@@ -6,7 +6,7 @@ from quiltflow.core.smk import as_paths, setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.core.settings import ModelSettings
+from quiltflow.core.settings import ModelSettings, ShardSettings
 from quiltflow.dag.pretraining import resolve_model_weights
 from quiltflow.models.train import train_from_files
 
@@ -14,6 +14,9 @@ inp, params = snakemake.input, snakemake.params
 settings, provenance = resolve_model_weights(
     ModelSettings.from_config(params.settings, params.model), as_paths(inp.weights), as_paths(inp.pretrain_info)
 )
+# How this run's images were prepared: train_info.json records it for prediction on new images.
+shards = ShardSettings.from_config(params.shards, image_size=params.image_size)
+provenance = {**(provenance or {}), "shards": shards.preparation()}
 
 
 # Only frozen-backbone models have feature inputs.

@@ -1,7 +1,13 @@
 """Where things are: the workflow's own folders and the ``results/`` layout, in one place.
 
 Rules (through ``workflow/rules/common.smk``) and Python callers ask here; no other module spells
-these paths. Patterns use Snakemake's ``{wildcard}`` syntax and are filled with ``str.format``.
+these paths. Patterns use Snakemake's ``{wildcard}`` syntax: a rule uses them as they are, Python
+fills them with :func:`fill` (which leaves the wildcards it is not given in place, so a pattern can
+be filled in steps, as ``expand`` with ``{{double braces}}`` would). Standard library only.
+
+Wildcards: ``{split}`` a bucket (``train``, ``fold0a``, ...); ``{run}`` a run's path
+part (``""`` for one holdout run, else ``/fold{f}-seed{s}``: ``quiltflow.core.cv``); ``{variant}``
+``""`` or :data:`TTA_VARIANT`; ``{fold}``/``{pretrain_fold}`` a pretraining job's fold part.
 """
 
 from __future__ import annotations
@@ -13,3 +19,55 @@ WORKFLOW_DIR = PACKAGE_DIR.parent  # workflow/
 SCHEMAS_DIR = WORKFLOW_DIR / "schemas"
 CONFIG_SCHEMA = SCHEMAS_DIR / "config.schema.yaml"
 METRICS_SCHEMA = SCHEMAS_DIR / "metrics.schema.json"
+
+RESULTS = "results"
+
+# Data: hashes, the filtered table, the split manifests.
+IMAGE_HASHES = "results/metadata/image_hashes.parquet"
+FILTERED = "results/metadata/filtered.parquet"
+FILTER_REPORT = "results/metadata/filter_report.json"
+SPLITS_DIR = "results/splits"
+MANIFEST = "results/splits/{split}.parquet"
+LABEL_MAP_FILE = "label_map.json"
+LABEL_MAP = f"{SPLITS_DIR}/{LABEL_MAP_FILE}"
+SPLIT_REPORT = "results/splits/split_report.json"
+FOLDS_TABLE = "results/splits/folds.parquet"
+
+# Shards: the plan (the checkpoint), one shard and its report per job, one index per bucket.
+SHARD_PLAN = "results/tfrecords/shard_plan.json"
+SHARD_STEM = "results/tfrecords/{split}/{split}-{index}-of-{total}"
+SHARD = SHARD_STEM + ".tfrecord"
+SHARD_REPORT = SHARD_STEM + ".report.json"
+SHARD_INDEX = "results/tfrecords/{split}.index.json"
+
+# Models: features of frozen backbones, pretraining jobs, one folder per training run.
+FEATURES = "results/features/{model}{pretrain_fold}/{split}.npz"
+PRETRAINED_DIR = "results/pretrained/{pretrain}{fold}"
+PRETRAINED_WEIGHTS_FILE = "backbone.weights.h5"
+PRETRAIN_INFO_FILE = "pretrain_info.json"
+MODEL_DIR = "results/models/{model}{run}"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+TRAIN_INFO_FILE = "train_info.json"  # next to each run's model.keras
+MODEL = f"{MODEL_DIR}/{MODEL_FILE}"
+HISTORY = f"{MODEL_DIR}/{HISTORY_FILE}"
+TRAIN_INFO = f"{MODEL_DIR}/{TRAIN_INFO_FILE}"
+
+# Evaluation: per run (and pooled over runs), plain and test-time augmented.
+TTA_VARIANT = ".tta"  # file-name part of a model's TTA evaluation (rule evaluate_tta)
+TTA_ROW_SUFFIX = "+tta"  # its name in the comparison and in pooled metrics
+PREDICTIONS = "results/predictions/{model}{run}{variant}.parquet"
+METRICS = "results/metrics/{model}{run}{variant}.json"
+
+# Comparison, prediction on new images, explanations.
+COMPARISON = "results/comparison.{ext}"
+PLOT = "results/plots/{name}.png"
+PREDICT = "results/predict/{model}.{ext}"
+EXPLAIN_DIR = "results/explain/{model}"
+
+
+def fill(pattern: str, **values: object) -> str:
+    """``pattern`` with the given wildcards replaced and every other one left as it is."""
+    for name, value in values.items():
+        pattern = pattern.replace("{" + name + "}", str(value))
+    return pattern

@@ -60,6 +60,11 @@ def schema_default(section: str, key: str) -> Any:
     return copy.deepcopy(section_schema(section)["properties"][key]["default"])
 
 
+def schema_choices(section: str, key: str) -> tuple[str, ...]:
+    """The allowed values (``enum``) of ``section.key`` in the schema."""
+    return tuple(section_schema(section)["properties"][key]["enum"])
+
+
 def schema_bounds(section: str, key: str) -> tuple[Any, Any]:
     """(minimum, maximum) of a numeric key as the schema states them (None where unbounded)."""
     prop = section_schema(section)["properties"][key]
@@ -163,6 +168,17 @@ class ShardSettings:
     def records_per_image(self) -> int:
         """Records written for one usable image (grid cells, or 1)."""
         return self.grid_size**2 if self.framing == "grid" else 1
+
+    def preparation(self) -> dict[str, Any]:
+        """How an image becomes records (train_info.json ``shards``; prediction prepares new images so)."""
+        keys = ("image_size", "jpeg_quality", "framing", "grid_size")
+        return {key: getattr(self, key) for key in keys}
+
+    @classmethod
+    def from_preparation(cls, values: Mapping[str, Any]) -> ShardSettings:
+        """The settings of :meth:`preparation`'s record (``images_per_shard`` at its default)."""
+        tfrecords = {key: values[key] for key in ("jpeg_quality", "framing", "grid_size")}
+        return cls.from_config(tfrecords, image_size=values["image_size"])
 
 
 # --- models (train_model, extract_features, evaluate_model) -----------------------------------

@@ -54,7 +54,8 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     for name, entry in config["pretraining"].items():
         PretrainSettings.from_config(entry, name, image_size=config["image_size"])
     check_model_pretraining(config)
-    explain_models(config)  # explain.models must name configured models
+    for section in ("explain", "predict"):  # a target's models must be configured ones
+        target_models(config, section)
 
 
 def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:
@@ -133,17 +134,20 @@ def weights_files(config: dict, model: str) -> list[str]:
     return [weights] if is_weights_file(weights) else []
 
 
-def explain_models(config: dict) -> list[str]:
-    """The models rule explain_model explains: ``explain.models``, or every model when null.
-
-    A name that is not a configured model is a one-line UserError.
-    """
-    names = config.get("explain", {}).get("models")
-    if names is None:
+def target_models(config: dict, section: str) -> list[str]:
+    """The models a target (``explain``, ``predict``) acts on: ``<section>.models``, or every
+    model when null or empty. A name that is not a configured model is a one-line UserError."""
+    names = config.get(section, {}).get("models")
+    if not names:
         return sorted(config["models"])
     for name in names:
         if name not in config["models"]:
             raise UserError(
-                f"config key explain.models: {name!r} is not a model of this config; models: {sorted(config['models'])}"
+                f"config key {section}.models: {name!r} is not a model of this config; models: {sorted(config['models'])}"
             )
     return sorted(names)
+
+
+def explain_models(config: dict) -> list[str]:
+    """The models rule explain_model explains (``explain.models``, else every model)."""
+    return target_models(config, "explain")

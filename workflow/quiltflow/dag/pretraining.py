@@ -13,10 +13,7 @@ import re
 from quiltflow.core.architectures import PRETRAINED_PREFIX, architecture, pretrained_name
 from quiltflow.core.cv import run_buckets
 from quiltflow.core.errors import UserError
-
-PRETRAINED_DIR = "results/pretrained"
-WEIGHTS_FILE = "backbone.weights.h5"
-INFO_FILE = "pretrain_info.json"
+from quiltflow.core.paths import PRETRAINED_DIR, PRETRAINED_WEIGHTS_FILE, fill
 
 
 def pretrain_suffix(fold: int, folds: int) -> str:
@@ -36,9 +33,9 @@ def pool_buckets(pool: str, fold: int, folds: int) -> list[str]:
     return run_buckets(fold, folds)["train"]
 
 
-def output_path(name: str, suffix: str, file: str = WEIGHTS_FILE) -> str:
-    """``results/pretrained/{name}{suffix}/{file}``: the one home of the path pattern."""
-    return f"{PRETRAINED_DIR}/{name}{suffix}/{file}"
+def pretrained_file(name: str, suffix: str, file: str = PRETRAINED_WEIGHTS_FILE) -> str:
+    """A file of pretraining job ``name`` (fold part ``suffix``), as ``quiltflow.core.paths`` lays it out."""
+    return f"{fill(PRETRAINED_DIR, pretrain=name, fold=suffix)}/{file}"
 
 
 def model_pretraining(config: dict, model: str) -> str | None:

@@ -19,6 +19,10 @@ from PIL import Image, UnidentifiedImageError
 # the header's size against this before decoding and counts the file as a skip.
 MAX_PIXELS = 50_000_000
 
+# File names taken as images (lower-cased suffix): a folder dataset's class folders and prediction's
+# folders are listed with this one list; every format here is one PIL decodes (see _IMAGE_MAGIC).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+
 
 # Skip reasons (keys of ``skipped_by_reason``).
 MISSING = "missing"

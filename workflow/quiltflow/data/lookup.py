@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 
 from quiltflow.core.errors import UserError
 from quiltflow.core.settings import schema_default
+from quiltflow.data.images import IMAGE_EXTENSIONS
 
 # Quilt-1M's pathology subspecialties: the label vocabulary of the lookup's ``pathology`` lists.
 # One home: the schema default of ``filters.classes`` (where the source is cited).
 SUBSPECIALTIES = tuple(schema_default("filters", "classes"))
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # The one home of the video-id rule: a Quilt image of a YouTube video is named
 # "<11-char id>_image_<uuid>.jpg"; never split on "_": ids may contain "_" and "-".
 VIDEO_ID_REGEX = r"^(?P<vid>.{11})_image_"

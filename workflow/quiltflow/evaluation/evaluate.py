@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, read_label_map, sha256_file, write_json
+from quiltflow.core.paths import TTA_ROW_SUFFIX
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, read_task
 from quiltflow.evaluation.metrics import compute_metrics
 from quiltflow.evaluation.pooling import run_summary
@@ -27,14 +28,13 @@ from quiltflow.models.thresholds import ordered_thresholds
 from quiltflow.records.metrics_document import METRICS_SCHEMA_VERSION, build_metrics_document
 from quiltflow.records.predictions import write_predictions
 
-__all__ = ["METRICS_SCHEMA_VERSION", "TTA_MODES", "TTA_SUFFIX", "dihedral_views", "predict", "evaluate_model"]
+__all__ = ["METRICS_SCHEMA_VERSION", "TTA_VIEWS", "dihedral_views", "predict", "evaluate_model"]
 
 log = logging.getLogger("quiltflow.evaluation.evaluate")
 
-# evaluation.tta: none, or the mean probability over the eight dihedral views of each test image.
-TTA_MODES = ("none", "dihedral")
-# A TTA evaluation's model name in its metrics JSON and in the comparison: custom_cnn+tta.
-TTA_SUFFIX = "+tta"
+# evaluation.tta (its names are the schema's enum, tests/test_tta.py ties them): views per test
+# image whose probabilities are averaged; none = the image once, dihedral = its eight flips/rotations.
+TTA_VIEWS = {"none": 1, "dihedral": 8}
 # A sigmoid output is in [0, 1]; float noise beyond this says the outputs are not probabilities.
 SIGMOID_TOLERANCE = 1e-6
 
@@ -160,14 +160,14 @@ def predict(
     true and the thresholded multi-hot (``thresholds``: per label, default 0.5) and takes
     ``true_label`` from ``primary`` (image_id -> first label; default: its first true label).
     """
-    if tta not in TTA_MODES:
-        raise UserError(f"config key evaluation.tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
-    ids, labels, outputs = _predict_batches(model, dataset, len(class_names), tta=tta == "dihedral")
+    if tta not in TTA_VIEWS:
+        raise UserError(f"config key evaluation.tta: {tta!r} is not one of {', '.join(TTA_VIEWS)}")
+    ids, labels, outputs = _predict_batches(model, dataset, len(class_names), tta=TTA_VIEWS[tta] > 1)
     if not ids:
         raise UserError("test dataset is empty: nothing to evaluate")
     outputs = np.concatenate(outputs)
     probs = as_probabilities(outputs.reshape(-1, outputs.shape[-1]), getattr(model, "name", "model"), task)
-    if tta == "dihedral":  # probabilities per view, then the mean over the eight views
+    if TTA_VIEWS[tta] > 1:  # probabilities per view, then the mean over the views
         probs = probs.reshape(outputs.shape).mean(axis=1)
     true_labels = np.concatenate(labels).astype(np.int32)
     if records_per_image > 1:
@@ -345,7 +345,7 @@ def evaluate_model(
     predictions = predictions.assign(fold=np.int32(fold), seed=np.int32(seed))
     metrics = compute_metrics(predictions, class_names, top_k=int(top_k), task=task)
     document = build_metrics_document(
-        model=model_name if tta == "none" else f"{model_name}{TTA_SUFFIX}",
+        model=model_name if tta == "none" else f"{model_name}{TTA_ROW_SUFFIX}",
         architecture=str(info.get("architecture", "unknown")),
         weights=str(info.get("weights", "unknown")),
         dataset_sha256=_manifest_digest(manifest_path),

@@ -24,7 +24,6 @@ Python::
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -38,9 +37,10 @@ import pandas as pd
 
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, read_label_map
+from quiltflow.core.paths import LABEL_MAP_FILE, TRAIN_INFO_FILE
 from quiltflow.core.settings import ShardSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, TASKS, read_task
-from quiltflow.data.images import MAX_PIXELS, BadImage, prepare_views
+from quiltflow.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, prepare_views
 from quiltflow.models.thresholds import ordered_thresholds
 from quiltflow.records.predictions import probability_column
 
@@ -50,9 +50,7 @@ OK = "ok"  # status of a predicted image; any other status is a shard-stage skip
 PATH_COLUMN = "path"
 # A folder is searched (recursively) for files with these extensions; other files are counted
 # in the log. Listed paths (CSV/Parquet) are all tried, whatever their extension.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
 TABLE_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-TRAIN_INFO = "train_info.json"  # next to each run's model.keras; multi-label runs hold "thresholds"
 LABELS_SEPARATOR = "|"  # pred_labels of a multi-label model: the labels over threshold, joined
 PROGRESS_SECONDS = 10.0
 
@@ -118,18 +116,17 @@ def results_dir_of(model_path: str | os.PathLike) -> Path:
     )
 
 
-def run_shard_settings(results_dir: str | os.PathLike) -> ShardSettings:
-    """How the run's shards were prepared (image size, JPEG quality, framing), read from a shard report."""
-    reports = sorted(Path(results_dir, "tfrecords").glob("*/*.report.json"))
-    if not reports:
-        raise UserError(f"{results_dir}/tfrecords: no shard report to read the preparation settings from")
-    report = read_json(reports[0], "shard report")
-    framing = report.get("framing", "center_crop")
-    cells = int(report.get("records_per_image", 1))
-    tfrecords = {"jpeg_quality": report["jpeg_quality"], "framing": framing}
-    if framing == "grid":
-        tfrecords["grid_size"] = math.isqrt(cells)
-    return ShardSettings.from_config(tfrecords, image_size=report["image_size"])
+def run_shard_settings(model_path: str | os.PathLike) -> ShardSettings:
+    """How the run's images were prepared (image size, JPEG quality, framing): the ``shards``
+    its training job recorded in the ``train_info.json`` beside ``model_path``."""
+    info_path = Path(model_path).with_name(TRAIN_INFO_FILE)
+    shards = read_json(info_path, "train info").get("shards")
+    if not shards:
+        raise UserError(
+            f"{info_path}: no 'shards' (trained before runs recorded how their images were prepared): "
+            "retrain the model, or pass settings="
+        )
+    return ShardSettings.from_preparation(shards)
 
 
 # ------------------------------------------------------------------------------ one image
@@ -198,7 +195,7 @@ def load_models(model_paths: ModelPaths) -> list[Any]:
 def train_info_paths_of(model_paths: ModelPaths) -> list[Path]:
     """The ``train_info.json`` of each model: the file next to its ``model.keras``."""
     paths = [model_paths] if isinstance(model_paths, (str, os.PathLike)) else list(model_paths)
-    return [Path(p).parent / TRAIN_INFO for p in paths]
+    return [Path(p).with_name(TRAIN_INFO_FILE) for p in paths]
 
 
 def run_thresholds(train_info_paths: Sequence[str | os.PathLike], class_names: Sequence[str]) -> np.ndarray:
@@ -372,7 +369,7 @@ def predict_paths(
     """
     first = model_path if isinstance(model_path, (str, os.PathLike)) else next(iter(model_path), "")
     if settings is None:
-        settings = run_shard_settings(results_dir_of(first))
+        settings = run_shard_settings(first)
     class_names, task = _run_labels(first, class_names, task)
     models = load_models(model_path)
     for model in models:
@@ -398,10 +395,10 @@ def _run_labels(model_path, class_names: Sequence[str] | None, task: str | None)
     """(class names, task), each defaulting to the run's label map. Outside a run the task
     defaults to multiclass (``_check_model`` then refuses a sigmoid-headed model)."""
     if class_names is None:
-        class_names = read_label_map(results_dir_of(model_path) / "splits" / "label_map.json")
+        class_names = read_label_map(results_dir_of(model_path) / "splits" / LABEL_MAP_FILE)
     if task is None:
         try:
-            task = read_task(results_dir_of(model_path) / "splits" / "label_map.json")
+            task = read_task(results_dir_of(model_path) / "splits" / LABEL_MAP_FILE)
         except UserError:
             task = MULTICLASS
     if task not in TASKS:

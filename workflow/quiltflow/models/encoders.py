@@ -12,8 +12,8 @@ from pathlib import Path
 
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import write_json
+from quiltflow.core.paths import PRETRAIN_INFO_FILE
 from quiltflow.core.settings import PretrainSettings
-from quiltflow.dag.pretraining import INFO_FILE
 
 METHODS = ("simclr",)  # the schema's enum of pretraining.<name>.method (a test checks)
 
@@ -55,5 +55,5 @@ def pretrain_from_files(
         threads=threads,
     )
     info.update(name=settings.name, pool=settings.pool, pool_buckets=list(buckets), settings=settings.as_dict())
-    write_json(info, Path(out_dir) / INFO_FILE)
+    write_json(info, Path(out_dir) / PRETRAIN_INFO_FILE)
     return info

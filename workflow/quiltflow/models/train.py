@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, read_label_map, write_json
+from quiltflow.core.paths import MODEL_FILE, TRAIN_INFO_FILE
 from quiltflow.core.settings import ModelSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, read_task
 from quiltflow.models.builders import build_model, dense_head, set_backbone_trainable, weights_description
@@ -168,11 +169,11 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 def _finish(run: TrainingRun, final: keras.Model, info: dict[str, Any]) -> dict[str, Any]:
-    final.save(run.out / "model.keras")
+    final.save(run.out / MODEL_FILE)
     rows = run.finish_history()
     best_val, _, best_epoch = prior_val_state(rows)
     info.update(epochs_run=len(rows), best_epoch=best_epoch + 1 if rows else 0, best_val_loss=_finite_or_none(best_val))
-    write_json(info, run.out / "train_info.json")  # atomic: a killed job leaves no half file
+    write_json(info, run.out / TRAIN_INFO_FILE)  # atomic: a killed job leaves no half file
     log.info("trained %s: %d epochs, best epoch %d", info["model"], info["epochs_run"], info["best_epoch"])
     return info
 
@@ -196,10 +197,15 @@ def _info(s: ModelSettings, device, image_size, seed, num_train, num_val, resume
 
 
 def _with_provenance(info: dict[str, Any], provenance: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A pretrained backbone's provenance (quiltflow.dag.pretraining.provenance) replaces the bare
-    file description: comparison rows then say which pretraining, method and pool."""
-    if provenance:
+    """Where the run's inputs came from: a pretrained backbone's provenance
+    (quiltflow.dag.pretraining.provenance) replaces the bare file description, so comparison rows
+    say which pretraining, method and pool; ``shards`` (ShardSettings.preparation) is how its images
+    were prepared, which prediction on new images repeats."""
+    provenance = provenance or {}
+    if "description" in provenance:
         info.update(weights=provenance["description"], pretraining=provenance["pretraining"])
+    if "shards" in provenance:
+        info["shards"] = dict(provenance["shards"])
     return info
 
 
