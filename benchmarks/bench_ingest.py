@@ -157,7 +157,7 @@ def make_hash_table(lookup: Path, image_root: Path, path: Path, seed: int = 0) -
     """What rule hash_images would write for the fixture (whose files are empty): random hashes,
     1 % of the images given another image's hashes (reused frames, so clusters join videos)."""
     from quiltflow.data.image_hashes import existing_images, hash_table, write_image_hashes
-    from quiltflow.neardup import HASH_OK, HASHES_PER_IMAGE
+    from quiltflow.data.neardup import HASH_OK, HASHES_PER_IMAGE
 
     names = existing_images("quilt", lookup, image_root, None)
     rng = np.random.default_rng(seed)

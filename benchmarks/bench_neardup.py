@@ -1,4 +1,4 @@
-"""Benchmark near-duplicate detection (``quiltflow.neardup``): the K-window gradient hashes
+"""Benchmark near-duplicate detection (``quiltflow.data.neardup``): the K-window gradient hashes
 against today's single 64-bit dHash ("baseline", a copy of the former ``dhash_file`` kept here).
 
     .venv/bin/python benchmarks/bench_neardup.py [--rounds 7] [--images 600] [--hashes 650000]
@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 from quiltflow.core.settings import FilterSettings  # noqa: E402
-from quiltflow.neardup import (  # noqa: E402
+from quiltflow.data.neardup import (  # noqa: E402
     HASH_OK,
     HASH_VERSION,
     HASHES_PER_IMAGE,

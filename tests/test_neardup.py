@@ -15,8 +15,7 @@ import pytest
 from PIL import Image, ImageEnhance
 from quiltflow.core.settings import FilterSettings, SplitSettings
 from quiltflow.data.metadata import filter_metadata
-from quiltflow.data.splits import make_splits
-from quiltflow.neardup import (
+from quiltflow.data.neardup import (
     GRID,
     HASH_FLAT,
     HASH_OK,
@@ -33,6 +32,7 @@ from quiltflow.neardup import (
     union_find,
     window_thumbnails,
 )
+from quiltflow.data.splits import make_splits
 
 MAX_DISTANCE = FilterSettings.from_config({}).near_duplicate_distance
 

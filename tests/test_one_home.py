@@ -61,3 +61,19 @@ def test_tta_names_of_the_schema_are_the_code_s() -> None:
     """evaluation.tta's enum (the config schema) and the modes evaluation implements are one list."""
     assert set(schema_choices("evaluation", "tta")) == set(TTA_VIEWS)
     assert TTA_VIEWS["none"] == 1 and all(views > 1 for mode, views in TTA_VIEWS.items() if mode != "none")
+
+
+def test_pooled_weights_come_from_the_runs_records_not_their_text() -> None:
+    from quiltflow.dag.pretraining import describe, pooled_description
+
+    record = {"name": "simclr", "method": "simclr", "backbone": "resnet50", "pool": "train", "epochs_run": 2}
+    records = [dict(record, pool_images=n, pool_buckets=[f"fold{k}a"]) for k, n in enumerate((320, 300, 310))]
+    texts = [describe("simclr", r) for r in records]
+    assert (
+        pooled_description(texts, records)
+        == "pretrained:simclr (simclr resnet50, 2 epochs on 300-320 train images per fold)"
+    )
+    assert pooled_description(texts[:1] * 3, records) == texts[0]  # one job for every run
+    other = [*records[:2], dict(records[2], epochs_run=3)]
+    assert pooled_description(texts, other) == f"{texts[0]} (+2 other)"
+    assert pooled_description(texts, [None, *records[1:]]) == f"{texts[0]} (+2 other)"  # no record: no guess

@@ -17,9 +17,9 @@ from quiltflow.core.settings import FilterSettings, SplitSettings
 from quiltflow.data.demo import generate_demo
 from quiltflow.data.image_hashes import existing_images, hash_images, read_image_hashes, write_image_hashes
 from quiltflow.data.metadata import filter_metadata
+from quiltflow.data.neardup import HASH_OK, HASH_UNREADABLE, HASH_VERSION, HASHES_PER_IMAGE
 from quiltflow.data.splits import make_splits
 from quiltflow.data.units import check_one_bucket_per_video, check_one_group_per_video, join_videos
-from quiltflow.neardup import HASH_OK, HASH_UNREADABLE, HASH_VERSION, HASHES_PER_IMAGE
 from workflow_runner import copy_workflow, planned_jobs, rules_of, snakemake
 
 # --- joining videos ----------------------------------------------------------------------------

@@ -8,8 +8,6 @@ a run of fold f uses the job of fold f. Standard library only: the Snakefile pla
 
 from __future__ import annotations
 
-import re
-
 from quiltflow.core.architectures import PRETRAINED_PREFIX, architecture, pretrained_name
 from quiltflow.core.cv import run_buckets
 from quiltflow.core.errors import UserError
@@ -71,21 +69,19 @@ def describe(name: str, info: dict) -> str:
     )
 
 
-def pooled_description(descriptions: list[str]) -> str:
-    """One weights description for the runs of a model pooled over folds: per-fold pretraining
-    jobs differ only in their pool size, shown as a range."""
+def pooled_description(descriptions: list[str], records: list[dict | None]) -> str:
+    """One weights description for the runs of a model pooled over folds. Per-fold pretraining jobs
+    (``records``: each run's train_info ``pretraining``) differ only in their pool size, shown as a
+    range; anything else that differs is named as other weights."""
     if len(set(descriptions)) == 1:
         return descriptions[0]
-    sizes = [re.search(r" epochs on (\d+) ", d) for d in descriptions]
-    stripped = {re.sub(r" epochs on \d+ ", " epochs on N ", d) for d in descriptions}
-    if None in sizes or len(stripped) != 1:
+    varying = ("pool_images", "pool_buckets", "weights_sha256")
+    shared = {tuple(sorted((k, str(v)) for k, v in r.items() if k not in varying)) for r in records if r}
+    if None in records or len(shared) != 1:
         return f"{descriptions[0]} (+{len(set(descriptions)) - 1} other)"
-    counts = sorted(int(m.group(1)) for m in sizes)
-    return (
-        stripped.pop()
-        .replace(" epochs on N ", f" epochs on {counts[0]}-{counts[-1]} ")
-        .replace(" images)", " images per fold)")
-    )
+    sizes = sorted(int(r["pool_images"]) for r in records)
+    first = dict(records[0], pool_images=f"{sizes[0]}-{sizes[-1]}")
+    return describe(first["name"], first).removesuffix(" images)") + " images per fold)"
 
 
 def provenance(info_path) -> dict:

@@ -10,10 +10,10 @@ label: the filters have not run yet), sorted by ``image_id``:
 
 ``image_id``  the normalised path relative to the image root (the filtered table's image_id)
 ``size``      bytes, and ``mtime_ns``, the modification time, as seen when hashed
-``status``    ``quiltflow.neardup`` HASH_OK / HASH_UNREADABLE / HASH_FLAT
+``status``    ``quiltflow.data.neardup`` HASH_OK / HASH_UNREADABLE / HASH_FLAT
 ``hashes``    the image's ``HASHES_PER_IMAGE`` 64-bit hashes (all 0 unless status is OK)
 
-The Parquet file's metadata records ``hash_version`` (``quiltflow.neardup.HASH_VERSION``); a
+The Parquet file's metadata records ``hash_version`` (``quiltflow.data.neardup.HASH_VERSION``); a
 table written by another descriptor is refused with one line, never compared.
 """
 
@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from quiltflow import neardup
 from quiltflow.core.errors import UserError
+from quiltflow.data import neardup
 from quiltflow.data.lookup import PATH_OK, list_files, list_root, normalize_paths, read_rows
 
 log = logging.getLogger("quiltflow.data.image_hashes")

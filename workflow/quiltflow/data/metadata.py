@@ -37,7 +37,7 @@ Each dropped row is counted exactly once, under the FIRST reason in this order:
 
 A filter on a Quilt column the lookup lacks (public copies with 13 columns have no
 ``not_histology`` / ``single_wsi``) stops the run with one line, unless it is at its neutral value.
-Near-duplicates (``quiltflow.neardup``) are searched among the images every other filter kept;
+Near-duplicates (``quiltflow.data.neardup``) are searched among the images every other filter kept;
 ``group`` mode gives each cluster the smallest group of its members. Images that cannot be
 decoded for hashing are counted (``near_duplicates.unreadable``) and kept: the shard jobs skip
 them with their exact reason.
@@ -88,8 +88,8 @@ from quiltflow.data.lookup import (
     normalize_paths,
     read_rows,
 )
+from quiltflow.data.neardup import HASH_FLAT, HASH_UNREADABLE, cluster_hashes
 from quiltflow.data.units import check_one_group_per_video, join_videos
-from quiltflow.neardup import HASH_FLAT, HASH_UNREADABLE, cluster_hashes
 from quiltflow.records.tables import FILTERED_SCHEMA, arrow_to_pandas
 
 log = logging.getLogger("quiltflow.data.metadata")

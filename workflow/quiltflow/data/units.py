@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from quiltflow.core.errors import UserError
-from quiltflow.neardup import union_find
+from quiltflow.data.neardup import union_find
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,8 @@ def evaluate_model(
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
     if tta != "none":
         document["tta"] = tta
+    if info.get("pretraining"):  # structured provenance: pooling over folds reads it, not the text
+        document["pretraining"] = info["pretraining"]
     write_predictions(predictions, predictions_path, class_names)
     write_json(document, metrics_path)
     _log_result(document)

@@ -84,7 +84,9 @@ def pool_runs(
     document = build_metrics_document(
         model=model,
         architecture=documents[0]["architecture"],
-        weights=pooled_description([doc["weights"] for doc in documents]),
+        weights=pooled_description(
+            [doc["weights"] for doc in documents], [doc.get("pretraining") for doc in documents]
+        ),
         dataset_sha256=sha256_file(folds_path),
         train_seconds=sum(doc["timing"]["train_seconds"] or 0.0 for doc in documents),
         eval_seconds=sum(doc["timing"]["eval_seconds"] for doc in documents),
