@@ -19,8 +19,7 @@ from sklearn.metrics import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow.compare import clusterstats, stats  # noqa: E402
-from quiltflow.compare import multiclass as compare
+from quiltflow.compare import clusterstats, multiclass, stats  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
 
 
@@ -105,7 +104,7 @@ def _swap_p(codes, y_true, pred_a, pred_b, k, permutations, seed):
     """The comparison's video swap test on one pair (one seed)."""
     n_groups = codes.max() + 1
     true_counts = clusterstats.counts_per_group(codes, y_true, n_groups, k)
-    groups = compare._Groups(codes, n_groups, k, true_counts, true_counts.argmax(axis=1))
+    groups = multiclass.Groups(codes, n_groups, k, true_counts, true_counts.argmax(axis=1))
     counts = {}
     for name, pred in (("a", pred_a), ("b", pred_b)):
         hit = pred == y_true
@@ -113,7 +112,7 @@ def _swap_p(codes, y_true, pred_a, pred_b, k, permutations, seed):
             "correct": clusterstats.counts_per_group(codes[hit], y_true[hit], n_groups, k)[None],
             "predicted": clusterstats.counts_per_group(codes, pred, n_groups, k)[None],
         }
-    return compare._swap_p_values([("a", "b")], counts, groups, permutations=permutations, seed=seed)[("a", "b")]
+    return multiclass.swap_p_values([("a", "b")], counts, groups, permutations=permutations, seed=seed)[("a", "b")]
 
 
 def test_swap_test_keeps_its_level_under_clustered_null_and_mcnemar_does_not():

@@ -1,4 +1,4 @@
-"""quiltflow.compare.multiclass / quiltflow.compare.plots: the video-level model comparison from metrics JSON + predictions Parquet only."""
+"""quiltflow.compare (run, multiclass, plots): the video-level model comparison from metrics JSON + predictions Parquet only."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
-from quiltflow.compare.multiclass import compare_models  # noqa: E402
+from quiltflow.compare.run import compare_models  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
 from quiltflow.core.jsonio import sha256_file, write_json  # noqa: E402
 from quiltflow.evaluation.metrics import compute_metrics
@@ -305,10 +305,10 @@ def test_compare_never_imports_tensorflow(tmp_path):
     run_without_tensorflow(
         f"""
         import json
-        from quiltflow.compare.multiclass import compare_models
+        from quiltflow.compare.run import compare_models
         from quiltflow.compare import plots
         from quiltflow.compare import stats
-        from quiltflow.records import metrics
+        from quiltflow.records import metrics_document, predictions
         paths, out = json.loads({json.dumps(json.dumps([paths, out]))})
         compare_models(paths["metrics"], paths["predictions"], paths["histories"], paths["split_report"],
                        paths["label_map"], seed=0, bootstrap_samples=50, alpha=0.05, **out)
@@ -377,7 +377,8 @@ def test_compare_script_wiring(tmp_path):
 
 def test_test_train_ratio_leaves_the_validation_half_fold_out_of_training(tmp_path):
     """Run f tests on fold f, validates on half a of fold f+1 and trains on the rest (cv.run_buckets)."""
-    from quiltflow.compare.multiclass import TestSet, _read_split_report, _test_train_ratio
+    from quiltflow.compare.testset import TestSet, ratio_test_to_train
+    from quiltflow.records.split_report import SplitReport
 
     buckets = [f"fold{f}{part}" for f in range(5) for part in "ab"]
     report = tmp_path / "split_report.json"
@@ -390,9 +391,9 @@ def test_test_train_ratio_leaves_the_validation_half_fold_out_of_training(tmp_pa
     test_set = TestSet(
         "m", "p", "0", np.arange(100).astype(str), np.arange(100).astype(str), np.zeros(100), folds, (0,)
     )
-    _, split_ratio = _read_split_report(str(report))
-    assert _test_train_ratio(test_set, split_ratio) == pytest.approx(20 / 70)  # not 20 / 80
-    assert _test_train_ratio(test_set, None) == pytest.approx(20 / 70)  # without image counts: from the folds
+    split_ratio = SplitReport.read(report).test_train_ratio()
+    assert ratio_test_to_train(test_set, split_ratio) == pytest.approx(20 / 70)  # not 20 / 80
+    assert ratio_test_to_train(test_set, None) == pytest.approx(20 / 70)  # without image counts: from the folds
 
 
 def _videos(paths: dict, n: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,11 @@ WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
 from quiltflow.compare import multilabel as cml  # noqa: E402
-from quiltflow.compare.multiclass import compare_models  # noqa: E402
+from quiltflow.compare.rows import Row  # noqa: E402
+from quiltflow.compare.run import compare_models  # noqa: E402
+from quiltflow.compare.testset import TestSet  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
+from quiltflow.records.split_report import SplitReport  # noqa: E402
 
 CLASSES = ["breast", "derm", "gi", "lung", "renal"]  # renal: never in test
 TRAIN = {"breast": 300, "derm": 120, "gi": 600, "lung": 80, "renal": 10}  # of 1000 train images
@@ -239,7 +243,7 @@ def test_folds_add_corrected_t_tests_and_pool_train_prevalence(tmp_path):
     report = {"folds": 2, "counts": {"fold0a": 100, "fold0b": 100, "fold1a": 100, "fold1b": 300},
               "class_counts": {b: {"gi": n // 2} for b, n in (("fold0a", 100), ("fold0b", 100), ("fold1a", 100), ("fold1b", 300))}}  # fmt: skip
     Path(paths["split_report"]).write_text(json.dumps(report))
-    prevalence, _ = cml._train_prevalence(paths["split_report"], CLASSES)
+    prevalence = cml.train_prevalence(SplitReport.read(paths["split_report"]), CLASSES)
     assert prevalence[2] == pytest.approx(0.5)  # run 0 trains on fold1b, run 1 on fold0b: (150+50)/(300+100)
     doc = run(paths, samples=100, permutations=100)
     # Run 0 tests on fold 0 (200), validates on fold1a and trains on fold1b (300); run 1: 400 against fold0b (100).
@@ -270,8 +274,11 @@ def test_bootstrap_is_vectorised():
     n, k, videos = 1000, 18, 200
     groups = np.repeat(np.arange(videos), n // videos)
     truth = rng.random((videos, k))[groups] < 0.2
-    rows = [{"probs": rng.random((1, n, k)), "hot": rng.random((1, n, k)) < 0.2} for _ in range(2)]
-    test_set = cml.TestSet("m", "p", "0", np.arange(n), groups.astype(str), truth.argmax(1), np.zeros((1, n)), (0,))
+    rows = [
+        Row(f"row{i}", "model", rng.random((1, n, k)), rng.random((1, n, k)) < 0.2, "none", None, True)
+        for i in range(2)
+    ]
+    test_set = TestSet("m", "p", "0", np.arange(n), groups.astype(str), truth.argmax(1), np.zeros((1, n)), (0,))
     units = cml._Units(test_set, truth)
     start = time.perf_counter()
     resampled = cml._bootstrap(rows, units, samples=2000, seed=0)
@@ -282,15 +289,16 @@ def test_bootstrap_is_vectorised():
 def test_integer_truth_scores_as_bool_truth(tmp_path):
     """0/1 integer matrices (multilabel.multi_hot gives int8) must score as bool ones: ~1 is -2 on integers."""
     paths = make_run(tmp_path, MODELS, TRUTH)
-    models, test_set, truth = cml._load_models(paths["metrics"], paths["predictions"], CLASSES)
+    models, test_set = cml.load_multilabel_models(paths["metrics"], paths["predictions"], CLASSES)
+    truth = test_set.multi_hot
     prevalence = np.array([TRAIN[c] for c in CLASSES]) / 1000
     args = {"seed": 0, "bootstrap_samples": 50, "permutations": 50, "alpha": 0.05}
     as_bool = cml.build_multilabel_comparison(models, test_set, truth, CLASSES, prevalence, **args)
-    as_int = [{**m, "hot": m["hot"].astype(np.int8)} for m in models]
+    as_int = [replace(m, decisions=m.decisions.astype(np.int8)) for m in models]
     doc = cml.build_multilabel_comparison(as_int, test_set, truth.astype(np.int8), CLASSES, prevalence, **args)
     assert doc == as_bool
-    row = {"probs": MODELS["noisy"][None]}
-    assert cml._ece(row, TRUTH.astype(np.int8)) == pytest.approx(cml._ece(row, TRUTH))
+    probs = MODELS["noisy"][None]
+    assert cml._ece(probs, TRUTH.astype(np.int8)) == pytest.approx(cml._ece(probs, TRUTH))
 
 
 def test_one_test_video_gives_no_intervals_multilabel(tmp_path):

@@ -6,7 +6,7 @@ from quiltflow.core.smk import setup_logging
 
 log = setup_logging(snakemake.log[0])
 
-from quiltflow.compare.multiclass import compare_models
+from quiltflow.compare.run import compare_models
 
 document = compare_models(
     list(snakemake.input.metrics),

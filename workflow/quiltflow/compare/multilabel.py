@@ -17,7 +17,7 @@ Intervals: cluster (video) percentile bootstrap, the same resamples for every ro
 vector of video multiplicities; every score is recomputed exactly on the resampled images as a
 weighted score: counts by one matrix product, AP and AUC from cumulative weighted positives and
 negatives along each label's fixed score order (one sort per label, a cumulative sum per resample
-block). Paired tests: the video swap permutation test of quiltflow.compare.multiclass on ``map_macro`` and
+block). Paired tests: the video swap permutation test (quiltflow.compare.paired_tests) on ``map_macro`` and
 ``auc_macro``: swapping two models' predictions in a set of videos is a 0/1 weighting of the pooled
 predictions of both models, so the same weighted AP/AUC serve. With several folds or seeds the
 corrected resampled t-test on per-(seed, fold) differences joins them; all tests are one Holm
@@ -25,56 +25,50 @@ family. Seeds: as in quiltflow.compare.multiclass, scores are computed per seed 
 
 Metrics JSON files are read as written by evaluate_model (its schema validation is that rule's
 job); the multi-hot columns ``true_multi_hot``/``pred_multi_hot`` come from the predictions.
+The entry point is quiltflow.compare.run.compare_models; this module scores the rows and builds the
+document (its tables: compare.report_multilabel; its plots: compare.figures).
 """
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
 from collections.abc import Sequence
-from itertools import combinations
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from quiltflow.compare.mdhtml import markdown_to_html
-from quiltflow.compare.multiclass import (
+from quiltflow.compare import clusterstats
+from quiltflow.compare.document import (
     COMPARISON_SCHEMA_VERSION,
-    ENSEMBLE,
     POOLING,
-    TTA_KIND,
-    TestSet,
-    _by_seed,
-    _check_same_test_set,
-    _decide,
-    _mark_tta,
-    _read_predictions_of,
-    _read_split_report,
-    _test_entries,
-    _test_train_ratio,
-    check_file_lists,
-    clusterstats,
-    plots,
-    too_few_videos,
-    write_tables,
+    FoldSpread,
+    row_interval,
+    video_count_caveat,
 )
-from quiltflow.compare.report import CURVES_CAPTION, difference_text
-from quiltflow.core.cv import run_buckets
+from quiltflow.compare.paired_tests import Evidence, TestEntry, decide, paired_test_entries
+from quiltflow.compare.rows import ENSEMBLE, Model, Row, comparisons, model_rows, plain_models
+from quiltflow.compare.testset import TestSet, as_bool, load_models, read_model_predictions, t_test_ratio
 from quiltflow.core.errors import UserError
-from quiltflow.core.jsonio import read_json, read_label_map
+from quiltflow.core.jsonio import read_json
 from quiltflow.core.tasks import MULTILABEL
-from quiltflow.records.predictions import read_predictions
+from quiltflow.records.split_report import SplitReport
+
+__all__ = ["LabelRow", "build_multilabel_comparison", "load_multilabel_models", "train_prevalence"]
 
 BASELINE = "label_frequency_baseline"
 RANKED = ("map_macro", "auc_macro")  # the tested scores
 COUNTED = ("f1_macro", "f1_micro", "top1_in_labels", "subset_accuracy", "hamming_loss")
 WITH_CI = (*RANKED, *COUNTED)
 METRIC_LABELS = {
-    "map_macro": "mAP (macro)", "auc_macro": "macro ROC-AUC", "f1_macro": "macro F1", "f1_micro": "micro F1",
-    "top1_in_labels": "top-1 in labels", "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss",
-}  # fmt: skip
+    "map_macro": "mAP (macro)",
+    "auc_macro": "macro ROC-AUC",
+    "f1_macro": "macro F1",
+    "f1_micro": "micro F1",
+    "top1_in_labels": "top-1 in labels",
+    "subset_accuracy": "subset accuracy",
+    "hamming_loss": "Hamming loss",
+}
 _RESAMPLE_BLOCK = 256  # resamples per cumulative-sum block of the AP/AUC computation (memory ~ block x images)
 UNIT = "video (the predictions' group column): the unit of resampling and of every test"
 CI_METHOD = (
@@ -87,8 +81,85 @@ TEST_METHOD = (
     "on per-(seed, fold) differences, while the swap test uses the pooled out-of-fold predictions; one Holm "
     "family over all tests"
 )
-AP_CAPTION = "Average precision of each label per model; black ticks: the label-frequency baseline (test prevalence)."
-METRICS_CAPTION = "mAP and macro ROC-AUC per row with cluster-bootstrap intervals over videos (hatched: baseline)."
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class LabelModelExtra:
+    """What a model row carries beyond the scores (``tta``: its TTA settings, TTA rows only)."""
+
+    architecture: str | None
+    train_seconds: float | None
+    eval_seconds: float | None
+    tta: Any = None
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> LabelModelExtra:
+        timing = doc.get("timing", {})
+        return cls(doc.get("architecture"), timing.get("train_seconds"), timing.get("eval_seconds"), doc.get("tta"))
+
+    def to_dict(self) -> dict[str, Any]:
+        extra = asdict(self)
+        if self.tta is None:
+            del extra["tta"]
+        return extra
+
+
+@dataclass(frozen=True)
+class LabelEnsembleExtra:
+    members: str  # the averaged models, comma-separated
+    decides: str = "labels decided by at least half of the members"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FrequencyBaselineExtra:
+    decides: list[str]  # the labels with train prevalence >= 0.5 (usually none)
+    scores: str = "train prevalence of each label"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": self.scores, "decides": list(self.decides)}
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One row of ``rows`` in the document: scores with intervals (None: undefined, or too few
+    videos), the row's extras, and ``fold`` (mAP over the (seed, fold) runs, with several)."""
+
+    name: str
+    kind: str
+    map_macro: float | None
+    map_macro_ci: list[float] | None
+    auc_macro: float | None
+    auc_macro_ci: list[float] | None
+    f1_macro: float | None
+    f1_macro_ci: list[float] | None
+    f1_micro: float | None
+    f1_micro_ci: list[float] | None
+    top1_in_labels: float | None
+    top1_in_labels_ci: list[float] | None
+    subset_accuracy: float | None
+    subset_accuracy_ci: list[float] | None
+    hamming_loss: float | None
+    hamming_loss_ci: list[float] | None
+    ece: float | None
+    weights: Any
+    n_test: int
+    design_effect: float | None
+    extra: Any
+    fold: FoldSpread | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document's keys in the published order: scores, extras, then the fold spread."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fold", "extra")}
+        row.update(self.extra.to_dict())
+        if self.fold is not None:
+            row.update(self.fold.to_dict("map_macro"))
+        return row
 
 
 # --------------------------------------------------------------------------- loading
@@ -107,118 +178,63 @@ def _multi_hot(frame, column: str, path: str, shape: tuple[int, int, int]) -> np
     return values.reshape(shape).astype(bool)
 
 
-def _bool_matrix(values: Any, name: str) -> np.ndarray:
-    """A 0/1 array (bool, or integers such as multilabel.multi_hot's int8) as bool. Every score here
-    uses ``~`` and ``&``, which are bitwise on integers (~1 == -2): the entry points convert once."""
-    array = np.asarray(values)
-    if array.dtype == bool:
-        return array
-    if ((array != 0) & (array != 1)).any():
-        raise UserError(f"{name}: values other than 0 and 1")
-    return array == 1
-
-
-def _load_one(metrics_path: str, predictions_path: str, class_names: list[str]) -> tuple[dict, TestSet]:
-    """One model's metrics document, probabilities [S, n, C] and decisions [S, n, C] (image_id order)."""
+def read_multilabel_model(metrics_path: str, predictions_path: str, class_names: list[str]) -> tuple[Model, TestSet]:
+    """One model's metrics document, probabilities [S, n, C] and decisions [S, n, C] (image_id order);
+    its test set carries the true multi-hot [n, C]."""
     doc = read_json(metrics_path, "metrics file")
     if doc.get("task") != MULTILABEL:
         raise UserError(
             f"metrics file {metrics_path}: task {doc.get('task')!r}, but the label map says {MULTILABEL} "
             "(stale file? re-run evaluate_model)"
         )
-    test_set, _, probs = _read_predictions_of(doc, metrics_path, predictions_path, class_names)
-    frame, _ = _by_seed(read_predictions(predictions_path), predictions_path)
-    truth = _multi_hot(frame, "true_multi_hot", predictions_path, probs.shape)
+    predictions = read_model_predictions(doc, metrics_path, predictions_path, class_names)
+    shape = predictions.probs.shape
+    truth = _multi_hot(predictions.frame, "true_multi_hot", predictions_path, shape)
     if (truth != truth[0]).any():
         raise UserError(f"predictions file {predictions_path}: true_multi_hot differs between seeds")
-    hot = _multi_hot(frame, "pred_multi_hot", predictions_path, probs.shape)
-    model = {"name": doc["model"], "kind": "model", "doc": doc, "probs": probs, "hot": hot, "truth": truth[0]}
-    return model, test_set
+    hot = _multi_hot(predictions.frame, "pred_multi_hot", predictions_path, shape)
+    model = Model(doc["model"], "model", doc, hot, predictions.probs)
+    return model, replace(predictions.test_set, multi_hot=truth[0])
 
 
-def _load_models(
+def load_multilabel_models(
     metrics_paths: Sequence[str], predictions_paths: Sequence[str], class_names: list[str]
-) -> tuple[list[dict[str, Any]], TestSet, np.ndarray]:
-    """Every model on one test set; return (models, test set, true multi-hot [n, C])."""
-    check_file_lists(metrics_paths, predictions_paths)
-    models: list[dict[str, Any]] = []
-    first: TestSet | None = None
-    for metrics_path, predictions_path in zip(metrics_paths, predictions_paths):
-        model, test_set = _load_one(metrics_path, predictions_path, class_names)
-        if any(m["name"] == model["name"] for m in models):
-            raise UserError(f"metrics file {metrics_path}: model {model['name']!r} listed twice")
-        if first is None:
-            first = test_set
-        else:
-            _check_same_test_set(first, test_set)
-            if not np.array_equal(model["truth"], models[0]["truth"]):
-                raise UserError(
-                    f"predictions file {predictions_path}: true_multi_hot differs from {first.predictions_path}"
-                )
-        models.append(model)
-    return models, first, models[0]["truth"]
+) -> tuple[list[Model], TestSet]:
+    """Every model on one test set (with the same true multi-hot); return (models, test set)."""
+    return load_models(metrics_paths, predictions_paths, partial(read_multilabel_model, class_names=class_names))
 
 
-def _train_prevalence(split_report_path: str, class_names: list[str]) -> tuple[np.ndarray, float | None]:
-    """Train prevalence of each label (images carrying it / images) and the split's n_test/n_train.
+def train_prevalence(split: SplitReport, class_names: list[str]) -> np.ndarray:
+    """Train prevalence of each label (images carrying it / images).
 
     Holdout: the train bucket. k folds: every run's training buckets pooled, the label counts summed
-    as quiltflow.compare.multiclass._read_split_report sums class counts and the images likewise, i.e. the
-    image-weighted mean training prevalence of the k runs. One constant baseline for every test
-    image: a per-fold prevalence would give the pooled out-of-fold scores a fold effect, and the
-    baseline's AUC would no longer be 0.5. Image counts: ``counts.<bucket>``.
+    as the multiclass baselines sum class counts (SplitReport.train_class_counts) and the images
+    likewise, i.e. the image-weighted mean training prevalence of the k runs. One constant baseline
+    for every test image: a per-fold prevalence would give the pooled out-of-fold scores a fold
+    effect, and the baseline's AUC would no longer be 0.5. Image counts: ``counts.<bucket>``.
     """
-    counts, ratio = _read_split_report(split_report_path)
-    report = read_json(split_report_path, "split report")
-    folds = int(report.get("folds", 1))
-    sizes = report.get("counts") or {}
-    train = [bucket for fold in range(folds) for bucket in run_buckets(fold, folds)["train"]]
-    missing = [bucket for bucket in train if not isinstance(sizes.get(bucket), int | float)]
-    if missing:
-        raise UserError(f"split report {split_report_path}: missing key counts.{missing[0]} (train prevalence)")
-    prevalence = np.array([counts.get(c, 0) for c in class_names], dtype=np.float64) / max(
-        1, sum(sizes[b] for b in train)
-    )
+    counts = split.train_class_counts()
+    images = split.images_in(split.train_buckets(), "train prevalence")
+    prevalence = np.array([counts.get(c, 0) for c in class_names], dtype=np.float64) / max(1, images)
     if (prevalence > 1).any():
-        raise UserError(f"split report {split_report_path}: class_counts exceed images in the train buckets")
-    return prevalence, ratio
+        raise UserError(f"split report {split.path}: class_counts exceed images in the train buckets")
+    return prevalence
 
 
-# --------------------------------------------------------------------------- rows to score
-
-
-def _extras(doc: dict[str, Any]) -> dict[str, Any]:
-    extras = {
-        "architecture": doc.get("architecture"),
-        **{k: doc.get("timing", {}).get(k) for k in ("train_seconds", "eval_seconds")},
-    }
-    if "tta" in doc:
-        extras["tta"] = doc["tta"]
-    return extras
-
-
-def _rows(models: list[dict], prevalence: np.ndarray, class_names: list[str], *, ensemble: bool) -> list[dict]:
+def _rows(models: list[Model], prevalence: np.ndarray, class_names: list[str], *, ensemble: bool) -> list[Row]:
     """The models (+ TTA rows), their ensemble (2+ plain models) and the label-frequency baseline,
-    each with ``probs`` and ``hot`` (decisions) [seeds, images, labels]."""
-    rows = [
-        {**m, "weights": m["doc"].get("weights"), "extra": _extras(m["doc"]), "comparable": m["kind"] == "model"}
-        for m in models
-    ]
-    plain = [m for m in models if m["kind"] == "model"]
+    each with probabilities and decisions [seeds, images, labels]."""
+    rows = model_rows(models, LabelModelExtra.of)
+    plain = plain_models(models)
     if ensemble and len(plain) >= 2:
-        rows.append(
-            {"name": ENSEMBLE, "kind": "ensemble", "probs": np.mean([m["probs"] for m in plain], axis=0),
-             "hot": np.mean([m["hot"] for m in plain], axis=0) >= 0.5, "weights": f"mean of {len(plain)} models",
-             "extra": {"members": ", ".join(m["name"] for m in plain),
-                       "decides": "labels decided by at least half of the members"}, "comparable": True}
-        )  # fmt: skip
-    shape = models[0]["probs"].shape
-    rows.append(
-        {"name": BASELINE, "kind": "baseline", "probs": np.broadcast_to(prevalence, shape),
-         "hot": np.broadcast_to(prevalence >= 0.5, shape), "weights": "none", "comparable": False,
-         "extra": {"scores": "train prevalence of each label",
-                   "decides": [c for c, p in zip(class_names, prevalence) if p >= 0.5]}}
-    )  # fmt: skip
+        probs = np.mean([m.probs for m in plain], axis=0)
+        decided = np.mean([m.decisions for m in plain], axis=0) >= 0.5
+        members = LabelEnsembleExtra(", ".join(m.name for m in plain))
+        rows.append(Row(ENSEMBLE, "ensemble", probs, decided, f"mean of {len(plain)} models", members, True))
+    shape = models[0].probs.shape
+    decides = FrequencyBaselineExtra([c for c, p in zip(class_names, prevalence) if p >= 0.5])
+    baseline_probs, baseline_decisions = np.broadcast_to(prevalence, shape), np.broadcast_to(prevalence >= 0.5, shape)
+    rows.append(Row(BASELINE, "baseline", baseline_probs, baseline_decisions, "none", decides, comparable=False))
     return rows
 
 
@@ -301,14 +317,18 @@ def _count_scores(truth_sums: np.ndarray, sums: np.ndarray, k: int) -> dict[str,
     }
 
 
-def _row_scores(row: dict, truth: np.ndarray, codes: np.ndarray, truth_groups: np.ndarray, weights: np.ndarray):
-    """Every score [B] of one row under group weights [B, G], averaged over seeds; ``ap`` [B, C]."""
+def _row_scores(
+    probs: np.ndarray, decisions: np.ndarray, truth: np.ndarray, codes: np.ndarray, truth_groups, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every score [B] of one row (probabilities and decisions [seeds, n, C]) under group weights
+    [B, G], averaged over seeds; ``ap`` [B, C]."""
     n_groups, k = truth_groups.shape[0], truth.shape[1]
     truth_sums = weights @ truth_groups
     per_seed = []
-    for probs, hot in zip(row["probs"], row["hot"]):
-        ap, auc = _label_scores(probs, truth, codes, weights)
-        scores = _count_scores(truth_sums, weights @ _decision_counts(probs, hot, truth, codes, n_groups), k)
+    for seed_probs, hot in zip(probs, decisions):
+        ap, auc = _label_scores(seed_probs, truth, codes, weights)
+        counts = _decision_counts(seed_probs, hot, truth, codes, n_groups)
+        scores = _count_scores(truth_sums, weights @ counts, k)
         scores.update(map_macro=_macro(ap), auc_macro=_macro(auc), ap=ap)
         per_seed.append(scores)
     return {name: np.mean([s[name] for s in per_seed], axis=0) for name in per_seed[0]}
@@ -327,72 +347,64 @@ class _Units:
             [_per_group(self.codes, truth, self.n_groups), np.bincount(self.codes, minlength=self.n_groups)]
         )
 
-    def scores(self, row: dict, weights: np.ndarray) -> dict[str, np.ndarray]:
-        return _row_scores(row, self.truth, self.codes, self.truth_groups, np.asarray(weights, dtype=np.float64))
+    def scores(self, probs: np.ndarray, decisions: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+        weights = np.asarray(weights, dtype=np.float64)
+        return _row_scores(probs, decisions, self.truth, self.codes, self.truth_groups, weights)
 
 
-def _bootstrap(rows: list[dict], units: _Units, *, samples: int, seed: int) -> dict[str, np.ndarray]:
+def _bootstrap(rows: Sequence[Row], units: _Units, *, samples: int, seed: int) -> dict[str, np.ndarray]:
     """Resampled scores [B, rows] of every row from one set of video resamples."""
     blocks: dict[str, list[np.ndarray]] = {name: [] for name in WITH_CI}
     for weights in clusterstats.group_weight_chunks(units.n_groups, samples, seed):
-        scores = [units.scores(row, weights) for row in rows]
+        scores = [units.scores(row.probs, row.decisions, weights) for row in rows]
         for name in WITH_CI:
             blocks[name].append(np.stack([s[name] for s in scores], axis=1))
     return {name: np.concatenate(values) for name, values in blocks.items()}
 
 
-def _swap_scores(row_a: dict, row_b: dict, units: _Units, swaps: np.ndarray) -> dict[str, np.ndarray]:
+def _swap_scores(row_a: Row, row_b: Row, units: _Units, swaps: np.ndarray) -> dict[str, np.ndarray]:
     """Score of A* minus B* [P] per tested score, where A* holds B's predictions of the swapped videos
     (swaps [P, G] 0/1) and A's elsewhere: a 0/1 weighting of the pooled predictions of both."""
-    pooled = {
-        "probs": np.concatenate([row_a["probs"], row_b["probs"]], axis=1),
-        "hot": np.concatenate([row_a["hot"], row_b["hot"]], axis=1),
-    }
+    probs = np.concatenate([row_a.probs, row_b.probs], axis=1)
+    decisions = np.concatenate([row_a.decisions, row_b.decisions], axis=1)
     codes = np.concatenate([units.codes, units.codes + units.n_groups])
     truth = np.concatenate([units.truth, units.truth])
     truth_groups = np.concatenate([units.truth_groups, units.truth_groups])
     weights_a = np.hstack([1.0 - swaps, swaps]).astype(np.float64)
-    score_a = _row_scores(pooled, truth, codes, truth_groups, weights_a)
-    score_b = _row_scores(pooled, truth, codes, truth_groups, 1.0 - weights_a)
+    score_a = _row_scores(probs, decisions, truth, codes, truth_groups, weights_a)
+    score_b = _row_scores(probs, decisions, truth, codes, truth_groups, 1.0 - weights_a)
     return {name: score_a[name] - score_b[name] for name in RANKED}
 
 
-def _swap_p_values(pairs, rows_by_name, units: _Units, observed, *, permutations: int, seed: int) -> dict:
+def _swap_p_values(pairs, rows_by_name: dict[str, Row], units: _Units, observed, *, permutations: int, seed: int):
     """Video swap permutation p-values of every pair and tested score (the same swaps for all)."""
     permuted: dict[tuple[str, str], dict[str, list]] = {pair: {m: [] for m in RANKED} for pair in pairs}
     for swaps in clusterstats.swap_chunks(units.n_groups, permutations, seed):
         for a, b in pairs:
             for name, values in _swap_scores(rows_by_name[a], rows_by_name[b], units, swaps).items():
                 permuted[(a, b)][name].append(values)
-    return {
-        (a, b): {
+    p_values = {}
+    for a, b in pairs:
+        p_values[(a, b)] = {
             m: float(
                 clusterstats.swap_permutation_p(observed[a][m] - observed[b][m], np.concatenate(permuted[(a, b)][m]))
             )
             for m in RANKED
         }
-        for a, b in pairs
-    }
+    return p_values
 
 
-def _fold_scores(row: dict, units: _Units, test_set: TestSet) -> dict[str, np.ndarray]:
-    """mAP and macro AUC per (seed, fold), flattened in (seed, fold) order (as quiltflow.compare.multiclass)."""
+def _fold_scores(row: Row, units: _Units, test_set: TestSet) -> dict[str, np.ndarray]:
+    """mAP and macro AUC per (seed, fold), flattened in (seed, fold) order (as the multiclass comparison)."""
     values: dict[str, list[np.ndarray]] = {m: [] for m in RANKED}
     for s, folds in enumerate(test_set.folds):
         fold_of_group = np.zeros(units.n_groups, dtype=np.int64)
         fold_of_group[units.codes] = folds
         weights = (np.unique(folds)[:, None] == fold_of_group[None, :]).astype(np.float64)
-        scores = units.scores({"probs": row["probs"][s : s + 1], "hot": row["hot"][s : s + 1]}, weights)
+        scores = units.scores(row.probs[s : s + 1], row.decisions[s : s + 1], weights)
         for m in RANKED:
             values[m].append(scores[m])
     return {m: np.concatenate(v) for m, v in values.items()}
-
-
-def _pairs(rows: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(model pairs incl. the ensemble, then each TTA row vs its model; each model vs the baseline)."""
-    names = [r["name"] for r in rows if r["comparable"]]
-    tta_pairs = [(r["name"], r["tta_of"]) for r in rows if r["kind"] == TTA_KIND]
-    return list(combinations(names, 2)) + tta_pairs, [(name, BASELINE) for name in names]
 
 
 # --------------------------------------------------------------------------- the document
@@ -403,44 +415,63 @@ def _number(value: Any) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def _row_document(row: dict, point: dict, resampled: dict | None, i: int, n_test: int, level: float) -> dict:
-    """A row's scores with their intervals (None where the score is, or without ``resampled``: too few videos)."""
-    document: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
-    for metric in WITH_CI:
-        estimate = _number(point[metric])
-        interval = None
-        if estimate is not None and resampled is not None:
-            interval = clusterstats.percentile_ci(resampled[metric][:, i], estimate, level)
-        document.update({metric: estimate, f"{metric}_ci": None if interval is None else list(interval)})
-    top1 = document["top1_in_labels"]
-    document.update(
-        {"ece": _number(point["ece"]), "weights": row["weights"], "n_test": n_test,
-         "design_effect": None if resampled is None
-         else clusterstats.design_effect(resampled["top1_in_labels"][:, i], top1, n_test)}
-    )  # fmt: skip
-    return {**document, **row["extra"]}
+class _Scores(NamedTuple):
+    """Every row scored: point estimates by row name (with ``ap`` per label and ``ece``), resampled
+    scores [B, rows] (None: too few videos for intervals), per-(seed, fold) scores (None: one run)."""
+
+    point: dict[str, dict[str, Any]]
+    resampled: dict[str, np.ndarray] | None
+    fold_scores: dict[str, dict[str, np.ndarray]] | None
 
 
-def _ece(row: dict, truth: np.ndarray) -> float:
-    """Expected calibration error of every (image, label) probability as a binary event (seed mean)."""
-    return float(
-        np.mean([clusterstats.expected_calibration_error(*_binary_events(probs, truth)) for probs in row["probs"]])
+def _label_row(row: Row, column: int, scores: _Scores, n_test: int, level: float) -> LabelRow:
+    """A row's scores with their intervals; ``column``: the row's column of the resampled scores."""
+    point = scores.point[row.name]
+    estimates = {metric: _number(point[metric]) for metric in WITH_CI}
+    intervals = {
+        f"{metric}_ci": row_interval(scores.resampled, metric, column, estimate, level)
+        for metric, estimate in estimates.items()
+    }
+    design_effect = None
+    if scores.resampled is not None:
+        resampled_top1 = scores.resampled["top1_in_labels"][:, column]
+        design_effect = clusterstats.design_effect(resampled_top1, estimates["top1_in_labels"], n_test)
+    fold = None
+    if scores.fold_scores is not None:
+        values = scores.fold_scores[row.name]["map_macro"]
+        fold = FoldSpread(float(np.nanmean(values)), float(np.nanstd(values, ddof=1)))
+    return LabelRow(
+        name=row.name,
+        kind=row.kind,
+        **estimates,
+        **intervals,
+        ece=_number(point["ece"]),
+        weights=row.weights,
+        n_test=n_test,
+        design_effect=design_effect,
+        extra=row.extra,
+        fold=fold,
     )
 
 
-def _binary_events(probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ece(probs: np.ndarray, truth: np.ndarray) -> float:
+    """Expected calibration error of every (image, label) probability [seeds, n, C] as a binary event (seed mean)."""
+    return float(np.mean([clusterstats.expected_calibration_error(*binary_events(p, truth)) for p in probs]))
+
+
+def binary_events(probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, one-column probabilities) such that clusterstats' top-class reliability of them is
     the reliability of P(label) itself: confidence = p, "correct" = the label is present."""
     return (np.asarray(truth) == 0).ravel().astype(np.int64), np.asarray(probs, dtype=np.float64).reshape(-1, 1)
 
 
-def _per_label_table(rows: list[dict], point: dict, class_names: list[str], units: _Units, prevalence) -> dict:
+def _per_label_table(rows: list[Row], point: dict, class_names: list[str], units: _Units, prevalence) -> dict:
     support = units.truth.sum(axis=0).astype(int)
     return {
         "labels": class_names,
         "support": dict(zip(class_names, support.tolist())),
         "train_prevalence": dict(zip(class_names, prevalence.tolist())),
-        "ap": {r["name"]: dict(zip(class_names, map(_number, point[r["name"]]["ap"]))) for r in rows},
+        "ap": {r.name: dict(zip(class_names, map(_number, point[r.name]["ap"]))) for r in rows},
     }
 
 
@@ -466,335 +497,114 @@ def _caveats(document: dict[str, Any]) -> list[str]:
                 f"{row['name']} is not significantly better than the label-frequency baseline on mAP or macro "
                 "ROC-AUC (video-level tests, Holm-adjusted)."
             )
-    if document["n_groups"] < clusterstats.MIN_GROUPS_FOR_INTERVALS:
-        caveats.append(too_few_videos(document["n_groups"], document["n_test"]))
-    elif document["n_groups"] < 30:
-        caveats.append(
-            f"Only {document['n_groups']} test videos ({document['n_test']} images): the video is the unit, "
-            "so intervals are wide and tests have little power."
-        )
+    video_caveat = video_count_caveat(document)
+    if video_caveat is not None:
+        caveats.append(video_caveat)
     return caveats
 
 
-def _score_rows(rows: list[dict], units: _Units, test_set: TestSet, *, seed: int, bootstrap_samples: int):
-    """Point estimates (with ``ap`` per label and ``ece``), resampled scores (None: too few videos),
-    per-fold scores or None."""
+def _score_rows(rows: list[Row], units: _Units, test_set: TestSet, *, seed: int, bootstrap_samples: int) -> _Scores:
+    """Point estimates (with ``ap`` per label and ``ece``), resampled scores and per-fold scores."""
     ones = np.ones((1, units.n_groups))
-    point = {r["name"]: {k: v[0] for k, v in units.scores(r, ones).items()} for r in rows}
+    point = {r.name: {k: v[0] for k, v in units.scores(r.probs, r.decisions, ones).items()} for r in rows}
     for row in rows:
-        point[row["name"]]["ece"] = _ece(row, units.truth)
+        point[row.name]["ece"] = _ece(row.probs, units.truth)
     resampled = None  # too few videos: no interval (see clusterstats.MIN_GROUPS_FOR_INTERVALS)
     if units.n_groups >= clusterstats.MIN_GROUPS_FOR_INTERVALS:
         resampled = _bootstrap(rows, units, samples=bootstrap_samples, seed=seed)
-    n_folds = max(len(np.unique(f)) for f in test_set.folds)
-    several = n_folds * len(test_set.seeds) >= 2
-    fold_scores = {r["name"]: _fold_scores(r, units, test_set) for r in rows} if several else None
-    return point, resampled, fold_scores, n_folds
+    fold_scores = {r.name: _fold_scores(r, units, test_set) for r in rows} if test_set.several_runs else None
+    return _Scores(point, resampled, fold_scores)
 
 
-def _tests(rows, units, point, resampled, fold_scores, ratio, *, permutations, seed, alpha) -> tuple[list, list]:
-    """Paired tests (pairwise, vs the baseline), Holm-adjusted as one family."""
-    pairs, vs_baseline_pairs = _pairs(rows)
-    by_name = {r["name"]: r for r in rows}
-    swap_p = _swap_p_values(pairs + vs_baseline_pairs, by_name, units, point, permutations=permutations, seed=seed)
-    index = {r["name"]: i for i, r in enumerate(rows)}
-    args = (point, resampled, index, swap_p, fold_scores, ratio, 1.0 - alpha)
-    pairwise = _test_entries(pairs, *args, metrics=RANKED)
-    vs_baseline = _test_entries(vs_baseline_pairs, *args, metrics=RANKED)
-    _decide(pairwise + vs_baseline, alpha, labels=METRIC_LABELS)
-    for entry in vs_baseline:
-        entry["better_than_baseline"] = entry["better"] == entry["a"]
+def _tests(
+    rows: list[Row], units: _Units, scores: _Scores, ratio: float | None, *, permutations: int, seed: int, alpha: float
+) -> tuple[list[TestEntry], list[TestEntry]]:
+    """(pairwise tests, tests against the baseline), decided as one Holm family."""
+    pairs, vs_baseline_pairs = comparisons(rows, BASELINE)
+    by_name = {r.name: r for r in rows}
+    swap_p = _swap_p_values(
+        pairs + vs_baseline_pairs, by_name, units, scores.point, permutations=permutations, seed=seed
+    )
+    index = {r.name: i for i, r in enumerate(rows)}
+    evidence = Evidence(scores.point, scores.resampled, index, scores.fold_scores, ratio, 1.0 - alpha)
+    pairwise = paired_test_entries(pairs, RANKED, evidence, swap_p)
+    vs_baseline = paired_test_entries(vs_baseline_pairs, RANKED, evidence, swap_p)
+    decide(pairwise + vs_baseline, alpha, METRIC_LABELS)
     return pairwise, vs_baseline
 
 
+def _head(test_set: TestSet, units: _Units, class_names: list[str], *, synthetic: bool, narration_labels: bool):
+    """The document's head: task, unit, images, predictions, videos, runs, labels and their provenance."""
+    n = len(units.truth)
+    return {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "task": MULTILABEL,
+        "unit": UNIT,
+        "n_test": n,
+        "n_predictions": n * len(test_set.seeds),
+        "n_groups": units.n_groups,
+        "folds": test_set.n_folds,
+        "seeds": len(test_set.seeds),
+        "class_names": class_names,
+        "label_cardinality": float(units.truth.sum(axis=1).mean()),
+        "synthetic": bool(synthetic),
+        "narration_labels": bool(narration_labels),
+    }
+
+
+def _method(*, seed: int, bootstrap_samples: int, permutations: int, alpha: float) -> dict[str, Any]:
+    """The document's method block."""
+    return {
+        "seed": int(seed),
+        "bootstrap_samples": int(bootstrap_samples),
+        "permutations": int(permutations),
+        "alpha": float(alpha),
+        "ci_level": 1.0 - alpha,
+        "ci_method": CI_METHOD,
+        "test_method": TEST_METHOD,
+        "tested_metrics": list(RANKED),
+        "pooling": POOLING,
+        "ece_bins": clusterstats.ECE_BINS,
+    }
+
+
 def build_multilabel_comparison(
-    models: list[dict[str, Any]], test_set: TestSet, truth: np.ndarray, class_names: list[str],
-    prevalence: np.ndarray, *, seed: int, bootstrap_samples: int, permutations: int, alpha: float,
-    ensemble: bool = True, synthetic: bool = False, split_ratio: float | None = None,
+    models: list[Model],
+    test_set: TestSet,
+    truth: np.ndarray,
+    class_names: list[str],
+    prevalence: np.ndarray,
+    *,
+    seed: int,
+    bootstrap_samples: int,
+    permutations: int,
+    alpha: float,
+    ensemble: bool = True,
+    synthetic: bool = False,
+    split_ratio: float | None = None,
     narration_labels: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """The comparison document of loaded models (``name, kind, doc, probs, hot`` [seeds, n, C]
-    dicts; ``tta`` rows carry ``tta_of``) on ``truth`` [n, C]; reads and writes nothing.
-    ``narration_labels``: the lists are Quilt's per-video narration lists (a caveat says so)."""
-    truth = _bool_matrix(truth, "true multi-hot")
-    models = [{**m, "hot": _bool_matrix(m["hot"], f"{m['name']}: decisions")} for m in models]
+) -> dict[str, Any]:
+    """The comparison document of loaded models (probabilities and decisions [seeds, n, C]; ``tta``
+    models carry ``tta_of``) on ``truth`` [n, C]; reads and writes nothing. ``narration_labels``:
+    the lists are Quilt's per-video narration lists (a caveat says so)."""
+    truth = as_bool(truth, "true multi-hot")
+    models = [replace(m, decisions=as_bool(m.decisions, f"{m.name}: decisions")) for m in models]
     if not truth.any():
         raise UserError("compare_models: no test image carries any label (empty multi-hot targets)")
     rows = _rows(models, prevalence, class_names, ensemble=ensemble)
     units = _Units(test_set, truth)
-    point, resampled, fold_scores, n_folds = _score_rows(
-        rows, units, test_set, seed=seed, bootstrap_samples=bootstrap_samples
-    )
-    ratio = _test_train_ratio(test_set, split_ratio) if fold_scores is not None else None
-    if fold_scores is not None and ratio is None:
-        raise UserError("split report: counts.train and counts.test are needed for the corrected t-test over seeds")
-    pairwise, vs_baseline = _tests(
-        rows, units, point, resampled, fold_scores, ratio, permutations=permutations, seed=seed, alpha=alpha
-    )
-    n = len(truth)
-    row_documents = [_row_document(r, point[r["name"]], resampled, i, n, 1.0 - alpha) for i, r in enumerate(rows)]
-    for document in row_documents if fold_scores is not None else []:
-        values = fold_scores[document["name"]]["map_macro"]
-        document.update(
-            {"map_macro_fold_mean": float(np.nanmean(values)), "map_macro_fold_sd": float(np.nanstd(values, ddof=1))}
-        )
+    scores = _score_rows(rows, units, test_set, seed=seed, bootstrap_samples=bootstrap_samples)
+    ratio = t_test_ratio(test_set, split_ratio)
+    pairwise, vs_baseline = _tests(rows, units, scores, ratio, permutations=permutations, seed=seed, alpha=alpha)
+    label_rows = [_label_row(row, i, scores, len(truth), 1.0 - alpha) for i, row in enumerate(rows)]
     document = {
-        "schema_version": COMPARISON_SCHEMA_VERSION, "task": MULTILABEL, "unit": UNIT, "n_test": n,
-        "n_predictions": n * len(test_set.seeds), "n_groups": units.n_groups, "folds": n_folds,
-        "seeds": len(test_set.seeds), "class_names": class_names, "label_cardinality": float(truth.sum(axis=1).mean()),
-        "synthetic": bool(synthetic), "narration_labels": bool(narration_labels), "seed": int(seed),
-        "bootstrap_samples": int(bootstrap_samples),
-        "permutations": int(permutations), "alpha": float(alpha), "ci_level": 1.0 - alpha, "ci_method": CI_METHOD,
-        "test_method": TEST_METHOD, "tested_metrics": list(RANKED), "pooling": POOLING, "ece_bins": clusterstats.ECE_BINS,
-        "test_train_ratio": ratio, "rows": row_documents, "per_label": _per_label_table(rows, point, class_names, units, prevalence),
-        "pairwise": pairwise, "vs_baseline": vs_baseline,
-    }  # fmt: skip
+        **_head(test_set, units, class_names, synthetic=synthetic, narration_labels=narration_labels),
+        **_method(seed=seed, bootstrap_samples=bootstrap_samples, permutations=permutations, alpha=alpha),
+        "test_train_ratio": ratio,
+        "rows": [r.to_dict() for r in label_rows],
+        "per_label": _per_label_table(rows, scores.point, class_names, units, prevalence),
+        "pairwise": [t.to_dict() for t in pairwise],
+        "vs_baseline": [t.to_dict("better_than_baseline") for t in vs_baseline],
+    }
     document["caveats"] = _caveats(document)
-    return document
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _cell(value: float | None, ci: Sequence[float] | str | None = None) -> str:
-    """A score, with its interval if ``ci`` is one ("n/a": an interval column without an interval)."""
-    if value is None:
-        return "–"
-    if ci is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} [n/a]" if isinstance(ci, str) else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def _scores_table(document: dict[str, Any]) -> list[str]:
-    pct = f"{document['ci_level']:.0%}"
-    columns = ["model", "kind", *(f"{METRIC_LABELS[m]} [{pct} CI]" for m in WITH_CI), "ECE", "weights", "n_test"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for r in document["rows"]:
-        cells = [
-            r["name"],
-            r["kind"],
-            *(_cell(r[m], r[f"{m}_ci"] or "n/a") for m in WITH_CI),
-            _cell(r["ece"]),
-            str(r["weights"]),
-            str(r["n_test"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _per_label_lines(document: dict[str, Any]) -> list[str]:
-    table = document["per_label"]
-    names = list(table["ap"])
-    lines = ["| label | support | train prevalence | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 3)]
-    for label in table["labels"]:
-        cells = [label, str(table["support"][label]), f"{table['train_prevalence'][label]:.3f}"]
-        lines.append("| " + " | ".join(cells + [_cell(table["ap"][n][label]) for n in names]) + " |")
-    return lines
-
-
-def render_markdown(document: dict[str, Any]) -> str:
-    """Method, scores table, per-label AP table, tests with verdicts, caveats."""
-    tests = document["pairwise"] + document["vs_baseline"]
-    lines = [
-        "# Model comparison (multi-label)", "",
-        f"{document['n_test']} test images in {document['n_groups']} videos, {len(document['class_names'])} labels "
-        f"(mean {document['label_cardinality']:.2f} per image). **The video is the unit**: {document['ci_method']} "
-        f"({document['bootstrap_samples']} resamples, seed {document['seed']}); tests: {document['test_method']} "
-        f"({document['permutations']} permutations, {len(tests)} tests, alpha={document['alpha']:g}). "
-        "mAP and macro ROC-AUC average the labels with a positive test image; ECE: every (image, label) "
-        f"probability as a binary event, {document['ece_bins']} bins.", "",
-        *_scores_table(document), "", "## Average precision per label", "", *_per_label_lines(document), "",
-        "## Models against each other", "",
-    ]  # fmt: skip
-    lines += [_test_line(t) for t in document["pairwise"]] or ["- Only one model: no pairwise test."]
-    lines += [
-        "",
-        "## Models against the label-frequency baseline",
-        "",
-        *(_test_line(t) for t in document["vs_baseline"]),
-    ]
-    lines += ["", "## Caveats", "", *(f"- **Caveat:** {c}" for c in document["caveats"])]
-    return "\n".join(lines) + "\n"
-
-
-def _test_line(t: dict[str, Any]) -> str:
-    difference = difference_text(t["difference"], t["difference_ci"])
-    return f"- {t['verdict']}; {METRIC_LABELS[t['metric']]} difference {difference}."
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """One row per model/baseline: each score, its CI bounds (empty = not defined), ECE, weights, n_test."""
-    columns = [
-        "model",
-        "kind",
-        *(f"{m}{s}" for m in WITH_CI for s in ("", "_ci_low", "_ci_high")),
-        "ece",
-        "design_effect",
-        "weights",
-        "n_test",
-    ]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            line = {"model": r["name"], "kind": r["kind"], "weights": r["weights"], "n_test": r["n_test"]}
-            for m in WITH_CI:
-                low, high = r[f"{m}_ci"] or (None, None)
-                line.update({m: r[m], f"{m}_ci_low": low, f"{m}_ci_high": high})
-            line.update(ece=r["ece"], design_effect=r["design_effect"])
-            writer.writerow(
-                {k: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for k, v in line.items()}
-            )
-
-
-def _html(document: dict[str, Any], figures: Sequence[tuple[str, str]]) -> str:
-    """The Markdown as an HTML fragment (table id comparison-table), the figures embedded at the end."""
-    images = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode("ascii")}" '
-        f'alt="{html.escape(c)}" style="max-width:100%"><figcaption>{html.escape(c)}</figcaption></figure>\n'
-        for p, c in figures
-    )
-    return (
-        '<meta charset="utf-8">\n' + markdown_to_html(render_markdown(document), table_id="comparison-table") + images
-    )
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    return fig, fig.add_subplot()
-
-
-def plot_ranked_bars(rows: Sequence[dict], path: str | Path, *, level: float) -> None:
-    """mAP and macro ROC-AUC per row with their cluster-bootstrap intervals (hatched: baseline)."""
-    fig, ax = _figure(max(5.0, 1.3 * len(rows) + 2), 4.0)
-    x, width = np.arange(len(rows)), 0.38
-    for offset, metric in zip((-width / 2, width / 2), RANKED):
-        values = np.array([np.nan if r[metric] is None else r[metric] for r in rows])
-        bounds = np.array([r[f"{metric}_ci"] or [np.nan, np.nan] for r in rows], dtype=float)
-        err = np.nan_to_num(np.abs(bounds.T - values))
-        for bar, row in zip(
-            ax.bar(x + offset, np.nan_to_num(values), width, yerr=err, capsize=3, label=METRIC_LABELS[metric]), rows
-        ):
-            bar.set_hatch("//" if row["kind"] == "baseline" else "")
-    ax.set_xticks(x, [r["name"] for r in rows], rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"mAP and macro ROC-AUC with {level:.0%} cluster-bootstrap CIs over videos")
-    ax.legend(loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
-    plots._save(fig, path)
-
-
-def plot_per_label_ap(document: dict[str, Any], path: str | Path) -> None:
-    """Per-label AP of every model/ensemble row (bars) and of the label-frequency baseline (ticks: its
-    AP is each label's test prevalence); labels without a positive test image are left empty."""
-    table, labels = document["per_label"], document["per_label"]["labels"]
-    names = [r["name"] for r in document["rows"] if r["kind"] != "baseline"]
-    fig, ax = _figure(max(6.0, 0.5 * len(labels) * max(1, len(names)) ** 0.5 + 3), 4.5)
-    x, width = np.arange(len(labels)), 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        values = [np.nan if table["ap"][name][c] is None else table["ap"][name][c] for c in labels]
-        ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=name)
-    baseline = [np.nan if table["ap"][BASELINE][c] is None else table["ap"][BASELINE][c] for c in labels]
-    ax.hlines(baseline, x - 0.45, x + 0.45, colors="black", linewidth=2, label="label-frequency baseline")
-    ax.set_xticks(x, [f"{c} (n={table['support'][c]})" for c in labels], rotation=45, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("average precision")
-    ax.set_title("Average precision per label (test support in brackets)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    plots._save(fig, path)
-
-
-def plot_label_counts(truth: np.ndarray, hot: np.ndarray, class_names: list[str], title: str, path: str | Path) -> None:
-    """Per label: TP, FN, FP, TN counts of the thresholded decisions (pooled over seeds), shaded by
-    their share of the label's images (the multi-label stand-in for a confusion matrix)."""
-    hot = _bool_matrix(hot, "decisions")
-    truth = np.broadcast_to(_bool_matrix(truth, "true multi-hot"), hot.shape).reshape(-1, len(class_names))
-    hot = hot.reshape(-1, len(class_names))
-    counts = np.stack([(truth & hot).sum(0), (truth & ~hot).sum(0), (~truth & hot).sum(0), (~truth & ~hot).sum(0)], 1)
-    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = _figure(6.0, min(14.0, 0.4 * len(class_names) + 2))
-    image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues", aspect="auto")
-    fig.colorbar(image, ax=ax, label="share of the label's images")
-    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
-    ax.set_yticks(range(len(class_names)), class_names)
-    for (i, j), n in np.ndenumerate(counts):
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black")
-    ax.set_title(title)
-    plots._save(fig, path)
-
-
-def _write_plots(document, models, truth, history_paths, paths: dict[str, Any]) -> None:
-    """``metrics_plot``, ``ap_plot``, ``curves_plot`` and per plain model ``confusion_plots`` (label
-    counts) and ``reliability_plots`` (every (image, label) probability); None skips a plot."""
-    if paths.get("metrics_plot"):
-        plot_ranked_bars(document["rows"], paths["metrics_plot"], level=document["ci_level"])
-    if paths.get("ap_plot"):
-        plot_per_label_ap(document, paths["ap_plot"])
-    ece = {r["name"]: r["ece"] for r in document["rows"]}
-    for key in ("confusion_plots", "reliability_plots"):
-        if paths.get(key) is None:
-            continue
-        if len(paths[key]) != len(models):
-            raise UserError(f"compare_models: {len(paths[key])} {key} paths for {len(models)} models")
-        for model, path in zip(models, paths[key]):
-            if key == "confusion_plots":
-                title = f"{model['name']}: decisions per label"
-                plot_label_counts(truth, model["hot"], document["class_names"], title, path)
-            else:
-                table = clusterstats.reliability_bins(
-                    *_binary_events(model["probs"], np.broadcast_to(truth, model["probs"].shape))
-                )
-                title = f"{model['name']}: P(label) reliability, every image x label (ECE {ece[model['name']]:.3f})"
-                plots.plot_reliability(table, title, path)
-    if paths.get("curves_plot"):
-        if len(history_paths) != len(models):
-            raise UserError(f"compare_models: {len(history_paths)} history files for {len(models)} models")
-        plots.plot_training_curves(
-            {m["name"]: plots.read_history(p) for m, p in zip(models, history_paths)}, paths["curves_plot"]
-        )
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def compare_multilabel(
-    metrics_paths: Sequence[str], predictions_paths: Sequence[str], history_paths: Sequence[str],
-    split_report_path: str, label_map_path: str, *, seed: int, bootstrap_samples: int, alpha: float,
-    permutations: int = 2000, ensemble: bool = True, synthetic: bool = False, narration_labels: bool = True,
-    tta_metrics_paths: Sequence[str] = (), tta_predictions_paths: Sequence[str] = (),
-    json_path: str | None = None, csv_path: str | None = None, md_path: str | None = None,
-    html_path: str | None = None, metrics_plot: str | None = None, curves_plot: str | None = None,
-    confusion_plots: Sequence[str] | None = None, reliability_plots: Sequence[str] | None = None,
-    ap_plot: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """quiltflow.compare.multiclass.compare_models for a multi-label run (same arguments, files matched by
-    position), plus ``ap_plot``: the per-label AP figure. Returns the document (``json_path``)."""
-    if not 0 < alpha < 1:
-        raise UserError(f"params alpha: must be in (0, 1), got {alpha}")
-    class_names = read_label_map(label_map_path)
-    prevalence, split_ratio = _train_prevalence(split_report_path, class_names)
-    models, test_set, truth = _load_models(
-        [*metrics_paths, *tta_metrics_paths], [*predictions_paths, *tta_predictions_paths], class_names
-    )
-    _mark_tta(models, len(metrics_paths), tta_metrics_paths)
-    document = build_multilabel_comparison(
-        models, test_set, truth, class_names, prevalence, seed=seed, bootstrap_samples=bootstrap_samples,
-        permutations=permutations, alpha=alpha, ensemble=ensemble, synthetic=synthetic, split_ratio=split_ratio,
-        narration_labels=narration_labels,
-    )  # fmt: skip
-    write_tables(document, json_path, csv_path, md_path, render=render_markdown, csv_writer=write_csv)
-    paths = {"metrics_plot": metrics_plot, "ap_plot": ap_plot, "curves_plot": curves_plot,
-             "confusion_plots": confusion_plots, "reliability_plots": reliability_plots}  # fmt: skip
-    _write_plots(document, [m for m in models if m["kind"] == "model"], truth, history_paths, paths)
-    if html_path:  # last: it embeds the summary plots
-        captions = ((metrics_plot, METRICS_CAPTION), (ap_plot, AP_CAPTION), (curves_plot, CURVES_CAPTION))
-        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(html_path).write_text(_html(document, [(p, c) for p, c in captions if p]), encoding="utf-8")
     return document

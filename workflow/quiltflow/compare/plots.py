@@ -1,4 +1,5 @@
-"""Comparison figures: metric bars with CIs, normalised confusion matrices, training curves.
+"""Comparison figures: metric bars with CIs, normalised confusion matrices, training curves, reliability
+diagrams; for multi-label runs mAP/AUC bars, per-label AP and per-label decision counts.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot state, no display needed), so it is
 safe in batch jobs and threads. No TensorFlow.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from quiltflow.compare import multilabel
+from quiltflow.compare.testset import as_bool
 from quiltflow.core.errors import UserError
 
 
@@ -158,8 +162,14 @@ def plot_reliability(table: Mapping[str, np.ndarray], title: str, path: str | Pa
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     top.bar(centres[filled], np.asarray(table["accuracy"])[filled], width * 0.9, alpha=0.7, label="accuracy")
-    top.plot(np.asarray(table["confidence"])[filled], np.asarray(table["accuracy"])[filled], "o-", color="black",
-             markersize=3, label="accuracy at mean confidence")  # fmt: skip
+    top.plot(
+        np.asarray(table["confidence"])[filled],
+        np.asarray(table["accuracy"])[filled],
+        "o-",
+        color="black",
+        markersize=3,
+        label="accuracy at mean confidence",
+    )
     top.set_ylim(0, 1.02)
     top.set_ylabel("accuracy of the top class")
     top.set_title(title)
@@ -169,4 +179,77 @@ def plot_reliability(table: Mapping[str, np.ndarray], title: str, path: str | Pa
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("share of images")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def _figure(width: float, height: float):
+    fig = Figure(figsize=(width, height))
+    return fig, fig.add_subplot()
+
+
+def plot_ranked_bars(rows: Sequence[Mapping], path: str | Path, *, level: float) -> None:
+    """mAP and macro ROC-AUC per row with their cluster-bootstrap intervals (hatched: baseline)."""
+    fig, ax = _figure(max(5.0, 1.3 * len(rows) + 2), 4.0)
+    x, width = np.arange(len(rows)), 0.38
+    for offset, metric in zip((-width / 2, width / 2), multilabel.RANKED):
+        values = np.array([np.nan if r[metric] is None else r[metric] for r in rows])
+        bounds = np.array([r[f"{metric}_ci"] or [np.nan, np.nan] for r in rows], dtype=float)
+        err = np.nan_to_num(np.abs(bounds.T - values))
+        for bar, row in zip(
+            ax.bar(
+                x + offset, np.nan_to_num(values), width, yerr=err, capsize=3, label=multilabel.METRIC_LABELS[metric]
+            ),
+            rows,
+        ):
+            bar.set_hatch("//" if row["kind"] == "baseline" else "")
+    ax.set_xticks(x, [r["name"] for r in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"mAP and macro ROC-AUC with {level:.0%} cluster-bootstrap CIs over videos")
+    ax.legend(loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_per_label_ap(document: dict[str, Any], path: str | Path) -> None:
+    """Per-label AP of every model/ensemble row (bars) and of the label-frequency baseline (ticks: its
+    AP is each label's test prevalence); labels without a positive test image are left empty."""
+    table, labels = document["per_label"], document["per_label"]["labels"]
+    names = [r["name"] for r in document["rows"] if r["kind"] != "baseline"]
+    fig, ax = _figure(max(6.0, 0.5 * len(labels) * max(1, len(names)) ** 0.5 + 3), 4.5)
+    x, width = np.arange(len(labels)), 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [np.nan if table["ap"][name][c] is None else table["ap"][name][c] for c in labels]
+        ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=name)
+    baseline = [
+        np.nan if table["ap"][multilabel.BASELINE][c] is None else table["ap"][multilabel.BASELINE][c] for c in labels
+    ]
+    ax.hlines(baseline, x - 0.45, x + 0.45, colors="black", linewidth=2, label="label-frequency baseline")
+    ax.set_xticks(x, [f"{c} (n={table['support'][c]})" for c in labels], rotation=45, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("average precision")
+    ax.set_title("Average precision per label (test support in brackets)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_label_counts(truth: np.ndarray, hot: np.ndarray, class_names: list[str], title: str, path: str | Path) -> None:
+    """Per label: TP, FN, FP, TN counts of the thresholded decisions (pooled over seeds), shaded by
+    their share of the label's images (the multi-label stand-in for a confusion matrix)."""
+    hot = as_bool(hot, "decisions")
+    truth = np.broadcast_to(as_bool(truth, "true multi-hot"), hot.shape).reshape(-1, len(class_names))
+    hot = hot.reshape(-1, len(class_names))
+    counts = np.stack([(truth & hot).sum(0), (truth & ~hot).sum(0), (~truth & hot).sum(0), (~truth & ~hot).sum(0)], 1)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = _figure(6.0, min(14.0, 0.4 * len(class_names) + 2))
+    image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    fig.colorbar(image, ax=ax, label="share of the label's images")
+    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
+    ax.set_yticks(range(len(class_names)), class_names)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title)
     _save(fig, path)

@@ -1,4 +1,5 @@
-"""The comparison document as a CSV table, as Markdown and as HTML (results/comparison.{csv,md,html})."""
+"""A multiclass comparison document as a CSV table, as Markdown and as HTML (results/comparison.{csv,md,html}),
+and the writing of either task's tables (the multi-label ones: compare.report_multilabel)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from quiltflow.compare.mdhtml import markdown_to_html
+from quiltflow.core.jsonio import write_json
 
 METRICS_CAPTION = "Accuracy and macro F1 per model with cluster-bootstrap intervals over videos (hatched: baselines)."
 CURVES_CAPTION = "Loss and accuracy per epoch of each model's first run (solid: training, dashed: validation)."
@@ -131,21 +133,39 @@ def _table(document: dict[str, Any]) -> list[str]:
     pct = f"{document['ci_level']:.0%}"
     with_folds = any("accuracy_fold_mean" in r for r in document["rows"])
     columns = [
-        "model", "kind", f"accuracy [{pct} CI]", f"balanced accuracy [{pct} CI]", f"macro F1 [{pct} CI]",
-        f"macro AUC [{pct} CI]", "macro PR-AUC", "ECE", f"video accuracy [{pct} CI]", "design effect",
-        "weighted F1", "weights", "n_test",
-    ]  # fmt: skip
+        "model",
+        "kind",
+        f"accuracy [{pct} CI]",
+        f"balanced accuracy [{pct} CI]",
+        f"macro F1 [{pct} CI]",
+        f"macro AUC [{pct} CI]",
+        "macro PR-AUC",
+        "ECE",
+        f"video accuracy [{pct} CI]",
+        "design effect",
+        "weighted F1",
+        "weights",
+        "n_test",
+    ]
     if with_folds:
         columns.append("accuracy per fold (mean ± sd)")
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for r in document["rows"]:
         cells = [
-            r["name"], r["kind"], _ci(r["accuracy"], r["accuracy_ci"]),
-            _ci(r["balanced_accuracy"], r["balanced_accuracy_ci"]), _ci(r["f1_macro"], r["f1_macro_ci"]),
-            _ci(r["auc_macro"], r["auc_macro_ci"]), _optional(r["pr_auc_macro"]), _optional(r["ece"]),
-            _ci(r["video_accuracy"], r["video_accuracy_ci"]), _optional(r["design_effect"], 2),
-            f"{r['f1_weighted']:.3f}", str(r["weights"]), str(r["n_test"]),
-        ]  # fmt: skip
+            r["name"],
+            r["kind"],
+            _ci(r["accuracy"], r["accuracy_ci"]),
+            _ci(r["balanced_accuracy"], r["balanced_accuracy_ci"]),
+            _ci(r["f1_macro"], r["f1_macro_ci"]),
+            _ci(r["auc_macro"], r["auc_macro_ci"]),
+            _optional(r["pr_auc_macro"]),
+            _optional(r["ece"]),
+            _ci(r["video_accuracy"], r["video_accuracy_ci"]),
+            _optional(r["design_effect"], 2),
+            f"{r['f1_weighted']:.3f}",
+            str(r["weights"]),
+            str(r["n_test"]),
+        ]
         if with_folds:
             cells.append(f"{r['accuracy_fold_mean']:.3f} ± {r['accuracy_fold_sd']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -178,18 +198,39 @@ def markdown_table(document: dict[str, Any]) -> str:
     return "\n".join(_table(document)) + "\n"
 
 
+def figure_html(path: str | Path, caption: str) -> str:
+    """A PNG embedded as a data: URI with its caption (the HTML page stands alone)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" style="max-width:100%">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
 def render_html(document: dict[str, Any], figures: Sequence[tuple[str | Path, str]] = ()) -> str:
     """:func:`render_markdown` as a self-contained HTML fragment (the report's landing page includes
     it; the metrics table has ``id="comparison-table"``), with ``figures`` (PNG path, caption)
     embedded as data: URIs after the table's section. The charset line keeps it readable on its own."""
     body = markdown_to_html(render_markdown(document), table_id="comparison-table")
-    images = []
-    for path, caption in figures:
-        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        images.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" style="max-width:100%">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    images = [figure_html(path, caption) for path, caption in figures]
     marker = "<h2>"  # the plots go right after the table, before the pairwise tests
     head, sep, tail = body.partition(marker)
     return '<meta charset="utf-8">\n' + head + "\n".join(images) + "\n" + sep + tail
+
+
+def write_text(text: str, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def write_tables(
+    document: dict[str, Any], json_path, csv_path, md_path, *, render=render_markdown, csv_writer=write_csv
+) -> None:
+    """The comparison as JSON, CSV and Markdown (whichever paths are given); a multi-label
+    comparison passes its own ``render`` and ``csv_writer`` (compare.report_multilabel)."""
+    if json_path:
+        write_json(document, json_path)
+    if csv_path:
+        csv_writer(document["rows"], csv_path)
+    if md_path:
+        write_text(render(document), md_path)
