@@ -19,7 +19,8 @@ from sklearn.metrics import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from quiltflow.compare import clusterstats, multiclass, stats  # noqa: E402
+import support_stats  # noqa: E402
+from quiltflow.compare import clusterstats, multiclass  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def _cluster_accuracy_ci(codes, y_true, y_pred, samples: int, seed: int):
 def test_duplicated_frames_widen_the_interval_by_the_root_of_the_design_effect():
     codes, y_true, y_pred = _clustered_outcomes(n_videos=200, frames=10, seed=1)
     estimate, (low, high), resampled = _cluster_accuracy_ci(codes, y_true, y_pred, 4000, seed=0)
-    image_level = stats.bootstrap_metrics(y_true, y_pred, 3, samples=4000, seed=0)
+    image_level = support_stats.bootstrap_metrics(y_true, y_pred, 3, samples=4000, seed=0)
     deff = clusterstats.design_effect(resampled, estimate, len(y_true))
     assert deff == pytest.approx(10, rel=0.2)  # identical frames: deff = m = 10
     ratio = (high - low) / (image_level.accuracy_ci[1] - image_level.accuracy_ci[0])
@@ -94,7 +95,7 @@ def test_duplicated_frames_widen_the_interval_by_the_root_of_the_design_effect()
 def test_one_image_per_video_agrees_with_the_image_bootstrap():
     codes, y_true, y_pred = _clustered_outcomes(n_videos=2000, frames=1, seed=2)
     estimate, (low, high), resampled = _cluster_accuracy_ci(codes, y_true, y_pred, 4000, seed=0)
-    image_level = stats.bootstrap_metrics(y_true, y_pred, 3, samples=4000, seed=5)
+    image_level = support_stats.bootstrap_metrics(y_true, y_pred, 3, samples=4000, seed=5)
     assert clusterstats.design_effect(resampled, estimate, len(y_true)) == pytest.approx(1.0, abs=0.1)
     assert low == pytest.approx(image_level.accuracy_ci[0], abs=0.006)
     assert high == pytest.approx(image_level.accuracy_ci[1], abs=0.006)
@@ -131,7 +132,7 @@ def test_swap_test_keeps_its_level_under_clustered_null_and_mcnemar_does_not():
             preds.append(np.where(rng.random(len(codes)) < p_right, y_true, (y_true + 1) % 3))
         p = _swap_p(codes, y_true, preds[0], preds[1], 3, permutations=200, seed=sim)
         rejections["swap"] += p["accuracy"] < alpha
-        rejections["mcnemar"] += stats.mcnemar_exact(preds[0] == y_true, preds[1] == y_true).p_value < alpha
+        rejections["mcnemar"] += support_stats.mcnemar_exact(preds[0] == y_true, preds[1] == y_true).p_value < alpha
     swap_rate, mcnemar_rate = rejections["swap"] / simulations, rejections["mcnemar"] / simulations
     # Binomial(200, 0.05) has sd ~0.015: 0.10 is > 3 sd above the nominal level.
     assert swap_rate <= 0.10, swap_rate
