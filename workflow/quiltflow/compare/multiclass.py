@@ -192,12 +192,12 @@ def _ensemble_row(plain: list[Model]) -> Row:
     mean_probs = np.mean([m.probs for m in plain], axis=0)
     members = EnsembleExtra(", ".join(m.name for m in plain))
     return Row(
-        ENSEMBLE,
-        "ensemble",
-        mean_probs,
-        mean_probs.argmax(axis=-1),
-        f"mean of {len(plain)} models",
-        members,
+        name=ENSEMBLE,
+        kind="ensemble",
+        probs=mean_probs,
+        decisions=mean_probs.argmax(axis=-1),
+        weights=f"mean of {len(plain)} models",
+        extra=members,
         comparable=True,
     )
 
@@ -212,21 +212,21 @@ def _baseline_rows(test_set: TestSet, shape: tuple[int, int], class_names: list[
     guesses = stats.stratified_predictions(test_set.y_true, train_counts, class_names, seed=seed)
     expected = stats.stratified_expected_accuracy(test_set.y_true, train_counts, class_names)
     majority_row = Row(
-        MAJORITY,
-        "baseline",
-        np.broadcast_to(prior, (n_seeds, n, k)),
-        np.full((n_seeds, n), majority),
-        "none",
-        MajorityExtra(class_names[majority]),
+        name=MAJORITY,
+        kind="baseline",
+        probs=np.broadcast_to(prior, (n_seeds, n, k)),
+        decisions=np.full((n_seeds, n), majority),
+        weights="none",
+        extra=MajorityExtra(class_names[majority]),
         comparable=False,
     )
     stratified_row = Row(
-        STRATIFIED,
-        "baseline",
-        np.broadcast_to(np.eye(k)[guesses], (n_seeds, n, k)),
-        np.broadcast_to(guesses, (n_seeds, n)),
-        "none",
-        StratifiedExtra(expected),
+        name=STRATIFIED,
+        kind="baseline",
+        probs=np.broadcast_to(np.eye(k)[guesses], (n_seeds, n, k)),
+        decisions=np.broadcast_to(guesses, (n_seeds, n)),
+        weights="none",
+        extra=StratifiedExtra(expected),
         comparable=False,
     )
     return [majority_row, stratified_row], class_names[majority]
@@ -494,7 +494,7 @@ def _mean_design_effect(rows: list[ClassRow]) -> float | None:
 
 
 def _settings(*, seed: int, bootstrap_samples: int, permutations: int, alpha: float) -> dict[str, Any]:
-    """The document's method block (between the class counts and ``design_effect``)."""
+    """The document's method block: seeds, sizes and the methods in words."""
     return {
         "seed": int(seed),
         "bootstrap_samples": int(bootstrap_samples),

@@ -230,7 +230,8 @@ def _rows(models: list[Model], prevalence: np.ndarray, class_names: list[str], *
         probs = np.mean([m.probs for m in plain], axis=0)
         decided = np.mean([m.decisions for m in plain], axis=0) >= 0.5
         members = LabelEnsembleExtra(", ".join(m.name for m in plain))
-        rows.append(Row(ENSEMBLE, "ensemble", probs, decided, f"mean of {len(plain)} models", members, True))
+        weights = f"mean of {len(plain)} models"
+        rows.append(Row(ENSEMBLE, "ensemble", probs, decided, weights, members, comparable=True))
     shape = models[0].probs.shape
     decides = FrequencyBaselineExtra([c for c, p in zip(class_names, prevalence) if p >= 0.5])
     baseline_probs, baseline_decisions = np.broadcast_to(prevalence, shape), np.broadcast_to(prevalence >= 0.5, shape)
