@@ -233,9 +233,9 @@ def _rows(models: list[Model], prevalence: np.ndarray, class_names: list[str], *
         weights = f"mean of {len(plain)} models"
         rows.append(Row(ENSEMBLE, "ensemble", probs, decided, weights, members, comparable=True))
     shape = models[0].probs.shape
-    decides = FrequencyBaselineExtra([c for c, p in zip(class_names, prevalence) if p >= 0.5])
+    baseline_extra = FrequencyBaselineExtra([c for c, p in zip(class_names, prevalence) if p >= 0.5])
     baseline_probs, baseline_decisions = np.broadcast_to(prevalence, shape), np.broadcast_to(prevalence >= 0.5, shape)
-    rows.append(Row(BASELINE, "baseline", baseline_probs, baseline_decisions, "none", decides, comparable=False))
+    rows.append(Row(BASELINE, "baseline", baseline_probs, baseline_decisions, "none", baseline_extra, comparable=False))
     return rows
 
 
