@@ -55,7 +55,10 @@ class TestEntry:
         if self.test == T_TEST:
             entry.update(t=self.t, df=self.df)
         entry.update(
-            p_value_holm=self.p_value_holm, significant=self.better is not None, better=self.better, verdict=self.verdict
+            p_value_holm=self.p_value_holm,
+            significant=self.better is not None,
+            better=self.better,
+            verdict=self.verdict,
         )
         if better_than:
             entry[better_than] = self.better == self.a
@@ -115,7 +118,6 @@ def paired_test_entries(
             if evidence.fold_scores is not None:
                 entries.append(_t_test_entry(a, b, metric, evidence))
     return entries
-
 
 
 def decide(entries: Sequence[TestEntry], alpha: float, labels: Mapping[str, str]) -> None:
