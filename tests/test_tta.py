@@ -168,7 +168,7 @@ def _tta_run(tmp_path: Path, tta_key: bool = True) -> dict:
 
 
 def _compare_with_tta(paths: dict) -> dict:
-    from quiltflow.compare.multiclass import compare_models
+    from quiltflow.compare.run import compare_models
 
     return compare_models(
         paths["metrics"][:2], paths["predictions"][:2], paths["histories"][:2], paths["split_report"],

@@ -1,5 +1,4 @@
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -9,14 +8,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # The stage logic is the quiltflow package beside this folder; the Snakefile imports it at
-# DAG-build time (config validation, shard counts), the scripts import it in each job.
-# Jobs import it too: workflow/ goes first on their PYTHONPATH (local jobs inherit this process's
-# environment; a cluster job parses this file again in its own process and sets it there).
-WORKFLOW_DIR = str(Path(workflow.basedir) / "workflow")
-sys.path.insert(0, WORKFLOW_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [WORKFLOW_DIR, os.environ.get("PYTHONPATH")])
-)
+# DAG-build time (config validation, shard counts). The stage scripts import it without path code
+# of their own: Snakemake's script preamble extends each job's sys.path with this process's
+# sys.path (a cluster job parses this file again in its own process).
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from quiltflow.dag.codehash import code_version  # noqa: E402
 from quiltflow.dag.config import (  # noqa: E402
@@ -262,8 +257,8 @@ def check_until(until, plan_exists):
         if name not in BEFORE_SHARD_PLAN
         and not name.startswith(
             (
-                Path(paths.FILTERED).parent.as_posix() + "/",
-                paths.SPLITS_DIR + "/",
+                f"{Path(paths.FILTERED).parent}/",
+                f"{paths.SPLITS_DIR}/",
                 "resources/demo/",
                 paths.SHARD_PLAN,
             )

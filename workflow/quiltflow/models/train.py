@@ -22,13 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 from quiltflow.core.errors import UserError
-from quiltflow.core.jsonio import read_json, read_label_map, write_json
+from quiltflow.core.jsonio import read_label_map, write_json
 from quiltflow.core.paths import MODEL_FILE, TRAIN_INFO_FILE
 from quiltflow.core.settings import ModelSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, read_task
 from quiltflow.models.builders import build_model, dense_head, set_backbone_trainable, weights_description
 from quiltflow.models.resume import TrainingRun, backed_up_epoch, prior_val_state
 from quiltflow.models.runtime import configure_runtime, float32_policy
+from quiltflow.records.split_report import SplitReport
 
 log = logging.getLogger("quiltflow.models.train")
 
@@ -466,21 +467,16 @@ def _train_class_counts(
     label_map: str | Path, split_report: str | Path, train_buckets: Sequence[str]
 ) -> tuple[list[str], list[int], int]:
     """(class names, training images per class (carrying each label) in label order, training
-    images) from the split stage's files."""
+    images) from the split stage's files (``records.split_report``, its one reader)."""
     classes = read_label_map(label_map)
-    report = read_json(split_report, "split report")
-    class_counts = report.get("class_counts", {})
-    images = sum(int(report.get("counts", {}).get(bucket, 0)) for bucket in train_buckets)
-    counts = dict.fromkeys(classes, 0)
-    for bucket in train_buckets:
-        if bucket not in class_counts:
-            raise UserError(f"{split_report}: class_counts.{bucket} missing")
-        unknown = sorted(set(class_counts[bucket]) - set(classes))
-        if unknown:
-            raise UserError(f"{split_report}: class_counts.{bucket} has classes not in {label_map}: {unknown[:3]}")
-        for name, count in class_counts[bucket].items():
-            counts[name] += int(count)
-    return classes, [counts[name] for name in classes], images
+    split = SplitReport.read(split_report)
+    counts = split.class_counts_in(train_buckets)
+    unknown = sorted(set(counts) - set(classes))
+    if unknown:
+        raise UserError(
+            f"{split_report}: class_counts of {list(train_buckets)} has classes not in {label_map}: {unknown[:3]}"
+        )
+    return classes, [counts.get(name, 0) for name in classes], split.images_in(train_buckets, "training images")
 
 
 def _load_cached_features(features, s: ModelSettings, image_size: int):
