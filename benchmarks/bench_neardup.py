@@ -34,7 +34,6 @@ otherwise generated tissue-like frames. Thresholds: the schema default for the n
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import platform
@@ -50,6 +49,7 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 from quiltflow.core.settings import FilterSettings  # noqa: E402
+from quiltflow.data.demo import reused_frame  # noqa: E402
 from quiltflow.data.neardup import (  # noqa: E402
     HASH_OK,
     HASH_VERSION,
@@ -130,25 +130,6 @@ def baseline_dhash_file(path: Path) -> int:
         return baseline_dhash_image(image)
 
 
-def reframed(image: Image.Image, rng: np.random.Generator, crop: tuple[float, float] | None, scale: tuple | None):
-    """A reused copy: crop a random non-empty set of sides (each by its own fraction of the side
-    in ``crop``) or rescale by a log-uniform factor in ``scale``; then +-10 % gain per colour
-    channel and JPEG quality 80-92. Returns the JPEG bytes."""
-    w, h = image.size
-    if crop:
-        sides = rng.random(4) < 0.5
-        sides[rng.integers(4)] = True
-        left, top, right, bottom = np.where(sides, rng.uniform(*crop, 4), 0) * [w, h, w, h]
-        image = image.crop((round(left), round(top), w - round(right), h - round(bottom)))
-    if scale:
-        factor = math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1])))
-        image = image.resize((round(w * factor), round(h * factor)), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.9, 1.1, 3)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=int(rng.integers(80, 93)))
-    return out.getvalue()
-
-
 def make_copies(paths: list[Path], folder: Path, seed: int = 2026) -> dict[str, list[Path]]:
     """One copy of every original per crop band and per scale band (file k copies original k)."""
     rng = np.random.default_rng(seed)
@@ -158,7 +139,7 @@ def make_copies(paths: list[Path], folder: Path, seed: int = 2026) -> dict[str, 
             image = opened.convert("RGB")
         for k, name in enumerate(copies):
             copies[name].append(folder / f"copy{i:05d}_{k}.jpg")
-            copies[name][-1].write_bytes(reframed(image, rng, BANDS.get(name), SCALES.get(name)))
+            copies[name][-1].write_bytes(reused_frame(image, rng, BANDS.get(name), SCALES.get(name)))
     return copies
 
 

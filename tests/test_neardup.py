@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 from quiltflow.core.settings import FilterSettings, SplitSettings
+from quiltflow.data.demo import reused_frame
 from quiltflow.data.metadata import filter_metadata
 from quiltflow.data.neardup import (
     GRID,
@@ -50,24 +50,6 @@ def near_copy(path: Path, rng: np.random.Generator) -> bytes:
     )
     out = io.BytesIO()
     image.save(out, "JPEG", quality=int(rng.integers(70, 95)))
-    return out.getvalue()
-
-
-def reused_copy(image: Image.Image, rng: np.random.Generator, crop: tuple | None, scale: tuple | None) -> bytes:
-    """A reused frame: a random non-empty set of sides cropped by fractions in ``crop``, or a
-    log-uniform rescale in ``scale``; +-10 % gain per channel; JPEG quality 80-92."""
-    w, h = image.size
-    if crop:
-        sides = rng.random(4) < 0.5
-        sides[rng.integers(4)] = True
-        left, top, right, bottom = np.where(sides, rng.uniform(*crop, 4), 0) * [w, h, w, h]
-        image = image.crop((round(left), round(top), w - round(right), h - round(bottom)))
-    if scale:
-        factor = math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1])))
-        image = image.resize((round(w * factor), round(h * factor)), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.9, 1.1, 3)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=int(rng.integers(80, 93)))
     return out.getvalue()
 
 
@@ -146,7 +128,7 @@ def test_reused_frames_of_real_tiles_are_joined_and_unrelated_tiles_are_not(lc25
         image.save(originals[-1], quality=90)
         for name, (crop, scale) in bands.items():
             copies[name].append(tmp_path / f"copy{i}_{len(copies[name])}_{name[:4]}{name[-1]}.jpg")
-            copies[name][-1].write_bytes(reused_copy(image, rng, crop, scale))
+            copies[name][-1].write_bytes(reused_frame(image, rng, crop, scale))
     original = hash_files(originals)[0]
     recall = {
         name: float(np.mean(joined_distance(original, hash_files(files)[0]) <= MAX_DISTANCE))

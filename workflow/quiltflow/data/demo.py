@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import uuid
 import zlib
 from dataclasses import dataclass, replace
@@ -551,3 +552,24 @@ def _lookup_rows(rng: np.random.Generator, images: list[_DemoImage]) -> pd.DataF
     df = df.iloc[rng.permutation(len(df))].reset_index(drop=True)
     df.insert(0, "Unnamed: 0", np.arange(len(df)))
     return df[list(LOOKUP_COLUMNS)]
+
+
+def reused_frame(
+    image: Image.Image, rng: np.random.Generator, crop: tuple[float, float] | None, scale: tuple | None
+) -> bytes:
+    """A frame as a lecturer reuses it in another video (near-duplicate tests and benchmarks): crop a random non-empty set of sides (each by its own fraction of the side
+    in ``crop``) or rescale by a log-uniform factor in ``scale``; then +-10 % gain per colour
+    channel and JPEG quality 80-92. Returns the JPEG bytes."""
+    w, h = image.size
+    if crop:
+        sides = rng.random(4) < 0.5
+        sides[rng.integers(4)] = True
+        left, top, right, bottom = np.where(sides, rng.uniform(*crop, 4), 0) * [w, h, w, h]
+        image = image.crop((round(left), round(top), w - round(right), h - round(bottom)))
+    if scale:
+        factor = math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1])))
+        image = image.resize((round(w * factor), round(h * factor)), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.9, 1.1, 3)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=int(rng.integers(80, 93)))
+    return out.getvalue()
