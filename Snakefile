@@ -18,6 +18,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/probe.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/explain.smk"
 
@@ -51,3 +52,9 @@ rule evaluate:
 rule explain:
     input:
         expand(paths.EXPLAIN_DIR, model=EXPLAIN_MODELS),
+
+
+# Linear probe and k-NN of every frozen representation at label budgets (probe.smk); not in rule all.
+rule probe:
+    input:
+        probe_targets(),

@@ -65,6 +65,11 @@ PLOT = "results/plots/{name}.png"
 PREDICT = "results/predict/{model}.{ext}"
 EXPLAIN_DIR = "results/explain/{model}"
 
+# Frozen representations probed (linear probe, k-NN) at label budgets: predictions, budgets, summary.
+PROBE = "results/probe/{model}.parquet"
+PROBE_BUDGETS = "results/probe/{model}.budgets.json"
+PROBE_SUMMARY = "results/probe/summary.{ext}"
+
 
 def fill(pattern: str, **values: object) -> str:
     """``pattern`` with the given wildcards replaced and every other one left as it is."""

@@ -1,0 +1,232 @@
+"""The probe stage (issue 26): label budgets of videos, linear probe and weighted k-NN on cached
+features, their summary with video-level statistics, and `snakemake probe` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from quiltflow.compare.probe_summary import summarise_probe
+from quiltflow.core.errors import UserError
+from quiltflow.evaluation import probe
+from sklearn.neighbors import KNeighborsClassifier
+from workflow_runner import copy_workflow, snakemake
+
+FRACTIONS = (0.01, 0.1, 0.5, 1.0)
+
+
+def _videos(n_videos: int = 60, frames: int = 5, classes: int = 4, seed: int = 0):
+    """Groups and labels: each video mostly of one class, with a minority frame of another."""
+    rng = np.random.default_rng(seed)
+    video_class = np.arange(n_videos) % classes
+    groups = np.repeat([f"v{i:03d}" for i in range(n_videos)], frames)
+    labels = np.repeat(video_class, frames)
+    labels[::frames] = (labels[::frames] + 1) % classes  # one off-class frame per video
+    return groups, labels, rng
+
+
+def _split(x, y, groups, prefix="i"):
+    ids = np.array([f"{prefix}{i}" for i in range(len(y))])
+    return probe.Split(np.asarray(x, np.float32), np.asarray(y), ids, np.asarray(groups))
+
+
+def _clustered(n_videos: int, frames: int, classes: int, dim: int, seed: int, prefix: str):
+    """A feature set whose classes are well separated clusters (the answers are known)."""
+    groups, labels, rng = _videos(n_videos, frames, classes, seed)
+    groups = np.char.add(prefix, groups)
+    centres = np.eye(classes, dim) * 4.0
+    x = centres[labels] + rng.normal(scale=0.5, size=(len(labels), dim))
+    return _split(x, labels, groups, prefix)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def test_budgets_are_nested_stratified_and_seeded():
+    groups, labels, _ = _videos()
+    budgets = probe.label_budgets(groups, labels, FRACTIONS, seed=3)
+    strata = probe.video_labels(groups, labels)
+    assert [b.fraction for b in budgets] == sorted(FRACTIONS)
+    for small, large in zip(budgets, budgets[1:]):
+        assert set(small.videos) <= set(large.videos), "a smaller budget's video is missing from a larger one"
+    for budget in budgets:
+        assert {strata[v] for v in budget.videos} == set(range(4)), "every class needs a video"
+        assert budget.n_images == int(np.isin(groups, budget.videos).sum())
+    assert budgets[0].videos and len(budgets[0].videos) == 4  # 1 % of 15 videos per class -> 1 each
+    assert set(budgets[-1].videos) == set(groups)
+    again = probe.label_budgets(groups, labels, FRACTIONS, seed=3)
+    assert [b.videos for b in again] == [b.videos for b in budgets]
+    other = probe.label_budgets(groups, labels, FRACTIONS, seed=4)
+    assert [b.videos for b in other] != [b.videos for b in budgets]
+
+
+def test_video_label_is_the_most_frequent_frame_label():
+    groups = np.array(["a", "a", "a", "b", "b"])
+    labels = np.array([2, 1, 2, 0, 1])
+    assert probe.video_labels(groups, labels) == {"a": 2, "b": 0}  # tie in b: the smaller index
+
+
+def test_budgets_reject_fractions_outside_unit_interval():
+    groups, labels, _ = _videos()
+    with pytest.raises(UserError, match="label_fractions"):
+        probe.label_budgets(groups, labels, [0.0, 1.0], seed=0)
+
+
+def test_protocol_trains_only_on_training_videos_and_tests_every_fit():
+    run = probe.RunData(
+        0,
+        7,
+        _clustered(40, 4, 4, 16, 0, "t"),
+        _clustered(12, 4, 4, 16, 1, "v"),
+        _clustered(12, 4, 4, 16, 2, "s"),
+    )
+    result = probe.run_protocol([run], 4, probe.ProbeSettings(fractions=FRACTIONS))
+    held_out = set(run.val.groups) | set(run.test.groups)
+    for budget in result.budgets:
+        assert not set(budget["videos"]) & held_out
+        assert set(budget["videos"]) <= set(run.train.groups)
+    frame = result.predictions
+    assert list(frame.columns) == [
+        "image_id",
+        "group",
+        "true_label",
+        "pred_label",
+        "probabilities",
+        "fold",
+        "seed",
+        "fraction",
+        "method",
+    ]
+    assert len(frame) == len(FRACTIONS) * len(probe.METHODS) * len(run.test.labels)
+    for (fraction, method), cell in frame.groupby(["fraction", "method"]):
+        assert (cell["image_id"].to_numpy() == run.test.ids).all()  # validation/test never change
+        if fraction == 1.0 or method == "knn":
+            # Separated clusters; a 4-video budget's off-class frames may still mislead the probe.
+            assert (cell["true_label"] == cell["pred_label"]).mean() == 1.0
+    again = probe.run_protocol([run], 4, probe.ProbeSettings(fractions=FRACTIONS))
+    assert np.allclose(np.stack(again.predictions["probabilities"]), np.stack(frame["probabilities"]))
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def test_knn_hand_made_answer():
+    # Two training points per class on the axes; the query at 30 degrees from x votes mostly for x.
+    train = np.array([[1, 0], [2, 0], [0, 1], [0, 3]], np.float32)
+    labels = np.array([0, 0, 1, 1])
+    query = np.array([[np.cos(np.pi / 6), np.sin(np.pi / 6)]], np.float32)
+    probs = probe.knn_probabilities(train, labels, query, 2, k=4, temperature=0.1)
+    w0, w1 = np.exp(np.cos(np.pi / 6) / 0.1), np.exp(np.sin(np.pi / 6) / 0.1)
+    assert probs[0] == pytest.approx([w0 / (w0 + w1), w1 / (w0 + w1)], rel=1e-5)
+    # k=1: only the nearest neighbour votes.
+    assert probe.knn_probabilities(train, labels, query, 2, k=1, temperature=0.1)[0] == pytest.approx([1, 0])
+
+
+def test_knn_matches_scikit_learn_brute_force():
+    rng = np.random.default_rng(1)
+    x_train, x_query = rng.normal(size=(600, 24)), rng.normal(size=(300, 24))
+    y_train = rng.integers(0, 5, 600)
+    ours = probe.knn_probabilities(x_train, y_train, x_query, 5, k=20, temperature=0.07)
+    reference = KNeighborsClassifier(
+        n_neighbors=20, metric="cosine", algorithm="brute", weights=lambda d: np.exp((1 - d) / 0.07)
+    ).fit(x_train, y_train)
+    assert np.array_equal(ours.argmax(axis=1), reference.predict(x_query))
+    assert np.allclose(ours, reference.predict_proba(x_query), atol=1e-4)
+
+
+def test_knn_blocks_give_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(2)
+    x, y, q = rng.normal(size=(200, 8)), rng.integers(0, 3, 200), rng.normal(size=(50, 8))
+    whole = probe.knn_probabilities(x, y, q, 3, k=20, temperature=0.07)
+    monkeypatch.setattr(probe, "_BLOCK_ELEMENTS", 200 * 7)  # blocks of 7 queries
+    assert np.allclose(probe.knn_probabilities(x, y, q, 3, k=20, temperature=0.07), whole)
+
+
+def test_linear_probe_hand_made_answer_and_c_from_the_grid():
+    train, val = _clustered(30, 4, 3, 6, 0, "t"), _clustered(9, 4, 3, 6, 1, "v")
+    settings = probe.ProbeSettings(c_grid=(0.01, 1.0))
+    scaler, model, c = probe.linear_probe(train, val, 3, settings)
+    assert c in settings.c_grid
+    # A point on a class centre is that class.
+    centres = np.eye(3, 6) * 4.0
+    assert list(model.predict(scaler.transform(centres))) == [0, 1, 2]
+
+
+def test_multilabel_features_are_a_one_line_error():
+    parts = {"train": {"features": np.zeros((2, 3)), "labels": np.zeros((2, 4)), "ids": np.array(["a", "b"])}}
+    with pytest.raises(UserError, match="multi-label"):
+        probe.bucket_split(parts, {"a": "g", "b": "g"}, ["train"])
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_summary_tests_representations_in_one_holm_family(tmp_path):
+    runs_good = [
+        probe.RunData(
+            0, s, _clustered(40, 4, 4, 16, 0, "t"), _clustered(12, 4, 4, 16, 1, "v"), _clustered(16, 4, 4, 16, 2, "s")
+        )
+        for s in (1, 2)
+    ]
+    rng = np.random.default_rng(5)
+    # A worse representation of the same images: mostly noise.
+    runs_bad = [
+        probe.RunData(
+            r.fold,
+            r.seed,
+            *(
+                probe.Split(s.features + rng.normal(scale=6, size=s.features.shape), s.labels, s.ids, s.groups)
+                for s in (r.train, r.val, r.test)
+            ),
+        )
+        for r in runs_good
+    ]
+    settings = probe.ProbeSettings(fractions=(0.1, 1.0), c_grid=(0.1, 1.0))
+    paths, budgets = {}, {}
+    for name, runs in (("good", runs_good), ("bad", runs_bad)):
+        result = probe.run_protocol(runs, 4, settings)
+        paths[name], budgets[name] = tmp_path / f"{name}.parquet", tmp_path / f"{name}.budgets.json"
+        result.predictions.to_parquet(paths[name], index=False)
+        budgets[name].write_text(json.dumps({"budgets": result.budgets}))
+    label_map = tmp_path / "label_map.json"
+    label_map.write_text(json.dumps({"classes": list("ABCD"), "class_to_index": {}, "task": "multiclass"}))
+    outputs = {
+        "json": tmp_path / "s.json",
+        "csv": tmp_path / "s.csv",
+        "md": tmp_path / "s.md",
+        "plot": tmp_path / "plot.png",
+    }
+    document = summarise_probe(
+        paths, budgets, str(label_map), seed=0, bootstrap_samples=200, permutations=200, alpha=0.05, outputs=outputs
+    )
+    assert len(document["rows"]) == 2 * 2 * 2
+    good = next(r for r in document["rows"] if r["name"] == "good/linear@1")
+    assert good["balanced_accuracy"] == 1.0 and good["balanced_accuracy_ci"] is not None
+    assert good["train_videos"] == 40
+    tests = document["tests"]
+    assert len(tests) == 4  # one pair at each (method, fraction)
+    assert all(t["p_value_holm"] >= t["p_value"] for t in tests)
+    assert any(t["better"] == "good/linear@1" for t in tests)
+    assert outputs["plot"].stat().st_size > 0
+    assert {"balanced_accuracy_low", "auc_macro_high"} <= set(pd.read_csv(outputs["csv"]).columns)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_snakemake_probe_end_to_end(tmp_path):
+    work = copy_workflow(tmp_path / "wf")
+    snakemake(work, "probe")
+    results = work / "results"
+    frame = pd.read_parquet(results / "probe" / "resnet50_frozen.parquet")
+    assert set(frame["method"]) == set(probe.METHODS)
+    assert sorted(frame["fraction"].unique()) == list(FRACTIONS)
+    summary = json.loads((results / "probe" / "summary.json").read_text())
+    assert {r["representation"] for r in summary["rows"]} == {"resnet50_frozen"}
+    assert (results / "plots" / "label_efficiency.png").stat().st_size > 0
+    # The probe stage decodes no image and trains no network.
+    assert not (results / "models").exists()

@@ -1,0 +1,236 @@
+"""Summary of the probe stage (issue 26): each frozen representation's linear probe and k-NN at each
+label fraction, scored with the comparison's own statistics (no TensorFlow).
+
+Rows are (representation, method, fraction). Their scores are seed-averaged like the comparison's
+models (``quiltflow.compare.multiclass``): one set of video-bootstrap resamples serves every row, so
+intervals are paired; representations are compared at each (fraction, method) by the video swap
+permutation test on balanced accuracy, every test in one Holm family (``compare.paired_tests``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from quiltflow.compare import clusterstats, paired_tests, plots
+from quiltflow.compare.multiclass import _cluster_bootstrap, _point_estimates, groups_of, row_counts, swap_p_values
+from quiltflow.compare.rows import Row
+from quiltflow.core.errors import UserError
+from quiltflow.core.jsonio import read_json, read_label_map, write_json
+from quiltflow.records.predictions import probability_matrix
+
+SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "auc_macro")
+TESTED_METRIC = "balanced_accuracy"  # the headline score: one test per pair keeps the family small
+LABELS = {"balanced_accuracy": "balanced accuracy"}
+
+
+class _Images(NamedTuple):
+    """What ``multiclass.groups_of`` reads of a test set."""
+
+    groups: np.ndarray
+    y_true: np.ndarray
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One (representation, method, fraction) row: per-seed probabilities and decisions."""
+
+    model: str
+    method: str
+    fraction: float
+    row: Row
+
+    @property
+    def cell(self) -> tuple[str, float]:
+        return self.method, self.fraction
+
+
+def row_name(model: str, method: str, fraction: float) -> str:
+    return f"{model}/{method}@{fraction:g}"
+
+
+def _reference(frame: pd.DataFrame) -> pd.DataFrame:
+    """The test images (image_id order) of the first seed: every row must predict exactly these."""
+    first = frame[(frame["seed"] == frame["seed"].min())]
+    first = first[(first["method"] == first["method"].iloc[0]) & (first["fraction"] == first["fraction"].iloc[0])]
+    return first.sort_values("image_id")[["image_id", "group", "true_label"]].reset_index(drop=True)
+
+
+def read_rows(paths: Mapping[str, str], n_classes: int) -> tuple[list[ProbeRow], pd.DataFrame]:
+    """Every row of the models' probe tables, aligned on one reference test set."""
+    rows, reference = [], None
+    for model, path in paths.items():
+        frame = pd.read_parquet(path)
+        if frame.empty:
+            raise UserError(f"{path}: no predictions")
+        reference = _reference(frame) if reference is None else reference
+        for (method, fraction), cell in frame.groupby(["method", "fraction"], sort=True):
+            probs, decisions = [], []
+            for seed, part in cell.groupby("seed", sort=True):
+                part = part.sort_values("image_id")
+                if not np.array_equal(part["image_id"].to_numpy(str), reference["image_id"].to_numpy(str)):
+                    raise UserError(f"{path}: {method} {fraction:g} seed {seed} predicts other test images")
+                matrix = probability_matrix(part, source=str(path))
+                if matrix.shape[1] != n_classes:
+                    raise UserError(f"{path}: {matrix.shape[1]} probabilities, label map has {n_classes}")
+                probs.append(matrix)
+                decisions.append(part["pred_label"].to_numpy(np.int64))
+            name = row_name(model, method, float(fraction))
+            rows.append(
+                ProbeRow(model, method, float(fraction), Row(name, "probe", probs, decisions, None, None, True))
+            )
+    return rows, reference
+
+
+def _interval(resampled: dict | None, metric: str, column: int, estimate, level: float) -> list[float] | None:
+    if resampled is None or estimate is None or metric not in resampled:
+        return None
+    return list(clusterstats.percentile_ci(resampled[metric][:, column], estimate, level))
+
+
+def score_rows(rows: Sequence[ProbeRow], reference: pd.DataFrame, *, samples: int, seed: int, level: float):
+    """(summary rows, counts by name, groups, point by name, resampled [B, rows] or None)."""
+    y_true = reference["true_label"].to_numpy(np.int64)
+    k = len(rows[0].row.probs[0][0])
+    groups = groups_of(_Images(reference["group"].to_numpy(str), y_true), k)
+    counts = {r.row.name: row_counts(r.row, y_true, groups) for r in rows}
+    point = {r.row.name: _point_estimates(r.row, counts[r.row.name], y_true, groups) for r in rows}
+    resampled = None
+    if groups.n_groups >= clusterstats.MIN_GROUPS_FOR_INTERVALS:
+        resampled = _cluster_bootstrap([counts[r.row.name] for r in rows], groups, samples=samples, seed=seed)
+    table = []
+    for column, r in enumerate(rows):
+        entry = {"name": r.row.name, "representation": r.model, "method": r.method, "fraction": r.fraction}
+        for metric in SUMMARY_METRICS:
+            estimate = point[r.row.name][metric]
+            entry[metric] = estimate
+            entry[f"{metric}_ci"] = _interval(resampled, metric, column, estimate, level)
+        table.append(entry)
+    return table, counts, groups, point, resampled
+
+
+def paired_tests_of(rows: Sequence[ProbeRow], scored, *, permutations: int, seed: int, alpha: float) -> list[dict]:
+    """Video swap tests between representations at each (method, fraction); one Holm family."""
+    _, counts, groups, point, resampled = scored
+    cells: dict[tuple[str, float], list[str]] = {}
+    for r in rows:
+        cells.setdefault(r.cell, []).append(r.row.name)
+    pairs = [pair for names in cells.values() for pair in itertools.combinations(names, 2)]
+    if not pairs:
+        return []
+    swap_p = swap_p_values(pairs, counts, groups, permutations=permutations, seed=seed)
+    index = {r.row.name: i for i, r in enumerate(rows)}
+    evidence = paired_tests.Evidence(point, resampled, index, None, None, 1.0 - alpha)
+    entries = paired_tests.paired_test_entries(pairs, [TESTED_METRIC], evidence, swap_p)
+    paired_tests.decide(entries, alpha, LABELS)
+    return [entry.to_dict() for entry in entries]
+
+
+def _budget_sizes(budget_paths: Mapping[str, str]) -> dict[tuple[str, float], dict[str, float]]:
+    """Mean training videos and images per (representation, fraction) over folds and seeds."""
+    sizes = {}
+    for model, path in budget_paths.items():
+        frame = pd.DataFrame(read_json(path, "probe budgets")["budgets"])
+        for fraction, part in frame.groupby("fraction"):
+            sizes[(model, float(fraction))] = {
+                "train_videos": float(part["n_videos"].mean()),
+                "train_images": float(part["n_images"].mean()),
+            }
+    return sizes
+
+
+def _markdown(table: Sequence[Mapping], tests: Sequence[Mapping], level: float) -> str:
+    def cell(value, ci) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    lines = [
+        f"# Frozen representations: linear probe and k-NN by label budget ({level:.0%} video-bootstrap CIs)",
+        "",
+        "| representation | method | fraction | videos | images | " + " | ".join(SUMMARY_METRICS) + " |",
+        "|---|---|---|---|---|" + "---|" * len(SUMMARY_METRICS),
+    ]
+    for r in table:
+        scores = " | ".join(cell(r[m], r[f"{m}_ci"]) for m in SUMMARY_METRICS)
+        lines.append(
+            f"| {r['representation']} | {r['method']} | {r['fraction']:g} | {r.get('train_videos', 0):.0f} "
+            f"| {r.get('train_images', 0):.0f} | {scores} |"
+        )
+    lines += ["", "## Paired video-level tests (one Holm family)", ""]
+    lines += [f"- {t['verdict']}" for t in tests] or ["- one representation: nothing to compare"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_label_efficiency(table: Sequence[Mapping], path: str | Path, *, level: float) -> None:
+    """Balanced accuracy vs label fraction (log x), one line per representation and method."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot()
+    frame = pd.DataFrame(table)
+    for (model, method), part in frame.groupby(["representation", "method"], sort=True):
+        part = part.sort_values("fraction")
+        values = part["balanced_accuracy"].to_numpy(float)
+        cis = [ci if ci else [v, v] for ci, v in zip(part["balanced_accuracy_ci"], values)]
+        err = np.abs(np.array(cis, dtype=float).T - values)
+        ax.errorbar(part["fraction"], values, yerr=err, marker="o", capsize=3, label=f"{model} ({method})")
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of training videos labelled (log scale)")
+    ax.set_ylabel("balanced accuracy (test)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Label efficiency with {level:.0%} video-bootstrap CIs")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    plots._save(fig, path)
+
+
+def summarise_probe(
+    prediction_paths: Mapping[str, str],
+    budget_paths: Mapping[str, str],
+    label_map_path: str,
+    *,
+    seed: int,
+    bootstrap_samples: int,
+    permutations: int,
+    alpha: float,
+    outputs: Mapping[str, str],
+) -> dict[str, Any]:
+    """Rule probe_summary: score, test, write ``outputs`` (json, csv, md, plot); returns the document."""
+    class_names = read_label_map(label_map_path)
+    rows, reference = read_rows(prediction_paths, len(class_names))
+    level = 1.0 - alpha
+    scored = score_rows(rows, reference, samples=bootstrap_samples, seed=seed, level=level)
+    table = scored[0]
+    sizes = _budget_sizes(budget_paths)
+    for entry in table:
+        entry.update(sizes.get((entry["representation"], entry["fraction"]), {}))
+    tests = paired_tests_of(rows, scored, permutations=permutations, seed=seed, alpha=alpha)
+    document = {
+        "settings": {
+            "seed": seed,
+            "bootstrap_samples": bootstrap_samples,
+            "permutations": permutations,
+            "alpha": alpha,
+        },
+        "classes": class_names,
+        "test_images": len(reference),
+        "test_videos": int(scored[2].n_groups),
+        "rows": table,
+        "tests": tests,
+    }
+    write_json(document, outputs["json"])
+    flat = pd.DataFrame(table)
+    for metric in SUMMARY_METRICS:
+        cis = flat.pop(f"{metric}_ci")
+        flat[f"{metric}_low"] = [ci[0] if ci else None for ci in cis]
+        flat[f"{metric}_high"] = [ci[1] if ci else None for ci in cis]
+    flat.to_csv(outputs["csv"], index=False)
+    Path(outputs["md"]).write_text(_markdown(table, tests, level), encoding="utf-8")
+    plot_label_efficiency(table, outputs["plot"], level=level)
+    return document
