@@ -154,6 +154,15 @@ def test_linear_probe_hand_made_answer_and_c_from_the_grid():
     assert list(model.predict(scaler.transform(centres))) == [0, 1, 2]
 
 
+def test_empty_validation_uses_the_grids_middle_c_and_empty_test_predicts_nothing():
+    train, test = _clustered(12, 4, 3, 6, 0, "t"), _clustered(6, 4, 3, 6, 2, "s")
+    empty = test.take(np.zeros(len(test.labels), dtype=bool))
+    settings = probe.ProbeSettings(fractions=(1.0,), c_grid=(0.01, 0.1, 10.0))
+    result = probe.run_protocol([probe.RunData(0, 1, train, empty, test)], 3, settings)
+    assert [b["c"]["linear"] for b in result.budgets] == [0.1]
+    assert len(probe.run_protocol([probe.RunData(0, 1, train, test, empty)], 3, settings).predictions) == 0
+
+
 def test_multilabel_features_are_a_one_line_error():
     parts = {"train": {"features": np.zeros((2, 3)), "labels": np.zeros((2, 4)), "ids": np.array(["a", "b"])}}
     with pytest.raises(UserError, match="multi-label"):

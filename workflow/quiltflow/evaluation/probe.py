@@ -177,13 +177,18 @@ def linear_probe(
     the previous (stronger-L2) one, which converges in a few iterations. The chosen fit is the train fit at that C (no refit
     needed: the grid fits are the train fits). Returns (scaler, model, C)."""
     scaler = StandardScaler().fit(train.features)
-    x_train, x_val = scaler.transform(train.features), scaler.transform(val.features)
     model = LogisticRegression(max_iter=settings.max_iter, warm_start=True, tol=1e-3)
+    grid = sorted(settings.c_grid)
+    if not len(val.labels):
+        # No validation image (a tiny fold): nothing to choose by; the grid's middle C, recorded.
+        c = grid[len(grid) // 2]
+        return scaler, model.set_params(C=c).fit(scaler.transform(train.features), train.labels), float(c)
+    x_train, x_val = scaler.transform(train.features), scaler.transform(val.features)
     best, best_score, best_c = None, -np.inf, None
-    for c in sorted(settings.c_grid):
+    for c in grid:
         model.set_params(C=c)
         model.fit(x_train, train.labels)
-        score = balanced_accuracy_score(val.labels, model.predict(x_val)) if len(val.labels) else 0.0
+        score = balanced_accuracy_score(val.labels, model.predict(x_val))
         if score > best_score:  # ties keep the stronger regularisation
             best, best_score, best_c = copy.deepcopy(model), score, c
         elif score < best_score:
@@ -194,6 +199,8 @@ def linear_probe(
 
 def _linear_predict(train: Split, val: Split, test: Split, n_classes: int, settings: ProbeSettings):
     """(test probabilities [n_test, n_classes], chosen C or None) of the linear probe on ``train``."""
+    if not len(test.labels):
+        return np.zeros((0, n_classes)), None
     if len(np.unique(train.labels)) < 2:
         # One class in the budget: the probe can only say that class.
         return np.eye(n_classes)[np.full(len(test.labels), train.labels[0])], None
@@ -222,6 +229,8 @@ def probe_fold(runs: Sequence[RunData], n_classes: int, settings: ProbeSettings)
     Both methods are deterministic given the training images, so a budget drawn twice (every
     seed's 100 %) is fitted once; k-NN scores every budget from one similarity pass."""
     base = runs[0]
+    if not len(base.train.labels):
+        raise UserError(f"probe: fold {base.fold} has no training images")
     video_of = base.train.groups.astype(str)
     planned, masks = [], {}
     for run in runs:
