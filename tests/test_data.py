@@ -139,11 +139,11 @@ def test_missing_shard_is_a_user_error(index_path: Path, tmp_path: Path):
 
 
 def test_dihedral_views_are_the_eight_flips_and_rotations():
-    from quiltflow.models.pipeline import _dihedral_table, _random_dihedral
+    from quiltflow.models.pipeline import dihedral_table, random_dihedral
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (16, 5, 5, 3), dtype=np.uint8)
-    out = _random_dihedral(tf.constant(images), tf.constant([3, 4], tf.int64), tf.constant(_dihedral_table(5))).numpy()
+    out = random_dihedral(tf.constant(images), tf.constant([3, 4], tf.int64), tf.constant(dihedral_table(5))).numpy()
     views_seen = set()
     for src, got in zip(images, out):
         views = [np.rot90(v, k) for v in (src, src[:, ::-1]) for k in range(4)]

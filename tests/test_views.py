@@ -7,7 +7,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from quiltflow.models.pipeline import _dihedral_table
+from quiltflow.models.pipeline import dihedral_table
 from quiltflow.models.views import RGB_FROM_HED, hed_jitter, simclr_views
 
 S = 32
@@ -56,7 +56,7 @@ def test_views_are_adjacent_pairs_of_one_source(images):
     """Rows 2i and 2i+1 come from image i: with only dihedral transforms left, each matches a
     transform of image i and of no other image."""
     views = simclr_views(images, seed(4), out_size=S, **IDENTITY).numpy().reshape(2 * B, -1, 3)
-    table = _dihedral_table(S)
+    table = dihedral_table(S)
     pixels = images.numpy().reshape(B, -1, 3)
     transforms = set()
     for row, view in enumerate(views):

@@ -288,7 +288,7 @@ def row_counts(row: Row, y_true: np.ndarray, groups: Groups) -> dict[str, np.nda
     }
 
 
-def _point_estimates(row: Row, counts: dict[str, np.ndarray], y_true: np.ndarray, groups: Groups) -> dict:
+def point_estimates(row: Row, counts: dict[str, np.ndarray], y_true: np.ndarray, groups: Groups) -> dict:
     """Seed-averaged point estimates of one row."""
     true_n = groups.true_counts.sum(axis=0)
     correct_n, pred_n = counts["correct"].sum(axis=1), counts["predicted"].sum(axis=1)
@@ -305,7 +305,7 @@ def _point_estimates(row: Row, counts: dict[str, np.ndarray], y_true: np.ndarray
     }
 
 
-def _cluster_bootstrap(all_counts: list[dict], groups: Groups, *, samples: int, seed: int) -> dict[str, np.ndarray]:
+def cluster_bootstrap(all_counts: list[dict], groups: Groups, *, samples: int, seed: int) -> dict[str, np.ndarray]:
     """Resampled scores [B, rows] (seed-averaged) of every row from one set of video resamples:
     accuracy, balanced accuracy, macro F1, video accuracy and (first-order) macro AUC."""
     k, n_seeds = groups.k, all_counts[0]["correct"].shape[0]
@@ -401,10 +401,10 @@ def _score_rows(rows: list[Row], test_set: TestSet, k: int, *, seed: int, bootst
     """Point estimates, paired cluster-bootstrap resamples and per-fold scores of every row."""
     groups = groups_of(test_set, k)
     counts = {r.name: row_counts(r, test_set.y_true, groups) for r in rows}
-    point = {r.name: _point_estimates(r, counts[r.name], test_set.y_true, groups) for r in rows}
+    point = {r.name: point_estimates(r, counts[r.name], test_set.y_true, groups) for r in rows}
     resampled = None  # too few videos: no interval (see clusterstats.MIN_GROUPS_FOR_INTERVALS)
     if groups.n_groups >= clusterstats.MIN_GROUPS_FOR_INTERVALS:
-        resampled = _cluster_bootstrap([counts[r.name] for r in rows], groups, samples=bootstrap_samples, seed=seed)
+        resampled = cluster_bootstrap([counts[r.name] for r in rows], groups, samples=bootstrap_samples, seed=seed)
     fold_scores = {r.name: _fold_scores(r, test_set, k) for r in rows} if test_set.several_runs else None
     return _Scores(groups, counts, point, resampled, fold_scores)
 

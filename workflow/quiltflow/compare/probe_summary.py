@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from quiltflow.compare import clusterstats, paired_tests, plots
-from quiltflow.compare.multiclass import _cluster_bootstrap, _point_estimates, groups_of, row_counts, swap_p_values
+from quiltflow.compare.multiclass import cluster_bootstrap, groups_of, point_estimates, row_counts, swap_p_values
 from quiltflow.compare.rows import Row
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, read_label_map, write_json
@@ -101,10 +101,10 @@ def score_rows(rows: Sequence[ProbeRow], reference: pd.DataFrame, *, samples: in
     k = len(rows[0].row.probs[0][0])
     groups = groups_of(_Images(reference["group"].to_numpy(str), y_true), k)
     counts = {r.row.name: row_counts(r.row, y_true, groups) for r in rows}
-    point = {r.row.name: _point_estimates(r.row, counts[r.row.name], y_true, groups) for r in rows}
+    point = {r.row.name: point_estimates(r.row, counts[r.row.name], y_true, groups) for r in rows}
     resampled = None
     if groups.n_groups >= clusterstats.MIN_GROUPS_FOR_INTERVALS:
-        resampled = _cluster_bootstrap([counts[r.row.name] for r in rows], groups, samples=samples, seed=seed)
+        resampled = cluster_bootstrap([counts[r.row.name] for r in rows], groups, samples=samples, seed=seed)
     table = []
     for column, r in enumerate(rows):
         entry = {"name": r.row.name, "representation": r.model, "method": r.method, "fraction": r.fraction}

@@ -86,10 +86,10 @@ def _average_cells(
 
 def dihedral_views(images: Any) -> Any:
     """[B, S, S, C] square images -> [B * 8, S, S, C]: each image's eight dihedral views in turn
-    (the flips and 90-degree rotations of ``data._dihedral_table``, identity first)."""
+    (the flips and 90-degree rotations of ``data.dihedral_table``, identity first)."""
     import tensorflow as tf
 
-    from quiltflow.models.pipeline import _dihedral_table
+    from quiltflow.models.pipeline import dihedral_table
 
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
@@ -97,7 +97,7 @@ def dihedral_views(images: Any) -> Any:
     if images.shape[2] != size:
         raise UserError(f"test-time augmentation needs square images, got {tuple(images.shape[1:3])}")
     pixels = tf.reshape(images, [shape[0], size * size, -1])
-    views = tf.gather(pixels, tf.constant(_dihedral_table(size)), axis=1)  # [B, 8, S*S, C]
+    views = tf.gather(pixels, tf.constant(dihedral_table(size)), axis=1)  # [B, 8, S*S, C]
     return tf.reshape(views, [shape[0] * 8, size, size, shape[3]])
 
 

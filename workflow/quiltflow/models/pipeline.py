@@ -58,7 +58,7 @@ def num_examples(index_paths: IndexPaths) -> int:
     return sum(int(load_index(path)["num_records"]) for path in _as_list(index_paths))
 
 
-def _shards_of(index_paths: IndexPaths) -> tuple[list[str], int, int, int | None]:
+def shards_of(index_paths: IndexPaths) -> tuple[list[str], int, int, int | None]:
     """(shard files, records, stored image size, number of labels when the task is multi-label,
     else None) of one or several bucket indexes."""
     files, records, sizes, targets = [], 0, set(), set()
@@ -76,14 +76,14 @@ def _shards_of(index_paths: IndexPaths) -> tuple[list[str], int, int, int | None
     return files, records, sizes.pop(), targets.pop()
 
 
-def _dihedral_table(size: int) -> np.ndarray:
+def dihedral_table(size: int) -> np.ndarray:
     """[8, size*size] pixel permutations: the eight flips/90-degree rotations of a square."""
     idx = np.arange(size * size, dtype=np.int32).reshape(size, size)
     views = [v for t in (idx, idx.T) for v in (t, t[:, ::-1], t[::-1, :], t[::-1, ::-1])]
     return np.stack([v.ravel() for v in views])
 
 
-def _random_dihedral(images: tf.Tensor, seed: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
+def random_dihedral(images: tf.Tensor, seed: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
     """Each image of a square uint8 batch in a random one of its eight dihedral views.
 
     H&E tiles have no canonical orientation, so all eight views are equally valid. One gather
@@ -128,7 +128,7 @@ def _colour_jitter(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(x, 0.0, 255.0), tf.uint8)
 
 
-def _derived(seed: int | None, stream: int) -> int | None:
+def derived_seed(seed: int | None, stream: int) -> int | None:
     """A distinct seed per random stream, so file order, record order and augmentation differ."""
     return None if seed is None else int(seed) * 7919 + stream
 
@@ -137,7 +137,7 @@ def _records(files: list[str], num_records: int, training: bool, seed: int | Non
     """Serialized records of the shards; shuffled (files, then records) when training."""
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string, shape=[len(files)]))
     if training and len(files) > 1:
-        ds = ds.shuffle(len(files), seed=_derived(seed, 1), reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=derived_seed(seed, 1), reshuffle_each_iteration=True)
     ds = ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=max(1, min(len(files), MAX_CYCLE)),
@@ -148,7 +148,7 @@ def _records(files: list[str], num_records: int, training: bool, seed: int | Non
     if training:
         # Shuffle serialized records (small) rather than decoded images (150 KB each at 224^2).
         buffer = max(1, min(num_records, SHUFFLE_BUFFER_CAP))
-        ds = ds.shuffle(buffer, seed=_derived(seed, 2), reshuffle_each_iteration=True)
+        ds = ds.shuffle(buffer, seed=derived_seed(seed, 2), reshuffle_each_iteration=True)
     return ds
 
 
@@ -188,14 +188,14 @@ def _augmented(ds: tf.data.Dataset, size: int, seed: int | None, deterministic: 
 
     One seed pair per batch for the stateless ops, from a seeded stream drawn afresh each epoch.
     """
-    seeds = tf.data.Dataset.random(seed=_derived(seed, 3), rerandomize_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=derived_seed(seed, 3), rerandomize_each_iteration=True)
     seeds = seeds.batch(2)
-    table = tf.constant(_dihedral_table(size))
+    table = tf.constant(dihedral_table(size))
 
     def augment_batch(batch, pair):
         images, *rest = batch
         pair = tf.random.experimental.stateless_split(pair, num=2)
-        images = _colour_jitter(_random_dihedral(images, pair[0], table), pair[1])
+        images = _colour_jitter(random_dihedral(images, pair[0], table), pair[1])
         return (images, *rest)
 
     return tf.data.Dataset.zip((ds, seeds)).map(
@@ -224,7 +224,7 @@ def make_dataset(
     shards' interleaved order, always the same. ``image_size`` resizes when it differs from the
     index's (the shards are stored at the index's size).
     """
-    files, num_records, stored, num_labels = _shards_of(index_path)
+    files, num_records, stored, num_labels = shards_of(index_path)
     size = stored if image_size is None else int(image_size)
     deterministic = seed is not None or not training
     autotune = tf.data.AUTOTUNE

@@ -22,7 +22,7 @@ from quiltflow.core.architectures import backbone_spec
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import sha256_file
 from quiltflow.models.builders import backbone_base
-from quiltflow.models.pipeline import IndexPaths, _derived, _shards_of, make_dataset, num_examples
+from quiltflow.models.pipeline import IndexPaths, derived_seed, make_dataset, num_examples, shards_of
 from quiltflow.models.resume import backed_up_epoch, keep_finished_rows, read_history, write_history
 from quiltflow.models.runtime import configure_runtime
 from quiltflow.models.views import simclr_views
@@ -107,7 +107,7 @@ def pretrain_dataset(
     seeded stream of seed pairs drawn afresh each epoch, as ``data``'s augmentation does. A last
     batch that ``keep_batch`` rejects (one image: no negatives) is dropped.
     """
-    _, _, stored, _ = _shards_of(index_paths)
+    _, _, stored, _ = shards_of(index_paths)
     ds = make_dataset(
         index_paths,
         batch_size,
@@ -117,7 +117,7 @@ def pretrain_dataset(
         image_size=read_size(stored, image_size),
     )
     ds = ds.filter(lambda images, labels: keep_batch(tf.shape(images)[0], replicas))
-    seeds = tf.data.Dataset.random(seed=_derived(seed, 4), rerandomize_each_iteration=True).batch(2)
+    seeds = tf.data.Dataset.random(seed=derived_seed(seed, 4), rerandomize_each_iteration=True).batch(2)
 
     def two_views(batch, pair):
         views = simclr_views(batch[0], pair, out_size=int(image_size))

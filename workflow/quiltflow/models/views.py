@@ -17,7 +17,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from quiltflow.models.pipeline import _dihedral_table, _random_dihedral
+from quiltflow.models.pipeline import dihedral_table, random_dihedral
 
 __all__ = ["simclr_views", "hed_jitter"]
 
@@ -150,7 +150,7 @@ def simclr_views(
     boxes = _crop_boxes(n, seeds[0], crop_scale, crop_ratio)
     source = tf.repeat(tf.range(tf.shape(images)[0]), 2)
     x = tf.image.crop_and_resize(images, boxes, source, [out_size, out_size])  # float32
-    x = _random_dihedral(x, seeds[1], tf.constant(_dihedral_table(out_size)))
+    x = random_dihedral(x, seeds[1], tf.constant(dihedral_table(out_size)))
     if hed_scale or hed_shift:
         x = hed_jitter(x, seeds[2], hed_scale, hed_shift)
     x = _intensity_jitter(x, seeds[3], brightness, contrast)
