@@ -107,3 +107,16 @@ def test_the_layout_test_catches_a_wrong_way_import(tmp_path, monkeypatch) -> No
         test_imports_run_only_downward()
     with pytest.raises(AssertionError, match="import circle"):
         test_no_import_circle()
+
+
+def test_no_module_imports_another_s_private_name() -> None:
+    """A name shared between modules is public: a leading underscore means "this module only"."""
+    private = [
+        f"{module_name(path)} imports {node.module}.{alias.name}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("quiltflow")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert not private, private
