@@ -129,10 +129,11 @@ def test_editing_the_reader_reruns_training_not_data_stages(finished_run, tmp_pa
 
 @pytest.mark.e2e
 def test_editing_the_record_format_reruns_shards_and_everything_after(finished_run, tmp_path):
-    """tfrecord_io holds the writer too: the shards depend on it, so they rerun, and no earlier stage."""
+    """tfrecord_io holds the writer too: the shards depend on it, so they rerun, and no earlier stage
+    (the shard plan reads only the manifests' Parquet footers: quiltflow.dag.shard_plan)."""
     workdir = clone_run(finished_run, tmp_path / "run")
     with open(workdir / "workflow/quiltflow/records/tfrecord_io.py", "a") as fh:
         fh.write("\n# an edit of the record format\n")
     planned = rules_of(planned_jobs(workdir))
-    assert {"plan_shards", "train_model", "extract_features", "evaluate_model"} <= planned
-    assert not planned & {"generate_demo_data", "filter_metadata", "split_manifests"}
+    assert {"shard_tfrecords", "index_tfrecords", "train_model", "extract_features", "evaluate_model"} <= planned
+    assert not planned & {"generate_demo_data", "filter_metadata", "split_manifests", "plan_shards"}
