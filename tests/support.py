@@ -1,5 +1,5 @@
-"""Helpers shared by several test modules (test modules never import each other): Quilt-format
-lookups, image files of every broken kind, and a comparison run written from known predictions.
+"""Helpers shared by several test modules (test modules never import each other): the configs of
+the shared runs (conftest.py makes the runs), Quilt-format lookups, image files of every broken kind, and a comparison run written from known predictions.
 
 Runs of the real workflow (snakemake in a workflow copy, dry runs, clones) live in
 workflow_runner.py; the shared finished runs are the session fixtures of conftest.py."""
@@ -17,6 +17,32 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from quiltflow.data.demo import LOOKUP_COLUMNS
+
+# --- the shared runs of conftest.py: their configs and targets ---------------------------------
+
+# config/test.yaml alone: the demo, 3 models, the one train/val/test split.
+FINISHED_CONFIGS = ("config/test.yaml",)
+# Cross-validation by video: 3 folds x 2 seeds (config/cv_test.yaml).
+CV_CONFIGS = ("config/test.yaml", "config/cv_test.yaml")
+# The models a CV run trains (its targets): the image CNN and the frozen backbone (its features are
+# cached per bucket); every TF job holds the one "gpu", so each model costs 12 jobs here.
+CV_MODELS = ("custom_cnn", "resnet50_frozen")
+# Multi-label targets with 2-fold cross-validation by video, and the pretraining arm: one SimCLR job
+# per fold and resnet50_ssl, a frozen ResNet50 on its fold's backbone (config/pretrain_test.yaml).
+# SimCLR reads no label: the multi-label run serves the pretraining tests too (one run, not two).
+MULTILABEL_CONFIGS = (
+    "config/test.yaml",
+    "config/multilabel_test.yaml",
+    "config/two_folds_test.yaml",
+    "config/pretrain_test.yaml",
+)
+# The pretrained model, and one that a pretraining change must not rerun.
+PRETRAIN_MODELS = ("resnet50_ssl", "custom_cnn")
+
+
+def metrics_targets(models) -> tuple[str, ...]:
+    return tuple(f"results/metrics/{model}.json" for model in models)
+
 
 # --- Quilt-format lookups (test_metadata, test_multilabel) -------------------------------------
 

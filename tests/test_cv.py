@@ -12,7 +12,8 @@ from quiltflow.core.settings import SplitSettings
 from quiltflow.data.splits import fold_assignment, make_splits
 from quiltflow.evaluation.pooling import check_out_of_fold
 from quiltflow.records.tfrecord_io import iter_records
-from workflow_runner import copy_workflow, planned_jobs, rules_of, snakemake
+from support import CV_CONFIGS, CV_MODELS, metrics_targets
+from workflow_runner import clone_run, planned_jobs, rules_of
 
 
 def filtered_table(n_videos=40, frames=3, classes=("A", "B", "C")):
@@ -92,27 +93,19 @@ def _records(path):
         return sum(1 for _ in iter_records(fh, verify=False))
 
 
-# Two of the three test.yaml models keep the run short (every TF job holds the one "gpu"): the
-# image CNN and the frozen backbone (its features are cached per bucket).
-CV_MODELS = ("custom_cnn", "resnet50_frozen")
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_three_folds_two_seeds_end_to_end(tmp_path):
-    """Every image tested once per seed, no video in two folds, no image encoded twice."""
-    workdir = copy_workflow(tmp_path / "cv")
-    (workdir / "cv.yaml").write_text("splits:\n  folds: 3\nseeds: [1, 2]\n")
-    configs = ("config/test.yaml", "cv.yaml")
-    targets = [f"results/metrics/{model}.json" for model in CV_MODELS]
-    snakemake(workdir, *targets, configfiles=configs)
-    results = workdir / "results"
+def test_three_folds_two_seeds_end_to_end(cv_run):
+    """Every image tested once per seed, no video in two folds, no image encoded twice (the shared
+    cv_run: config/cv_test.yaml, 3 folds x 2 seeds, the pooled metrics of CV_MODELS)."""
+    folds_n, seeds = 3, (1, 2)
+    results = cv_run / "results"
     folds = pd.read_parquet(results / "splits/folds.parquet")
     assert folds.groupby("group")["fold"].nunique().max() == 1
     filtered = pd.read_parquet(results / "metadata/filtered.parquet")
     assert sorted(folds["image_id"]) == sorted(filtered["image_id"])
     skipped, records = 0, 0
-    for bucket in buckets(3):
+    for bucket in buckets(folds_n):
         index = json.loads((results / f"tfrecords/{bucket}.index.json").read_text())
         skipped += sum(index["skipped_by_reason"].values())
         records += sum(_records(results / "tfrecords" / s["path"]) for s in index["shards"])
@@ -121,15 +114,20 @@ def test_three_folds_two_seeds_end_to_end(tmp_path):
     fold_of = dict(zip(folds["image_id"], folds["fold"]))
     for model in CV_MODELS:
         predictions = pd.read_parquet(results / f"predictions/{model}.parquet")
-        for seed in (1, 2):
+        for seed in seeds:
             tested = predictions[predictions["seed"] == seed]
             assert tested["image_id"].is_unique and len(tested) == len(filtered) - skipped
             assert all(fold_of[i] == f for i, f in zip(tested["image_id"], tested["fold"]))
         metrics = json.loads((results / f"metrics/{model}.json").read_text())
         assert len(metrics["cv"]["runs"]) == 6 and metrics["metrics"]["n_test"] == len(predictions)
 
-    # A third seed adds only training/evaluation jobs (and their pooling): no shard or feature job.
-    (workdir / "cv.yaml").write_text("splits:\n  folds: 3\nseeds: [1, 2, 3]\n")
-    planned = rules_of(planned_jobs(workdir, *targets, configfiles=configs))
+
+@pytest.mark.e2e
+def test_a_third_seed_adds_only_training_and_evaluation(cv_run, tmp_path):
+    """A third seed adds only training/evaluation jobs (and their pooling): no shard or feature job."""
+    workdir = clone_run(cv_run, tmp_path / "run")
+    (workdir / "seeds.yaml").write_text("seeds: [1, 2, 3]\n")
+    configs = (*CV_CONFIGS, "seeds.yaml")
+    planned = rules_of(planned_jobs(workdir, *metrics_targets(CV_MODELS), configfiles=configs))
     assert planned <= {"train_model", "evaluate_model", "pool_runs"}
     assert {"train_model", "evaluate_model", "pool_runs"} <= planned

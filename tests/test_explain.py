@@ -416,12 +416,16 @@ def _valid_png(path) -> tuple[int, int]:
 
 
 @pytest.mark.e2e
-def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(finished_run, tmp_path):
-    workdir = clone_run(finished_run, tmp_path / "run")
-    planned = planned_jobs(workdir, "explain")
+def test_snakemake_explain_plans_one_job_per_model(finished_run):
+    planned = planned_jobs(finished_run, "explain")
     assert rules_of(planned) == {"explain_model", "explain"}
     assert len(planned) == 4  # one job per model of config/test.yaml, and the target
-    snakemake(workdir, "explain")
+
+
+@pytest.mark.e2e
+def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(explained_run, tmp_path):
+    """The shared explained_run: finished_run after `snakemake explain`."""
+    workdir = explained_run
     class_names = read_label_map(workdir / "results/splits/label_map.json")
     for model in ("custom_cnn", "resnet50_frozen", "resnet50_finetune"):
         folder = workdir / "results/explain" / model
@@ -441,6 +445,7 @@ def test_snakemake_explain_writes_every_gallery_and_reruns_nothing_else(finished
         assert index["target_grid"] == ([1, 1] if model.startswith("resnet50") else [8, 8])  # 32 px
     assert planned_jobs(workdir) == set()
     assert planned_jobs(workdir, "explain") == set()
+    workdir = clone_run(explained_run, tmp_path / "run")  # the report is written into the run
     report = snakemake(workdir, "--report", "report.html", "all", "explain")
     assert (workdir / "report.html").stat().st_size > 0, report.stderr[-2000:]
 

@@ -15,8 +15,8 @@ from quiltflow.core.settings import FilterSettings, SplitSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, head_activation, read_task, task_of_policy
 from quiltflow.data.metadata import DROP_REASONS, filter_metadata
 from quiltflow.data.splits import make_splits
-from support import touch, vid_name, write_lookup
-from workflow_runner import copy_workflow, snakemake
+from support import MULTILABEL_CONFIGS, touch, vid_name, write_lookup
+from workflow_runner import clone_run, snakemake
 
 # Four videos; the lists are ordered (first = primary) and repeat a label on purpose.
 LISTS = {
@@ -183,15 +183,6 @@ def test_predict_keeps_sigmoid_outputs_and_applies_thresholds() -> None:
 # --- end to end ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def multilabel_cv_run(tmp_path_factory) -> Path:
-    """config/test.yaml + config/multilabel_test.yaml with 2-fold cross-validation by video."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("multilabel"))
-    (workdir / "config" / "two_folds.yaml").write_text("splits:\n  folds: 2\n")
-    snakemake(workdir, configfiles=("config/test.yaml", "config/multilabel_test.yaml", "config/two_folds.yaml"))
-    return workdir
-
-
 def test_end_to_end_multilabel_cross_validation(multilabel_cv_run: Path) -> None:
     results = multilabel_cv_run / "results"
     assert read_task(results / "splits" / "label_map.json") == MULTILABEL
@@ -270,16 +261,16 @@ def test_predict_and_explain_a_multilabel_cv_run(multilabel_cv_run: Path, tmp_pa
 
     import yaml
 
+    workdir = clone_run(multilabel_cv_run, tmp_path / "run")  # the shared run stays as it is
     images = tmp_path / "new images"
     images.mkdir()
-    manifest = pd.read_parquet(multilabel_cv_run / "results" / "splits" / "fold0a.parquet")
+    manifest = pd.read_parquet(workdir / "results" / "splits" / "fold0a.parquet")
     for image_id in manifest["image_id"][:4]:
-        shutil.copy(multilabel_cv_run / "resources" / "demo" / "images" / image_id, images / Path(image_id).name)
+        shutil.copy(workdir / "resources" / "demo" / "images" / image_id, images / Path(image_id).name)
     extra = tmp_path / "predict.yaml"
     extra.write_text(yaml.safe_dump({"predict": {"images": str(images), "models": ["custom_cnn"]}}))
-    configs = ("config/test.yaml", "config/multilabel_test.yaml", "config/two_folds.yaml", str(extra))
-    snakemake(multilabel_cv_run, "predict", "explain", configfiles=configs)
-    results = multilabel_cv_run / "results"
+    snakemake(workdir, "predict", "explain", configfiles=(*MULTILABEL_CONFIGS, str(extra)))
+    results = workdir / "results"
     table = pd.read_parquet(results / "predict" / "custom_cnn.parquet")
     classes = json.loads((results / "splits" / "label_map.json").read_text())["classes"]
     probs = table[[f"prob_{c}" for c in classes]].to_numpy()

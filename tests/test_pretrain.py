@@ -12,9 +12,8 @@ from quiltflow.core.jsonio import sha256_file
 from quiltflow.core.settings import ModelSettings, PretrainSettings
 from quiltflow.dag.config import validate_config
 from quiltflow.dag.pretraining import pool_buckets, pretrain_suffix, resolve_model_weights
-from workflow_runner import copy_workflow, planned_jobs, snakemake
-
-CONFIGS = ("config/test.yaml", "config/pretrain_test.yaml")
+from support import MULTILABEL_CONFIGS, PRETRAIN_MODELS, metrics_targets
+from workflow_runner import clone_run, planned_jobs
 
 
 def demo_config(**extra):
@@ -108,16 +107,11 @@ def _ids(results, buckets, column):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_pretraining_by_fold_end_to_end(tmp_path):
-    """Two folds: one pretraining job per fold; its pool holds no image or video that a run using
-    it validates or tests on; the frozen model's features come from its fold's backbone; the
-    provenance reaches the metrics; a pretraining change reruns only the models that use it."""
-    workdir = copy_workflow(tmp_path / "pt")
-    (workdir / "folds.yaml").write_text("splits:\n  folds: 2\nmodels:\n  custom_cnn:\n    epochs: 1\n")
-    configs = (*CONFIGS, "folds.yaml")
-    targets = ("results/metrics/resnet50_ssl.json", "results/metrics/custom_cnn.json")
-    snakemake(workdir, *targets, configfiles=configs)
-    results = workdir / "results"
+def test_pretraining_by_fold_end_to_end(multilabel_cv_run):
+    """Two folds (the shared multilabel_cv_run: SimCLR reads no label): one pretraining job per
+    fold; its pool holds no image or video that a run using it validates or tests on; the frozen
+    model's features come from its fold's backbone; the provenance reaches the metrics."""
+    results = multilabel_cv_run / "results"
     for fold in (0, 1):
         job = results / f"pretrained/simclr/fold{fold}"
         info = json.loads((job / "pretrain_info.json").read_text())
@@ -140,13 +134,17 @@ def test_pretraining_by_fold_end_to_end(tmp_path):
     metrics = json.loads((results / "metrics/resnet50_ssl.json").read_text())
     assert metrics["weights"].startswith("pretrained:simclr (simclr resnet50")
 
-    # A pretraining key changed: that job (per fold) and the model using it rerun, nothing else.
+
+@pytest.mark.e2e
+def test_a_pretraining_change_reruns_only_the_models_that_use_it(multilabel_cv_run, tmp_path):
+    """A pretraining key changed: that job (per fold) and the model using it rerun, nothing else."""
+    workdir = clone_run(multilabel_cv_run, tmp_path / "run")
     (workdir / "config/pretrain_test.yaml").write_text(
         (workdir / "config/pretrain_test.yaml")
         .read_text()
         .replace("batch_size: 8", "batch_size: 8\n    temperature: 0.5")
     )
-    planned = planned_jobs(workdir, *targets, configfiles=configs)
+    planned = planned_jobs(workdir, *metrics_targets(PRETRAIN_MODELS), configfiles=MULTILABEL_CONFIGS)
     assert {job.split("[")[0] for job in planned} == {
         "pretrain_encoder",
         "extract_features",
@@ -167,6 +165,7 @@ def test_methods_match_the_schema_and_model_jobs_do_not_hash_them():
 
     assert list(METHODS) == section_schema("pretraining.*")["properties"]["method"]["enum"]
     scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
-    assert "simclr" in module_closure(scripts / "pretrain_encoder.py")
+    # Package-relative module names since the subpackages (quiltflow/models/simclr.py: models.simclr).
+    assert "models.simclr" in module_closure(scripts / "pretrain_encoder.py")
     for script in ("train_model.py", "extract_features.py", "evaluate_model.py"):
-        assert "simclr" not in module_closure(scripts / script)
+        assert "models.simclr" not in module_closure(scripts / script)

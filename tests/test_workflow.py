@@ -175,9 +175,10 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, overlay, expect
     assert not (workdir / "results").exists()
 
 
-def test_report_html_bundles_every_plot(finished_run):
-    snakemake(finished_run, "--report", "results/report.html")
-    html = (finished_run / "results/report.html").read_text(errors="ignore")
+def test_report_html_bundles_every_plot(finished_run, tmp_path):
+    workdir = clone_run(finished_run, tmp_path / "run")  # the report is written into results/
+    snakemake(workdir, "--report", "results/report.html")
+    html = (workdir / "results/report.html").read_text(errors="ignore")
     for name in (
         "comparison.md",
         "filter_report.json",
