@@ -18,6 +18,8 @@ from support import (
     CV_MODELS,
     FINISHED_CONFIGS,
     MULTILABEL_CONFIGS,
+    PRETRAIN_CONFIGS,
+    PRETRAIN_MODELS,
     metrics_targets,
 )
 from workflow_runner import clone_run, copy_workflow, snakemake
@@ -54,10 +56,18 @@ def cv_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pretrain_run(tmp_path_factory) -> Path:
+    """PRETRAIN_CONFIGS (2 folds, SimCLR per fold), up to the pooled metrics of PRETRAIN_MODELS.
+    Serves test_pretrain (the pretraining-change dry run on a clone)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("pretrain_run"))
+    snakemake(workdir, *metrics_targets(PRETRAIN_MODELS), configfiles=PRETRAIN_CONFIGS)
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def multilabel_cv_run(tmp_path_factory) -> Path:
-    """MULTILABEL_CONFIGS: multi-label targets, 2-fold cross-validation by video, the pretraining
-    arm (SimCLR per fold, resnet50_ssl), rule all. Serves test_multilabel (predict and explain run
-    on a clone) and test_pretrain."""
+    """MULTILABEL_CONFIGS: multi-label targets, 2-fold cross-validation by video, rule all.
+    Serves test_multilabel (predict and explain run on a clone)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("multilabel"))
     snakemake(workdir, configfiles=MULTILABEL_CONFIGS)
     return workdir

@@ -12,7 +12,7 @@ from quiltflow.core.jsonio import sha256_file
 from quiltflow.core.settings import ModelSettings, PretrainSettings
 from quiltflow.dag.config import validate_config
 from quiltflow.dag.pretraining import pool_buckets, pretrain_suffix, resolve_model_weights
-from support import MULTILABEL_CONFIGS, PRETRAIN_MODELS, metrics_targets
+from support import PRETRAIN_CONFIGS, PRETRAIN_MODELS, metrics_targets
 from workflow_runner import clone_run, planned_jobs
 
 
@@ -107,11 +107,11 @@ def _ids(results, buckets, column):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_pretraining_by_fold_end_to_end(multilabel_cv_run):
-    """Two folds (the shared multilabel_cv_run: SimCLR reads no label): one pretraining job per
-    fold; its pool holds no image or video that a run using it validates or tests on; the frozen
-    model's features come from its fold's backbone; the provenance reaches the metrics."""
-    results = multilabel_cv_run / "results"
+def test_pretraining_by_fold_end_to_end(pretrain_run):
+    """Two folds (the shared pretrain_run): one pretraining job per fold; its pool holds no image or
+    video that a run using it validates or tests on; the frozen model's features come from its
+    fold's backbone; the provenance reaches the metrics."""
+    results = pretrain_run / "results"
     for fold in (0, 1):
         job = results / f"pretrained/simclr/fold{fold}"
         info = json.loads((job / "pretrain_info.json").read_text())
@@ -136,15 +136,15 @@ def test_pretraining_by_fold_end_to_end(multilabel_cv_run):
 
 
 @pytest.mark.e2e
-def test_a_pretraining_change_reruns_only_the_models_that_use_it(multilabel_cv_run, tmp_path):
+def test_a_pretraining_change_reruns_only_the_models_that_use_it(pretrain_run, tmp_path):
     """A pretraining key changed: that job (per fold) and the model using it rerun, nothing else."""
-    workdir = clone_run(multilabel_cv_run, tmp_path / "run")
+    workdir = clone_run(pretrain_run, tmp_path / "run")
     (workdir / "config/pretrain_test.yaml").write_text(
         (workdir / "config/pretrain_test.yaml")
         .read_text()
         .replace("batch_size: 8", "batch_size: 8\n    temperature: 0.5")
     )
-    planned = planned_jobs(workdir, *metrics_targets(PRETRAIN_MODELS), configfiles=MULTILABEL_CONFIGS)
+    planned = planned_jobs(workdir, *metrics_targets(PRETRAIN_MODELS), configfiles=PRETRAIN_CONFIGS)
     assert {job.split("[")[0] for job in planned} == {
         "pretrain_encoder",
         "extract_features",
