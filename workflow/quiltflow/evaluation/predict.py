@@ -120,6 +120,11 @@ def run_shard_settings(model_path: str | os.PathLike) -> ShardSettings:
     """How the run's images were prepared (image size, JPEG quality, framing): the ``shards``
     its training job recorded in the ``train_info.json`` beside ``model_path``."""
     info_path = Path(model_path).with_name(TRAIN_INFO_FILE)
+    if not info_path.is_file():
+        raise UserError(
+            f"{model_path}: not inside a run's results/models/ folder (no {TRAIN_INFO_FILE} beside it); pass "
+            "settings= and class_names= (and task=, thresholds= for a multi-label model)"
+        )
     shards = read_json(info_path, "train info").get("shards")
     if not shards:
         raise UserError(
