@@ -94,7 +94,7 @@ def every_rule_output(workdir: Path, configfiles: tuple[str, ...]) -> dict[str, 
     ``--forceall`` re-plans the plan_shards checkpoint, so its shard jobs are unknown there; a
     second dry run forces only the shard jobs (the plan exists) to list them too.
     """
-    targets = ("all", "tfrecords", "train", "evaluate", "explain")
+    targets = ("all", "tfrecords", "train", "evaluate", "explain", "probe")
     outputs = planned_outputs(workdir, *targets, "--forceall", configfiles=configfiles)
     for rule, paths in planned_outputs(workdir, "--forcerun", "shard_tfrecords", configfiles=configfiles).items():
         outputs.setdefault(rule, set()).update(paths)
