@@ -153,9 +153,10 @@ def accurate_predictions(fraction: float, seed: int) -> np.ndarray:
     return np.where(wrong, (y_true + 1) % 3, y_true)
 
 
-def make_compare_run(tmp_path: Path, models: dict[str, np.ndarray]) -> dict:
+def make_compare_run(tmp_path: Path, models: dict[str, np.ndarray], ids: dict[str, list[str]] | None = None) -> dict:
     """Write label map, split report, and per-model metrics JSON, predictions Parquet, history CSV
-    (the inputs of compare_models) for models given as predicted class indices."""
+    (the inputs of compare_models) for models given as predicted class indices; ``ids`` gives a
+    model other image ids (a misaligned test set)."""
     from quiltflow.core.jsonio import sha256_file, write_json
     from quiltflow.evaluation.metrics import compute_metrics
     from quiltflow.records.metrics_document import build_metrics_document
@@ -178,7 +179,7 @@ def make_compare_run(tmp_path: Path, models: dict[str, np.ndarray]) -> dict:
         probs[np.arange(len(y_true)), y_pred] = 0.8
         table = pd.DataFrame(
             {
-                "image_id": [f"img{i:04d}.jpg" for i in range(len(y_true))],
+                "image_id": (ids or {}).get(name) or [f"img{i:04d}.jpg" for i in range(len(y_true))],
                 "group": [f"video{i // 10}" for i in range(len(y_true))],
                 "true_label": y_true.astype(np.int32),
                 "pred_label": y_pred.astype(np.int32),

@@ -17,89 +17,17 @@ sys.path.insert(0, str(WORKFLOW))
 
 from quiltflow.compare.run import compare_models  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
-from quiltflow.core.jsonio import sha256_file, write_json  # noqa: E402
-from quiltflow.evaluation.metrics import compute_metrics
-from quiltflow.records.metrics_document import build_metrics_document  # noqa: E402
-from quiltflow.records.predictions import write_predictions
+from support import COMPARE_CLASSES, COMPARE_TRAIN_COUNTS, accurate_predictions
+from support import make_compare_run as make_run
 from workflow_runner import run_without_tensorflow, run_workflow_script  # noqa: E402
 
-CLASSES = ["adeno", "benign", "squamous"]
-TRAIN_COUNTS = {"adeno": 500, "benign": 300, "squamous": 200}
+CLASSES = COMPARE_CLASSES
+TRAIN_COUNTS = COMPARE_TRAIN_COUNTS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _y_true() -> np.ndarray:
-    return np.repeat([0, 1, 2], [150, 90, 60])  # 300 test images, majority class first
-
-
-def _predictions(y_pred: np.ndarray, ids: list[str] | None = None) -> pd.DataFrame:
-    y_true = _y_true()
-    probs = np.full((len(y_true), 3), 0.1, np.float32)
-    probs[np.arange(len(y_true)), y_pred] = 0.8
-    return pd.DataFrame(
-        {
-            "image_id": ids or [f"img{i:04d}.jpg" for i in range(len(y_true))],
-            "group": [f"video{i // 10}" for i in range(len(y_true))],
-            "true_label": y_true.astype(np.int32),
-            "pred_label": y_pred.astype(np.int32),
-            "probabilities": list(probs),
-        }
-    )
-
-
-def _accurate(fraction: float, seed: int) -> np.ndarray:
-    """Predictions right on a given fraction of images (wrong ones shifted to the next class)."""
-    y_true = _y_true()
-    wrong = np.random.default_rng(seed).random(len(y_true)) >= fraction
-    return np.where(wrong, (y_true + 1) % 3, y_true)
-
-
-def make_run(tmp_path: Path, models: dict[str, np.ndarray], ids: dict[str, list[str]] | None = None) -> dict:
-    """Write label map, split report, and per-model metrics JSON, predictions Parquet, history CSV."""
-    manifest = tmp_path / "splits" / "test.parquet"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_bytes(b"test manifest stand-in")
-    (tmp_path / "splits" / "label_map.json").write_text(
-        json.dumps({"classes": CLASSES, "class_to_index": {c: i for i, c in enumerate(CLASSES)}})
-    )
-    (tmp_path / "splits" / "split_report.json").write_text(
-        json.dumps({"seed": 1, "counts": {"train": 1000}, "class_counts": {"train": TRAIN_COUNTS}})
-    )
-    paths: dict[str, list[str]] = {"metrics": [], "predictions": [], "histories": []}
-    for name, y_pred in models.items():
-        table = _predictions(y_pred, (ids or {}).get(name))
-        pred_path = tmp_path / "predictions" / f"{name}.parquet"
-        write_predictions(table, pred_path)
-        metrics = compute_metrics(table, CLASSES, top_k=2)
-        doc = build_metrics_document(
-            model=name,
-            architecture="custom_cnn",
-            weights="none",
-            dataset_sha256=sha256_file(manifest),
-            train_seconds=3.0,
-            eval_seconds=0.5,
-            metrics=metrics,
-            test_manifest=str(manifest),
-        )
-        metrics_path = tmp_path / "metrics" / f"{name}.json"
-        write_json(doc, metrics_path)
-        history = tmp_path / "models" / name / "history.csv"
-        history.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(
-            {
-                "epoch": [0, 1, 2],
-                "accuracy": [0.5, 0.6, 0.7],
-                "loss": [1.0, 0.8, 0.6],
-                "val_accuracy": [0.45, 0.55, 0.6],
-                "val_loss": [1.1, 0.9, 0.85],
-            }
-        ).to_csv(history, index=False)
-        paths["metrics"].append(str(metrics_path))
-        paths["predictions"].append(str(pred_path))
-        paths["histories"].append(str(history))
-    paths["split_report"] = str(tmp_path / "splits" / "split_report.json")
-    paths["label_map"] = str(tmp_path / "splits" / "label_map.json")
-    return paths
+    return np.repeat([0, 1, 2], [150, 90, 60])  # the test set of support.make_compare_run
 
 
 def outputs(tmp_path: Path, names: list[str]) -> dict:
@@ -131,7 +59,7 @@ def run_compare(paths: dict, **kwargs) -> dict:
     )
 
 
-MODELS = {"good": _accurate(0.85, 1), "weak": _accurate(0.55, 2), "lazy": np.zeros(300, int)}
+MODELS = {"good": accurate_predictions(0.85, 1), "weak": accurate_predictions(0.55, 2), "lazy": np.zeros(300, int)}
 
 
 ROW_KEYS = {
