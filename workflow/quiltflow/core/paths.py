@@ -53,6 +53,13 @@ MODEL = f"{MODEL_DIR}/{MODEL_FILE}"
 HISTORY = f"{MODEL_DIR}/{HISTORY_FILE}"
 TRAIN_INFO = f"{MODEL_DIR}/{TRAIN_INFO_FILE}"
 
+# Published encoders (rule fetch_encoder): one folder per encoders.<name>, its checkpoint and record.
+ENCODERS_DIR = "resources/encoders"
+ENCODER_DIR = "resources/encoders/{encoder}"
+ENCODER_CHECKPOINT_DIR = f"{ENCODER_DIR}/checkpoint"  # the downloaded preset (hf://, kaggle://)
+ENCODER_INFO_FILE = "encoder_info.json"
+ENCODER_INFO = f"{ENCODER_DIR}/{ENCODER_INFO_FILE}"
+
 # Evaluation: per run (and pooled over runs), plain and test-time augmented.
 TTA_VARIANT = ".tta"  # file-name part of a model's TTA evaluation (rule evaluate_tta)
 TTA_ROW_SUFFIX = "+tta"  # its name in the comparison and in pooled metrics
