@@ -202,6 +202,10 @@ class ModelSettings:
     finetune_learning_rate: float
     jit_compile: bool
     inject_failure: bool
+    # Bag models (Architecture.unit "video", quiltflow.models.mil); the others ignore them.
+    max_frames: int = 32  # frames drawn per video per training step
+    attention_dim: int = 128  # gated attention's hidden width
+    embed_dim: int = 256  # frame embedding width
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any], name: str) -> ModelSettings:
@@ -238,6 +242,9 @@ class ModelSettings:
             finetune_learning_rate=float(model["learning_rate"] / 10 if ft_lr is None else ft_lr),
             jit_compile=model["jit_compile"],
             inject_failure=model["inject_failure"],
+            max_frames=model["max_frames"],
+            attention_dim=model["attention_dim"],
+            embed_dim=model["embed_dim"],
         )
 
     @property
