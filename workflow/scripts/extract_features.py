@@ -21,6 +21,7 @@ data = extract_features(
     weights=settings.weights,
     batch_size=settings.batch_size,
     seed=snakemake.params.seed,
+    architecture=settings.architecture,
 )
 save_features(snakemake.output.features, data, image_size=snakemake.params.image_size, weights=settings.weights)
 log.info("features %s for %d images -> %s", data["features"].shape, len(data["labels"]), snakemake.output.features)

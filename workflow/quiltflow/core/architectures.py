@@ -15,6 +15,7 @@ from quiltflow.core.errors import UserError
 NO_WEIGHTS = "none"
 IMAGENET = "imagenet"
 PRETRAINED_PREFIX = "pretrained:"  # weights: pretrained:<name> -> a pretraining.<name> job's backbone
+ENCODER_PREFIX = "encoder:"  # weights: encoder:<name> -> a published encoder (encoders.<name>, rule fetch_encoder)
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,14 @@ class Architecture:
     # Grad-CAM target (quiltflow.evaluation.explain): layer names from the saved model down through its
     # nested models to the target layer; () = the model's last Conv2D layer (its top level).
     gradcam_layer: tuple[str, ...] = ()
+    # True: the backbone is a published encoder (weights: encoder:<name>, quiltflow.models.published).
+    uses_encoder: bool = False
 
 
 # The output of ResNet50's last residual block, inside the nested backbone (quiltflow.models.builders).
 RESNET50_LAST_BLOCK = ("backbone", "resnet50", "conv5_block3_out")
+# A published encoder's feature map (before pooling): the nested keras-hub backbone's output.
+ENCODER_FEATURE_MAP = ("backbone", "encoder")
 
 REGISTRY: dict[str, Architecture] = {
     spec.name: spec
@@ -79,6 +84,32 @@ REGISTRY: dict[str, Architecture] = {
             default_dropout=0.0,
             backbone="resnet50",
             gradcam_layer=RESNET50_LAST_BLOCK,
+        ),
+        Architecture(
+            name="encoder_frozen",
+            description="frozen published encoder (weights: encoder:<name>) + dense head trained on cached features",
+            builder="encoder_frozen",
+            default_weights=NO_WEIGHTS,  # must name its encoder (quiltflow.dag.encoders checks)
+            accepts_weights=True,
+            trains_on_features=True,
+            finetunes_backbone=False,
+            default_augment=False,  # cached features cannot be augmented
+            default_dropout=0.0,
+            gradcam_layer=ENCODER_FEATURE_MAP,
+            uses_encoder=True,
+        ),
+        Architecture(
+            name="encoder_finetune",
+            description="published encoder (weights: encoder:<name>) + dense head, fine-tuned after a head warm-up",
+            builder="encoder_finetune",
+            default_weights=NO_WEIGHTS,
+            accepts_weights=True,
+            trains_on_features=False,
+            finetunes_backbone=True,
+            default_augment=True,
+            default_dropout=0.0,
+            gradcam_layer=ENCODER_FEATURE_MAP,
+            uses_encoder=True,
         ),
         Architecture(
             name="resnet50_finetune",
@@ -128,6 +159,16 @@ def pretrained_name(weights: str | None) -> str | None:
     return name[len(PRETRAINED_PREFIX) :] if name.startswith(PRETRAINED_PREFIX) else None
 
 
+def encoder_name(weights: str | None) -> str | None:
+    """``"lunit"`` for ``weights: encoder:lunit``; None for any other weights value."""
+    name = weights_name(weights)
+    return name[len(ENCODER_PREFIX) :] if name.startswith(ENCODER_PREFIX) else None
+
+
 def is_weights_file(weights: str | None) -> bool:
-    """A path to a weights file the user names (not none, imagenet or pretrained:<name>)."""
-    return weights_name(weights) not in (NO_WEIGHTS, IMAGENET) and pretrained_name(weights) is None
+    """A path to a weights file the user names (not none, imagenet, pretrained:<name>, encoder:<name>)."""
+    return (
+        weights_name(weights) not in (NO_WEIGHTS, IMAGENET)
+        and pretrained_name(weights) is None
+        and encoder_name(weights) is None
+    )

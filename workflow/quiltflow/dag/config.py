@@ -15,6 +15,7 @@ from quiltflow.core.architectures import architecture, is_weights_file
 from quiltflow.core.errors import UserError
 from quiltflow.core.schema import fill_defaults, key_path, load_schema
 from quiltflow.core.settings import ModelSettings, PretrainSettings, SplitSettings
+from quiltflow.dag.encoders import check_model_encoders, model_encoder_files
 from quiltflow.dag.pretraining import check_model_pretraining
 
 # The folders the workflow writes (and `make clean` deletes), relative to the working directory.
@@ -54,6 +55,7 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     for name, entry in config["pretraining"].items():
         PretrainSettings.from_config(entry, name, image_size=config["image_size"])
     check_model_pretraining(config)
+    check_model_encoders(config, base_dir)
     for section in ("explain", "predict"):  # a target's models must be configured ones
         target_models(config, section)
 
@@ -129,9 +131,10 @@ def frozen_models(config: dict) -> list[str]:
 
 
 def weights_files(config: dict, model: str) -> list[str]:
-    """The weights file a model starts from, as a job input (empty for none/imagenet)."""
+    """The weights file a model starts from, as a job input: a user's file or a published
+    encoder's encoder_info.json (rule fetch_encoder); empty for none/imagenet."""
     weights = config["models"][model]["weights"]
-    return [weights] if is_weights_file(weights) else []
+    return [weights] if is_weights_file(weights) else model_encoder_files(config, model)
 
 
 def target_models(config: dict, section: str) -> list[str]:

@@ -8,10 +8,11 @@ a run of fold f uses the job of fold f. Standard library only: the Snakefile pla
 
 from __future__ import annotations
 
-from quiltflow.core.architectures import PRETRAINED_PREFIX, architecture, pretrained_name
+from quiltflow.core.architectures import PRETRAINED_PREFIX, architecture, encoder_name, pretrained_name
 from quiltflow.core.cv import run_buckets
 from quiltflow.core.errors import UserError
 from quiltflow.core.paths import PRETRAINED_DIR, PRETRAINED_WEIGHTS_FILE, fill
+from quiltflow.dag.encoders import provenance as encoder_provenance
 
 
 def pretrain_suffix(fold: int, folds: int) -> str:
@@ -95,7 +96,13 @@ def provenance(info_path) -> dict:
 
 def resolve_model_weights(settings, weights_files, info_files=()):
     """(settings, provenance) of a model job: ``pretrained:<name>`` becomes the job's backbone
-    file (its input); other weights pass through with no provenance."""
+    file (its input), ``encoder:<name>`` the encoder's encoder_info.json (its input; the record
+    of rule fetch_encoder); other weights pass through with no provenance."""
+    encoder = encoder_name(settings.weights)
+    if encoder is not None:
+        if len(weights_files) != 1:
+            raise UserError(f"models.{settings.name}.weights: encoder:{encoder} needs its encoder_info.json as input")
+        return settings.with_weights_file(weights_files[0]), encoder_provenance(weights_files[0])
     name = pretrained_name(settings.weights)
     if name is None:
         return settings, None

@@ -232,8 +232,9 @@ def split_at(model: Any, path: Sequence[str]) -> tuple[Fn, Fn]:
         raise UserError(
             f"explain: model {model.name} has no layer {name!r} (Grad-CAM target {'/'.join(path)})"
         ) from None
-    if not rest:
-        return _submodel(model.inputs, layer.output), _submodel(layer.output, model.outputs[0])
+    if not rest:  # a nested model as the target (a published encoder): its output where it is called
+        out = _call_tensors(model, layer)[1] if hasattr(layer, "layers") else layer.output
+        return _submodel(model.inputs, out), _submodel(out, model.outputs[0])
     inner_in, inner_out = _call_tensors(model, layer)
     before, after = _submodel(model.inputs, inner_in), _submodel(inner_out, model.outputs[0])
     inner_front, inner_back = split_at(layer, rest)

@@ -19,7 +19,9 @@ from keras import layers
 from quiltflow.core.architectures import IMAGENET, NO_WEIGHTS, architecture, backbone_spec, weights_name
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import sha256_file
+from quiltflow.core.paths import ENCODER_INFO_FILE
 from quiltflow.core.tasks import MULTICLASS, head_activation
+from quiltflow.models.published import encoder_backbone, encoder_description, encoder_name
 
 FEATURE_DIM = 2048  # ResNet50 global-average-pooled output width
 
@@ -78,13 +80,16 @@ def custom_cnn(
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 
-def dense_head(num_classes: int, dropout: float = 0.0, seed: int = 0, task: str = MULTICLASS) -> keras.Model:
-    """Dense 512 ReLU + softmax (sigmoid for a multi-label ``task``) on 2048-d ResNet50 features.
+def dense_head(
+    num_classes: int, dropout: float = 0.0, seed: int = 0, task: str = MULTICLASS, feature_dim: int = FEATURE_DIM
+) -> keras.Model:
+    """Dense 512 ReLU + softmax (sigmoid for a multi-label ``task``) on pooled backbone features
+    (2048-d for ResNet50; a published encoder's own width).
 
     Explicitly seeded initializers: the head gets the same initial weights whether it is built
     alone (trained on cached features) or inside the full model (trained through the base).
     """
-    inputs = keras.Input((FEATURE_DIM,), name="features")
+    inputs = keras.Input((feature_dim,), name="features")
     x = layers.Dense(512, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
     x = layers.Dropout(dropout, seed=seed)(x)
     outputs = layers.Dense(
@@ -175,11 +180,57 @@ def resnet50_finetune(
     return _resnet50("resnet50_finetune", num_classes, image_size, weights, dropout, seed, task)
 
 
+def _encoder_model(
+    name: str, num_classes: int, image_size: int, weights: str | None, dropout: float, seed: int, task: str
+) -> keras.Model:
+    base = encoder_backbone(weights, image_size)
+    base.trainable = False
+    head = dense_head(num_classes, dropout, seed, task, feature_dim=int(base.output.shape[-1]))
+    inputs = _image_input(image_size)
+    return keras.Model(inputs, head(base(inputs)), name=name)
+
+
+def encoder_frozen(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    task: str = MULTICLASS,
+) -> keras.Model:
+    """Frozen published encoder (``weights``: its encoder_info.json or ``encoder:<name>``) + dense head."""
+    return _encoder_model("encoder_frozen", num_classes, image_size, weights, dropout, seed, task)
+
+
+def encoder_finetune(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    task: str = MULTICLASS,
+) -> keras.Model:
+    """Same network as ``encoder_frozen``; training unfreezes the encoder after a head warm-up."""
+    return _encoder_model("encoder_finetune", num_classes, image_size, weights, dropout, seed, task)
+
+
+def feature_extractor(
+    architecture_name: str | None, image_size: int, weights: str | None, seed: int = 0
+) -> keras.Model:
+    """The frozen base whose pooled features a features-trained architecture's head learns on."""
+    if architecture_name is not None and architecture(architecture_name).uses_encoder:
+        return encoder_backbone(weights, image_size)
+    return backbone(image_size, weights, seed)
+
+
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-    """Freeze/unfreeze the ResNet50 base; BatchNorm layers always stay frozen (Keras recipe)."""
+    """Freeze/unfreeze the base (ResNet50 or a published encoder); BatchNorm layers, at any depth
+    of its nested models, always stay frozen (Keras recipe)."""
     base = model.get_layer("backbone")
     base.trainable = trainable
-    for layer in base.get_layer("resnet50").layers:
+    for layer in base._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
 
@@ -297,6 +348,8 @@ def weights_description(weights: str | None) -> str:
         return "random init (none)"
     if name == IMAGENET:
         return "ImageNet (Keras ResNet50 notop)"
+    if encoder_name(name) is not None or Path(name).name == ENCODER_INFO_FILE:
+        return encoder_description(name)
     path = Path(name).expanduser()
     if not path.is_file():
         return f"file {path.name} (missing)"

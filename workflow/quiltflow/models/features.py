@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from quiltflow.core.errors import UserError
-from quiltflow.models.builders import FEATURE_DIM, backbone, weights_description
+from quiltflow.models.builders import FEATURE_DIM, feature_extractor, weights_description
 
 
 def extract_features(
@@ -23,19 +23,21 @@ def extract_features(
     weights: str | None,
     batch_size: int,
     seed: int = 0,
+    architecture: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the frozen preprocessing + ResNet50 base over ``(images, labels, ids)``.
 
     Batched elements are used as they come; an unbatched dataset is batched by ``batch_size``.
     Runs in float32 (like the saved evaluation model), one pass, in input order. Returns
-    ``{"features": float32 [N, 2048], "labels": int32 [N], "ids": str [N]}``.
+    ``{"features": float32 [N, 2048], "labels": int32 [N], "ids": str [N]}``. ``architecture``: a
+    published encoder's architecture reads the encoder ``weights`` names (its own feature width).
     """
     spec = ds_with_ids.element_spec
     if not isinstance(spec, tuple) or len(spec) != 3:
         raise UserError("extract_features: dataset must yield (images, labels, ids); use with_ids=True")
     if spec[0].shape.rank == 3:
         ds_with_ids = ds_with_ids.batch(batch_size)
-    model = backbone(image_size, weights, seed)
+    model = feature_extractor(architecture, image_size, weights, seed)
     model.trainable = False
 
     @tf.function(reduce_retracing=True)
@@ -51,7 +53,7 @@ def extract_features(
         ids.append(batch_ids.numpy())
     if not features:
         return {
-            "features": np.zeros((0, FEATURE_DIM), np.float32),
+            "features": np.zeros((0, int(model.output.shape[-1])), np.float32),
             "labels": np.zeros(0, np.int32),
             "ids": np.zeros(0, dtype=str),
         }
@@ -76,8 +78,11 @@ def save_features(path: str | Path, data: dict[str, np.ndarray], *, image_size: 
     )
 
 
-def load_features(path: str | Path, *, image_size: int | None = None) -> dict[str, Any]:
-    """Read a features ``.npz``; checks its image size against ``image_size`` when given."""
+def load_features(
+    path: str | Path, *, image_size: int | None = None, feature_dim: int | None = FEATURE_DIM
+) -> dict[str, Any]:
+    """Read a features ``.npz``; checks its image size against ``image_size`` when given and its
+    width against ``feature_dim`` (None: any width, e.g. a published encoder's)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {key: npz[key] for key in npz.files}
@@ -86,8 +91,9 @@ def load_features(path: str | Path, *, image_size: int | None = None) -> dict[st
     missing = {"features", "labels", "ids"} - set(data)
     if missing:
         raise UserError(f"{path}: missing arrays {sorted(missing)}")
-    if data["features"].ndim != 2 or data["features"].shape[1] != FEATURE_DIM:
-        raise UserError(f"{path}: features have shape {data['features'].shape}, expected [N, {FEATURE_DIM}]")
+    width = data["features"].shape[1] if data["features"].ndim == 2 else 0
+    if width == 0 or (feature_dim is not None and width != feature_dim):
+        raise UserError(f"{path}: features have shape {data['features'].shape}, expected [N, {feature_dim or 'D'}]")
     if image_size is not None and "image_size" in data and int(data["image_size"]) != int(image_size):
         raise UserError(f"{path}: extracted at image_size {int(data['image_size'])}, training uses {image_size}")
     return data

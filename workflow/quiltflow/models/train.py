@@ -26,7 +26,13 @@ from quiltflow.core.jsonio import read_label_map, write_json
 from quiltflow.core.paths import MODEL_FILE, TRAIN_INFO_FILE
 from quiltflow.core.settings import ModelSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, read_task
-from quiltflow.models.builders import build_model, dense_head, set_backbone_trainable, weights_description
+from quiltflow.models.builders import (
+    FEATURE_DIM,
+    build_model,
+    dense_head,
+    set_backbone_trainable,
+    weights_description,
+)
 from quiltflow.models.resume import TrainingRun, backed_up_epoch, prior_val_state
 from quiltflow.models.runtime import configure_runtime, float32_policy
 from quiltflow.records.split_report import SplitReport
@@ -204,7 +210,8 @@ def _with_provenance(info: dict[str, Any], provenance: Mapping[str, Any] | None)
     were prepared, which prediction on new images repeats."""
     provenance = provenance or {}
     if "description" in provenance:
-        info.update(weights=provenance["description"], pretraining=provenance["pretraining"])
+        info["weights"] = provenance["description"]
+        info.update({key: provenance[key] for key in ("pretraining", "encoder") if key in provenance})
     if "shards" in provenance:
         info["shards"] = dict(provenance["shards"])
     return info
@@ -349,7 +356,9 @@ def train_model(
 
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else model
     with float32_policy():
-        final = build_model(s.architecture, num_classes, image_size, weights="none", **build)
+        # A published encoder's network comes from its checkpoint: built from it, then overwritten.
+        bare = s.weights if s.spec.uses_encoder else "none"
+        final = build_model(s.architecture, num_classes, image_size, weights=bare, **build)
     final.set_weights(best.get_weights())
     info = _info(s, device, image_size, seed, num_train, num_val, resume, class_weight, seconds)
     return _wrap_up(run, final, info, targets, (final, val_ds), provenance)
@@ -433,7 +442,7 @@ def train_frozen_head(
 
     resume = _start_run(run, backed_up_epoch(run.backup / "main"), s.name)
     with strategy.scope():
-        head = dense_head(num_classes, s.dropout, seed, task)
+        head = dense_head(num_classes, s.dropout, seed, task, feature_dim=np.shape(features_train["features"])[1])
         _compile(head, s.learning_rate, s.jit_compile, targets)
     train_ds = _features_dataset(features_train, s.batch_size, shuffle, seed)
     val_ds = _features_dataset(features_val, s.batch_size, False, seed)
@@ -487,7 +496,8 @@ def _load_cached_features(features, s: ModelSettings, image_size: int):
         raise UserError(f"models.{s.name}: {s.architecture} needs features_train/features_val inputs")
     loaded = []
     for paths in features:  # (train buckets, val buckets)
-        parts = [load_features(path, image_size=image_size) for path in paths]
+        width = None if s.spec.uses_encoder else FEATURE_DIM  # a published encoder's own width
+        parts = [load_features(path, image_size=image_size, feature_dim=width) for path in paths]
         for path, data in zip(paths, parts):
             if "weights" in data and str(data["weights"]) != weights_description(s.weights):
                 raise UserError(
