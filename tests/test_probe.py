@@ -12,7 +12,8 @@ from quiltflow.compare.probe_summary import summarise_probe
 from quiltflow.core.errors import UserError
 from quiltflow.evaluation import probe
 from sklearn.neighbors import KNeighborsClassifier
-from workflow_runner import copy_workflow, snakemake
+from support import MULTILABEL_CONFIGS
+from workflow_runner import clone_run, copy_workflow, snakemake
 
 FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 
@@ -163,10 +164,77 @@ def test_empty_validation_uses_the_grids_middle_c_and_empty_test_predicts_nothin
     assert len(probe.run_protocol([probe.RunData(0, 1, train, test, empty)], 3, settings).predictions) == 0
 
 
-def test_multilabel_features_are_a_one_line_error():
-    parts = {"train": {"features": np.zeros((2, 3)), "labels": np.zeros((2, 4)), "ids": np.array(["a", "b"])}}
-    with pytest.raises(UserError, match="multi-label"):
-        probe.bucket_split(parts, {"a": "g", "b": "g"}, ["train"])
+def _multilabel(n_videos: int, frames: int, seed: int, prefix: str, labels: int = 3, dim: int = 8):
+    """Videos with random label sets (each at least one label, every frame the video's set) and
+    features = 4 x multi-hot + noise: each label is linearly separable, so the answers are known."""
+    rng = np.random.default_rng(seed)
+    sets = rng.integers(0, 2, size=(n_videos, labels))
+    sets[sets.sum(axis=1) == 0, rng.integers(0, labels)] = 1
+    y = np.repeat(sets, frames, axis=0)
+    x = np.hstack([4.0 * y, np.zeros((len(y), dim - labels))]) + rng.normal(scale=0.5, size=(len(y), dim))
+    groups = np.repeat([f"{prefix}v{i:03d}" for i in range(n_videos)], frames)
+    return _split(x, y, groups, prefix)
+
+
+def test_multilabel_budgets_are_nested_and_cover_every_label():
+    train = _multilabel(50, 3, 0, "t", labels=5)
+    # Label 4 is rare: only two videos carry it.
+    y = train.labels.copy()
+    y[:, 4] = 0
+    y[np.isin(train.groups, ["tv007", "tv031"]), 4] = 1
+    budgets = probe.label_budgets(train.groups, y, FRACTIONS, seed=1)
+    _, presence = probe.video_presence(train.groups, y)
+    videos = np.unique(train.groups)
+    for small, large in zip(budgets, budgets[1:]):
+        assert set(small.videos) <= set(large.videos)
+    for budget in budgets:
+        carried = presence[np.isin(videos, budget.videos)].any(axis=0)
+        assert carried.all(), f"a label without a positive video at {budget.fraction}"
+    assert probe.video_strata(train.groups, y)["tv007"] == 4  # the rarest label is the stratum
+    assert len(budgets[0].videos) < 10 and set(budgets[-1].videos) == set(videos)
+    assert [b.videos for b in probe.label_budgets(train.groups, y, FRACTIONS, seed=1)] == [b.videos for b in budgets]
+
+
+def test_multilabel_budgets_cover_a_label_that_is_no_videos_stratum():
+    # Labels A, B, D: 2 videos each; C: 3 videos, each also carrying a rarer label, so C is no
+    # video's stratum and a 1 % budget (one video per stratum) misses C in 1 of 8 draws unless the
+    # covering step adds a C video; E: the common filler label.
+    sets = {"a1": "AC", "a2": "A", "b1": "BC", "b2": "B", "d1": "DC", "d2": "D"}
+    sets |= {f"e{i}": "E" for i in range(30)}
+    groups = np.array(list(sets))
+    hot = np.array([[letter in sets[g] for letter in "ABCDE"] for g in groups], dtype=np.int64)
+    assert 2 not in set(probe.video_strata(groups, hot).values())
+    for seed in range(20):
+        smallest = probe.label_budgets(groups, hot, [0.01], seed=seed)[0]
+        assert {"a1", "b1", "d1"} & set(smallest.videos), f"seed {seed}: no video carries label C"
+
+
+def test_multilabel_knn_scores_are_weighted_label_shares():
+    # Neighbours on the axes carry labels {0}, {0, 1}, {1}; the query at 30 degrees from x.
+    train = np.array([[1, 0], [1, 1e-6], [0, 1]], np.float32)
+    hot = np.array([[1, 0], [1, 1], [0, 1]])
+    query = np.array([[np.cos(np.pi / 6), np.sin(np.pi / 6)]], np.float32)
+    scores = probe.knn_probabilities(train, hot, query, 2, k=3, temperature=0.1)
+    w = np.exp(np.array([np.cos(np.pi / 6), np.cos(np.pi / 6), np.sin(np.pi / 6)]) / 0.1)
+    assert scores[0] == pytest.approx([(w[0] + w[1]) / w.sum(), (w[1] + w[2]) / w.sum()], rel=1e-4)
+
+
+def test_multilabel_protocol_finds_separable_labels():
+    run = probe.RunData(0, 7, _multilabel(40, 4, 0, "t"), _multilabel(10, 4, 1, "v"), _multilabel(12, 4, 2, "s"))
+    settings = probe.ProbeSettings(fractions=(0.1, 1.0))
+    result = probe.run_protocol([run], 3, settings)
+    frame = result.predictions
+    assert {"true_multi_hot", "pred_multi_hot"} <= set(frame.columns)
+    for _, cell in frame[frame["fraction"] == 1.0].groupby("method"):
+        truth, probs = np.stack(cell["true_multi_hot"]), np.stack(cell["probabilities"])
+        assert (np.stack(cell["pred_multi_hot"]) == truth).all()  # separable: every decision right at 0.5
+        assert np.array_equal(cell["true_label"], truth.argmax(axis=1))  # the first true label
+        assert probs.min() >= 0 and probs.max() <= 1
+    assert all(b["c"]["linear"] in settings.c_grid for b in result.budgets)
+    # A label absent from a budget's training images scores its prevalence (0), not an error.
+    absent = probe.RunData(0, 7, run.train.take(run.train.labels[:, 2] == 0), run.val, run.test)
+    probs = np.stack(probe.run_protocol([absent], 3, settings).predictions["probabilities"])
+    assert np.allclose(probs[:, 2][: len(run.test.labels)], 0.0)
 
 
 # --------------------------------------------------------------------------- summary
@@ -222,6 +290,47 @@ def test_summary_tests_representations_in_one_holm_family(tmp_path):
     assert {"balanced_accuracy_low", "auc_macro_high"} <= set(pd.read_csv(outputs["csv"]).columns)
 
 
+def test_multilabel_summary_scores_map_and_tests_it(tmp_path):
+    good = [
+        probe.RunData(0, s, _multilabel(30, 3, 0, "t"), _multilabel(8, 3, 1, "v"), _multilabel(16, 3, 2, "s"))
+        for s in (1, 2)
+    ]
+    rng = np.random.default_rng(3)
+    noisy = [
+        probe.RunData(
+            r.fold,
+            r.seed,
+            *(
+                probe.Split(s.features + rng.normal(scale=8, size=s.features.shape), s.labels, s.ids, s.groups)
+                for s in (r.train, r.val, r.test)
+            ),
+        )
+        for r in good
+    ]
+    settings = probe.ProbeSettings(fractions=(0.5, 1.0), c_grid=(0.01, 1.0))
+    paths, budgets = {}, {}
+    for name, runs in (("good", good), ("noisy", noisy)):
+        result = probe.run_protocol(runs, 3, settings)
+        paths[name], budgets[name] = tmp_path / f"{name}.parquet", tmp_path / f"{name}.budgets.json"
+        result.predictions.to_parquet(paths[name], index=False)
+        budgets[name].write_text(json.dumps({"settings": {"c_grid": [0.01, 1.0]}, "budgets": result.budgets}))
+    label_map = tmp_path / "label_map.json"
+    label_map.write_text(json.dumps({"classes": list("ABC"), "class_to_index": {}, "task": "multilabel"}))
+    outputs = {key: tmp_path / f"s.{key}" for key in ("json", "csv", "md")} | {"plot": tmp_path / "plot.png"}
+    document = summarise_probe(
+        paths, budgets, str(label_map), seed=0, bootstrap_samples=200, permutations=200, alpha=0.05, outputs=outputs
+    )
+    assert document["task"] == "multilabel" and document["tested_metric"] == "map_macro"
+    best = next(r for r in document["rows"] if r["name"] == "good/linear@1")
+    assert best["map_macro"] == 1.0 and best["auc_macro"] == 1.0 and best["map_macro_ci"] is not None
+    noisy_knn = next(r for r in document["rows"] if r["name"] == "noisy/knn@1")
+    assert noisy_knn["map_macro"] < 0.9
+    assert best["c_at_grid_edge"]["fits"] == 2 and "c_at_grid_edge" not in noisy_knn
+    assert len(document["tests"]) == 4 and {t["metric"] for t in document["tests"]} == {"map_macro"}
+    assert any(t["better"] == "good/linear@1" for t in document["tests"])
+    assert "map_macro_low" in pd.read_csv(outputs["csv"]).columns
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -239,3 +348,24 @@ def test_snakemake_probe_end_to_end(tmp_path):
     assert (results / "plots" / "label_efficiency.png").stat().st_size > 0
     # The probe stage decodes no image and trains no network.
     assert not (results / "models").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_snakemake_probe_multilabel_end_to_end(multilabel_cv_run, tmp_path):
+    """`snakemake probe` on a clone of the multi-label run (2 folds): its frozen ResNet50's cached
+    features probed per label; the run's own results are left as they were."""
+    work = clone_run(multilabel_cv_run, tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in (work / "results" / "predictions").iterdir()}
+    snakemake(work, "probe", configfiles=MULTILABEL_CONFIGS)
+    results = work / "results"
+    frame = pd.read_parquet(results / "probe" / "resnet50_frozen.parquet")
+    assert {"true_multi_hot", "pred_multi_hot"} <= set(frame.columns)
+    assert sorted(frame["fold"].unique()) == [0, 1]  # test predictions out of fold
+    n_labels = len(json.loads((results / "splits" / "label_map.json").read_text())["classes"])
+    assert {len(p) for p in frame["probabilities"]} == {n_labels}
+    summary = json.loads((results / "probe" / "summary.json").read_text())
+    assert summary["task"] == "multilabel" and summary["tested_metric"] == "map_macro"
+    assert all(0 <= r["map_macro"] <= 1 for r in summary["rows"])
+    assert (results / "plots" / "label_efficiency.png").stat().st_size > 0
+    assert {p: p.stat().st_mtime_ns for p in (results / "predictions").iterdir()} == before

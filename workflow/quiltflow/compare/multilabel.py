@@ -609,3 +609,10 @@ def build_multilabel_comparison(
     }
     document["caveats"] = _caveats(document)
     return document
+
+
+# The probe stage's multi-label summary (quiltflow.compare.probe_summary) scores and tests its rows
+# with this module's own code: the video units, their bootstrap and the swap test.
+VideoUnits = _Units
+bootstrap_rows = _bootstrap
+swap_p_values = _swap_p_values
