@@ -34,6 +34,12 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+IMAGE = "image"  # Architecture.unit of frame models
+VIDEO = "video"  # Architecture.unit of bag models (one prediction per video)
+ATTENTION_POOLING = "attention"
+MEAN_POOLING = "mean"
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
@@ -51,6 +57,10 @@ class Architecture:
     gradcam_layer: tuple[str, ...] = ()
     # True: the backbone is a published encoder (weights: encoder:<name>, quiltflow.models.published).
     uses_encoder: bool = False
+    # The unit a model classifies: "image" (one frame at a time) or "video" (a bag of a video's
+    # frames, multiple-instance learning on cached features; quiltflow.models.mil).
+    unit: str = IMAGE
+    pooling: str | None = None  # bag models: "attention" (gated, Ilse et al. 2018) or "mean"
 
 
 # The output of ResNet50's last residual block, inside the nested backbone (quiltflow.models.builders).
@@ -123,6 +133,34 @@ REGISTRY: dict[str, Architecture] = {
             default_dropout=0.0,
             backbone="resnet50",
             gradcam_layer=RESNET50_LAST_BLOCK,
+        ),
+        Architecture(
+            name="abmil",
+            description="gated-attention multiple-instance learning over a video's cached frame features",
+            builder="abmil",
+            default_weights=IMAGENET,
+            accepts_weights=True,
+            trains_on_features=True,
+            finetunes_backbone=False,
+            default_augment=False,  # cached features cannot be augmented
+            default_dropout=0.0,
+            backbone="resnet50",
+            unit=VIDEO,
+            pooling=ATTENTION_POOLING,
+        ),
+        Architecture(
+            name="meanmil",
+            description="mean of a video's cached frame features into the same classifier (abmil's control)",
+            builder="meanmil",
+            default_weights=IMAGENET,
+            accepts_weights=True,
+            trains_on_features=True,
+            finetunes_backbone=False,
+            default_augment=False,
+            default_dropout=0.0,
+            backbone="resnet50",
+            unit=VIDEO,
+            pooling=MEAN_POOLING,
         ),
     )
 }

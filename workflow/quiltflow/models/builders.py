@@ -16,7 +16,15 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from quiltflow.core.architectures import IMAGENET, NO_WEIGHTS, architecture, backbone_spec, weights_name
+from quiltflow.core.architectures import (
+    ATTENTION_POOLING,
+    IMAGENET,
+    MEAN_POOLING,
+    NO_WEIGHTS,
+    architecture,
+    backbone_spec,
+    weights_name,
+)
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import sha256_file
 from quiltflow.core.paths import ENCODER_INFO_FILE
@@ -178,6 +186,51 @@ def resnet50_finetune(
     Built frozen: ``set_backbone_trainable(model, True)`` starts the fine-tune phase.
     """
     return _resnet50("resnet50_finetune", num_classes, image_size, weights, dropout, seed, task)
+
+
+def abmil(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None = None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    task: str = MULTICLASS,
+    attention_dim: int = 128,
+    embed_dim: int = 256,
+) -> keras.Model:
+    """Gated-attention MIL over a video's cached frame features (``quiltflow.models.mil``); its
+    input is a bag of features, not images, so ``image_size`` and ``weights`` (those of the cached
+    features) do not enter it."""
+    from quiltflow.models.mil import bag_model
+
+    return bag_model(
+        ATTENTION_POOLING,
+        num_classes,
+        FEATURE_DIM,
+        attention_dim=attention_dim,
+        embed_dim=embed_dim,
+        dropout=dropout,
+        seed=seed,
+        task=task,
+    )
+
+
+def meanmil(
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None = None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    task: str = MULTICLASS,
+    attention_dim: int = 128,
+    embed_dim: int = 256,
+) -> keras.Model:
+    """abmil's control: the masked mean of a video's embedded frame features into the same classifier."""
+    from quiltflow.models.mil import bag_model
+
+    return bag_model(MEAN_POOLING, num_classes, FEATURE_DIM, embed_dim=embed_dim, dropout=dropout, seed=seed, task=task)
 
 
 def _encoder_model(
