@@ -291,3 +291,134 @@ def test_encoder_model_takes_the_record_as_input(tmp_path):
         "pooling": "avg",
     }
     assert weights_files(config, "m") == ["resources/encoders/x/encoder_info.json"]
+
+
+# --- the encoder architectures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def records(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """encoder_info.json of each tiny checkpoint, as rule fetch_encoder writes it."""
+    root = tmp_path_factory.mktemp("records")
+    out = {}
+    for name, folder in checkpoints.items():
+        out[name] = root / name / "encoder_info.json"
+        enc.fetch_encoder(spec(str(folder), name=name), root / name / "checkpoint", out[name])
+    return out
+
+
+def uint8_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3)).astype(np.uint8)
+
+
+def test_timm_weights_land_in_the_keras_layers(records, checkpoints):
+    """keras-hub's timm conversion through our loader: torch (out, in, kh, kw) -> Keras (kh, kw, in, out)."""
+    from quiltflow.models.published import encoder_backbone
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(checkpoints["timm"] / "model.safetensors"))
+    encoder = encoder_backbone(str(records["timm"]), 32).get_layer("encoder")
+    np.testing.assert_array_equal(
+        encoder.get_layer("conv1_conv").kernel.numpy(), tensors["conv1.weight"].transpose(2, 3, 1, 0)
+    )
+    last_bn = encoder.get_layer("stack3_block1_2_bn")
+    np.testing.assert_array_equal(last_bn.moving_variance.numpy(), tensors["layer4.1.bn2.running_var"])
+
+
+def test_preprocessing_comes_from_the_checkpoint_unless_set(records, tmp_path):
+    from quiltflow.models.published import encoder_backbone
+
+    pre = encoder_backbone(str(records["timm"]), 32).get_layer("encoder_preprocess").get_config()
+    assert (pre["size"], pre["mean"], pre["std"]) == (48, TIMM_MEAN, TIMM_STD)  # timm pretrained_cfg
+    info = read_json(records["timm"], "x") | {"image_size": 64, "mean": [0.1, 0.2, 0.3]}
+    (tmp_path / "encoder_info.json").write_text(json.dumps(info))
+    pre = encoder_backbone(str(tmp_path / "encoder_info.json"), 32).get_layer("encoder_preprocess").get_config()
+    assert (pre["size"], pre["mean"], pre["std"]) == (64, [0.1, 0.2, 0.3], TIMM_STD)
+    keras_pre = encoder_backbone(str(records["keras"]), 32).get_layer("encoder_preprocess").get_config()
+    assert keras_pre["size"] == 32 and keras_pre["mean"] == [0.485, 0.456, 0.406]  # states none: ImageNet's
+
+
+def test_hub_and_local_copies_give_the_same_features(records, checkpoints, tmp_path, monkeypatch):
+    from quiltflow.models.published import encoder_backbone
+
+    monkeypatch.setattr(enc, "_hf_download", fake_hub(checkpoints["timm"]))
+    enc.fetch_encoder(spec("hf://someone/tiny"), tmp_path / "ck", tmp_path / "encoder_info.json")
+    images = uint8_images(3, 32)
+    hub = encoder_backbone(str(tmp_path / "encoder_info.json"), 32)(images)
+    local = encoder_backbone(str(records["timm"]), 32)(images)
+    assert hub.shape == (3, 512) and float(np.std(hub)) > 0
+    np.testing.assert_allclose(np.asarray(hub), np.asarray(local), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["timm", "keras"])
+def test_saved_encoder_model_is_self_contained(name, records, tmp_path):
+    """model.keras carries preprocessing + encoder: it loads and predicts with no record around."""
+    import keras
+    from quiltflow.models.builders import build_model
+
+    model = build_model("encoder_frozen", 3, 32, weights=str(records[name]), seed=1)
+    images = uint8_images(4, 32)
+    expected = np.asarray(model(images))
+    model.save(tmp_path / "model.keras")
+    moved = tmp_path / "gone"
+    shutil.move(str(records[name].parent), moved)
+    try:
+        loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    finally:
+        shutil.move(str(moved), records[name].parent)
+    np.testing.assert_allclose(np.asarray(loaded(images)), expected, atol=1e-5)
+    assert expected.shape == (4, 3) and np.allclose(expected.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_finetune_unfreezes_the_encoder_but_not_batchnorm(records):
+    from keras import layers
+    from quiltflow.models.builders import build_model, set_backbone_trainable
+
+    model = build_model("encoder_finetune", 2, 32, weights=str(records["keras"]))
+    assert not model.get_layer("backbone").trainable_weights
+    set_backbone_trainable(model, True)
+    encoder = model.get_layer("backbone").get_layer("encoder")
+    convs = [layer for layer in encoder.layers if isinstance(layer, layers.Conv2D)]
+    bns = [layer for layer in encoder.layers if isinstance(layer, layers.BatchNormalization)]
+    assert convs and bns and all(layer.trainable for layer in convs) and not any(layer.trainable for layer in bns)
+    assert len(model.get_layer("backbone").trainable_weights) == len(convs)  # the kernels (no conv bias)
+
+
+def test_cached_features_are_the_models_backbone(records, tmp_path):
+    import tensorflow as tf
+    from quiltflow.models.builders import build_model
+    from quiltflow.models.features import extract_features, load_features, save_features
+
+    images = uint8_images(5, 32, seed=4)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.arange(5) % 2, [f"i{k}".encode() for k in range(5)]))
+    arch = "encoder_frozen"
+    data = extract_features(ds, image_size=32, weights=str(records["keras"]), batch_size=2, architecture=arch)
+    model = build_model(arch, 2, 32, weights=str(records["keras"]))
+    assert data["features"].shape == (5, 32)  # the tiny preset: 32 channels in its last stage
+    np.testing.assert_allclose(data["features"], np.asarray(model.get_layer("backbone")(images)), atol=1e-5)
+    save_features(tmp_path / "f.npz", data, image_size=32, weights=str(records["keras"]))
+    assert load_features(tmp_path / "f.npz", image_size=32, feature_dim=None)["features"].shape == (5, 32)
+    with pytest.raises(UserError, match=r"expected \[N, 2048\]"):
+        load_features(tmp_path / "f.npz", image_size=32)
+
+
+def test_gradcam_targets_the_encoders_feature_map(records):
+    from quiltflow.evaluation.explain import gradcam, split_at, target_path
+    from quiltflow.models.builders import build_model
+
+    model = build_model("encoder_frozen", 3, 32, weights=str(records["keras"]))
+    path = target_path(model, "encoder_frozen")
+    assert path == ("backbone", "encoder")
+    images = uint8_images(2, 32)
+    front, back = split_at(model, path)
+    assert tuple(front(images).shape) == (2, 4, 4, 32)  # stem /4, second stage /2
+    np.testing.assert_allclose(np.asarray(back(front(images))), np.asarray(model(images)), atol=1e-5)
+    maps, _ = gradcam(model, images, path)
+    assert maps.shape == (2, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0 and maps.max() > 0
+
+
+def test_weights_description_names_the_encoder(records):
+    from quiltflow.models.builders import weights_description
+
+    text = weights_description(str(records["timm"]))
+    assert text.startswith("encoder:timm (") and "resnet18" in text and "licence apache-2.0" in text
