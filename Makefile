@@ -8,11 +8,29 @@ CORES ?= 8
 
 .PHONY: venv demo test test-fast lint report bench clean
 
-venv: $(VENV)/.installed
+# TensorFlow build: GPU=1 installs tensorflow[and-cuda] at the lock's version (it brings the CUDA
+# libraries), GPU=0 the lock's CPU build. Default: 1 where `nvidia-smi -L` lists a GPU.
+GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0)
+TF_BUILD := $(if $(filter 1,$(GPU)),gpu,cpu)
+TF_OTHER := $(if $(filter 1,$(GPU)),cpu,gpu)
+TF_SED_cpu := s/^tensorflow_cpu==/tensorflow_cpu==/
+TF_SED_gpu := s/^tensorflow_cpu==/tensorflow[and-cuda]==/
 
-$(VENV)/.installed: requirements.lock
+venv: $(VENV)/.installed-$(TF_BUILD)
+	@echo "TensorFlow build: $(TF_BUILD) (GPU=$(GPU); choose with GPU=0 or GPU=1)"
+
+# The lock with this machine's TensorFlow build (tests/test_make.py checks the choice).
+$(VENV)/requirements.$(TF_BUILD).txt: requirements.lock requirements-gpu.lock
+	@mkdir -p $(VENV)
+	{ sed -e '$(TF_SED_$(TF_BUILD))' requirements.lock; $(if $(filter gpu,$(TF_BUILD)),cat requirements-gpu.lock;) } > $@
+
+# A venv switching build drops the other TensorFlow first: both packages install `tensorflow`.
+$(VENV)/.installed-$(TF_BUILD): $(VENV)/requirements.$(TF_BUILD).txt
+	@echo "Installing the $(TF_BUILD) build of TensorFlow into $(VENV) (GPU=$(GPU))"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	if [ -e $(VENV)/.installed-$(TF_OTHER) ]; then $(BIN)/python -m pip uninstall --quiet -y tensorflow tensorflow_cpu; fi
+	rm -f $(VENV)/.installed $(VENV)/.installed-$(TF_OTHER)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
 demo: venv
@@ -27,11 +45,16 @@ REPORT_ARGS ?=
 report: venv
 	snakemake --report results/report.html all $(patsubst %/,%,$(wildcard results/explain/*/)) $(REPORT_ARGS)
 
+# Two pytest workers: most of the suite waits on snakemake jobs (one core busy on average). A file's
+# tests stay on one worker (loadfile); the shared finished runs are built once (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := pytest -n $(TEST_WORKERS) --dist loadfile -rA
+
 test: venv
-	pytest -rA --durations=25 tests
+	$(PYTEST) --durations=25 tests
 
 test-fast: venv
-	pytest -rA -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: venv
 	snakemake --lint

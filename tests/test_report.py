@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
-from workflow_runner import REPO, VENV_BIN, clone_run, workflow_env
+from workflow_runner import REPO, VENV_BIN, clone_run, machine_lock, workflow_env
 
 sys.path.insert(0, str(REPO / "workflow"))
 from quiltflow.compare.mdhtml import markdown_to_html  # noqa: E402
@@ -58,7 +58,8 @@ def _apt_install_chromium(timeout: float = 600) -> str | None:
     start = time.monotonic()
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            with machine_lock("apt-get"):  # the other pytest worker may be installing SLURM
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return f"'{' '.join(cmd)}' took over {timeout:.0f} s (no network?)"
         if res.returncode != 0:

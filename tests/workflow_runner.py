@@ -3,6 +3,8 @@ run one workflow script in-process as Snakemake's ``script:`` directive would.""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -22,6 +24,23 @@ VENV_BIN = Path(sys.executable).parent
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "envs"]
 JOB_HEADER = re.compile(r"^(?:rule|checkpoint|localrule|localcheckpoint) (\w+):$")
 WILDCARDS = re.compile(r"^\s+wildcards: (.*)$")
+
+
+# One machine-wide lock per name: `make test` runs two pytest workers (pytest-xdist), and apt-get
+# (SLURM's packages, chromium) must not run twice at once.
+MACHINE_LOCKS = Path("/tmp/quiltflow-tests-locks")
+
+
+@contextlib.contextmanager
+def machine_lock(name: str):
+    """Hold an exclusive lock named ``name`` shared by every process of this machine."""
+    MACHINE_LOCKS.mkdir(parents=True, exist_ok=True)
+    with open(MACHINE_LOCKS / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def workflow_env() -> dict[str, str]:

@@ -30,6 +30,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# tests/ holds workflow_runner (its machine-wide lock); this file also runs as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workflow_runner import machine_lock  # noqa: E402
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 SLURM_DIR = Path("/etc/slurm")
 MARKER = "# written by quiltflow tests/cluster/slurm_harness.py"
@@ -80,7 +84,8 @@ def install_packages(timeout: float = 240) -> None:
     ]
     for cmd in steps:
         try:
-            res = _run(cmd, timeout=timeout, env=env)
+            with machine_lock("apt-get"):  # the other pytest worker may be installing chromium
+                res = _run(cmd, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise SlurmUnavailable(f"'{' '.join(cmd)}' took over {timeout:.0f} s (no network?)") from None
         if res.returncode != 0:
