@@ -25,12 +25,13 @@ $(VENV)/requirements.$(TF_BUILD).txt: requirements.lock requirements-gpu.lock
 	{ sed -e '$(TF_SED_$(TF_BUILD))' requirements.lock; $(if $(filter gpu,$(TF_BUILD)),cat requirements-gpu.lock;) } > $@
 
 # A venv switching build drops the other TensorFlow first: both packages install `tensorflow`.
-$(VENV)/.installed-$(TF_BUILD): $(VENV)/requirements.$(TF_BUILD).txt
+$(VENV)/.installed-$(TF_BUILD): $(VENV)/requirements.$(TF_BUILD).txt requirements-nodeps.lock
 	@echo "Installing the $(TF_BUILD) build of TensorFlow into $(VENV) (GPU=$(GPU))"
 	$(PYTHON) -m venv $(VENV)
 	if [ -e $(VENV)/.installed-$(TF_OTHER) ]; then $(BIN)/python -m pip uninstall --quiet -y tensorflow tensorflow_cpu; fi
 	rm -f $(VENV)/.installed $(VENV)/.installed-$(TF_OTHER)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $<
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.lock
 	touch $@
 
 demo: venv
