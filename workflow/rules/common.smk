@@ -20,6 +20,7 @@ from quiltflow.dag.config import (  # noqa: E402
     explain_models,
     target_models,
     frozen_models,
+    bag_models,
     validate_config,
     weights_files,
 )
@@ -50,6 +51,13 @@ validate(config, SCHEMA)  # Snakemake's own check, for tools that expect it (pas
 
 MODELS = sorted(config["models"])
 FROZEN = frozen_models(config)
+# Bag models (unit video, quiltflow.models.mil): trained on the frozen features of a video's frames,
+# evaluated by rule evaluate_bag_model (one prediction per video, plus each frame's attention).
+BAGS = bag_models(config)
+FRAME_MODELS = [m for m in MODELS if m not in BAGS]
+# {model} in the outputs of the rules of one kind only ("(?!)" matches nothing).
+FRAME_MODEL = "{model," + ("|".join(FRAME_MODELS) or "(?!)") + "}"
+BAG_MODEL = "{model," + ("|".join(BAGS) or "(?!)") + "}"
 DATASET = config["dataset"]
 DEMO = DATASET["demo"]["enabled"]
 # Cross-validation by video (quiltflow.core.cv): buckets of images (each sharded and featurised once)
@@ -154,6 +162,24 @@ def train_inputs(wildcards):
         )
         inputs["features_train"] = [fill(features, split=b) for b in train]
         inputs["features_val"] = [fill(features, split=b) for b in val]
+    if wildcards.model in BAGS:  # the videos (group column) of the frames
+        inputs["manifest_train"] = [fill(paths.MANIFEST, split=b) for b in train]
+        inputs["manifest_val"] = [fill(paths.MANIFEST, split=b) for b in val]
+    return inputs
+
+
+def model_features(model, run, split_of_run):
+    """A frozen model's cached feature files of a run's train, val or test buckets."""
+    fold = run_of(run, FOLDS, SEEDS).fold
+    features = fill(paths.FEATURES, model=model, pretrain_fold=features_suffix(model, fold))
+    return [fill(features, split=b) for b in run_buckets(fold, FOLDS)[split_of_run]]
+
+
+def evaluate_bag_inputs(wildcards):
+    """evaluate_bag_model's inputs: the model, and the test buckets' features and manifests."""
+    inputs = evaluate_inputs(wildcards)
+    del inputs["test"]  # the bag model reads cached features, not shards
+    inputs["features"] = model_features(wildcards.model, wildcards.run, "test")
     return inputs
 
 
@@ -172,7 +198,10 @@ def evaluate_inputs(wildcards):
 def metrics_targets():
     """Every model's metrics JSON (pooled over runs with several), and its TTA variant's with tta on."""
     variants = ["", paths.TTA_VARIANT] if TTA else [""]
-    return expand(POOLED_METRICS, model=MODELS, variant=variants)
+    # Test-time augmentation flips images: bag models (cached features) have none.
+    return expand(POOLED_METRICS, model=FRAME_MODELS, variant=variants) + expand(
+        POOLED_METRICS, model=BAGS, variant=""
+    )
 
 
 def pooled_model_name(wildcards):
@@ -279,12 +308,20 @@ def all_targets(wildcards):
         fill(paths.COMPARISON, ext="md"),
         *metrics_targets(),
         *model_runs(paths.MODEL),
+        *expand(fill(paths.ATTENTION, run=""), model=BAGS),
+        *compare_videos_targets(),
     ]
+
+
+def compare_videos_targets():
+    """The video-level comparison of frame and bag models: when a bag model is configured."""
+    return [fill(paths.COMPARISON_VIDEO, ext="md")] if BAGS and not MULTILABEL else []
 
 
 # --- prediction on new images (rules predict_images, predict) ----------------------------------
 PREDICT = config["predict"]
-PREDICT_MODELS = target_models(config, "predict")
+# Prediction on new images: frame models (a bag model needs videos of cached features).
+PREDICT_MODELS = [m for m in target_models(config, "predict") if m not in BAGS]
 
 
 def predict_images_input(wildcards):

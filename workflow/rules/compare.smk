@@ -2,15 +2,19 @@ rule compare_models:
     """Every model, their ensemble and baselines: video-level (cluster bootstrap) intervals, paired
     video-level tests in one Holm family, reliability diagrams, plots (no TensorFlow)."""
     input:
-        metrics=expand(POOLED_METRICS, model=MODELS, variant=""),
-        predictions=expand(POOLED_PREDICTIONS, model=MODELS, variant=""),
+        metrics=expand(POOLED_METRICS, model=FRAME_MODELS, variant=""),
+        predictions=expand(POOLED_PREDICTIONS, model=FRAME_MODELS, variant=""),
         # evaluation.tta: each model's TTA variant, a row of its own ({model}+tta).
-        tta_metrics=(expand(POOLED_METRICS, model=MODELS, variant=paths.TTA_VARIANT) if TTA else []),
+        tta_metrics=(
+            expand(POOLED_METRICS, model=FRAME_MODELS, variant=paths.TTA_VARIANT) if TTA else []
+        ),
         tta_predictions=(
-            expand(POOLED_PREDICTIONS, model=MODELS, variant=paths.TTA_VARIANT) if TTA else []
+            expand(POOLED_PREDICTIONS, model=FRAME_MODELS, variant=paths.TTA_VARIANT)
+            if TTA
+            else []
         ),
         # Training curves of each model's first run (fold 0, first seed).
-        histories=expand(paths.HISTORY, model=MODELS, run=RUN_SUFFIXES[0]),
+        histories=expand(paths.HISTORY, model=FRAME_MODELS, run=RUN_SUFFIXES[0]),
         split_report=paths.SPLIT_REPORT,
         label_map=paths.LABEL_MAP,
     output:
@@ -50,12 +54,12 @@ rule compare_models:
             category="Training",
         ),
         confusion=report(
-            expand(fill(paths.PLOT, name="confusion_{model}"), model=MODELS),
+            expand(fill(paths.PLOT, name="confusion_{model}"), model=FRAME_MODELS),
             caption="../report/confusion.rst",
             category="Confusion matrices",
         ),
         reliability=report(
-            expand(fill(paths.PLOT, name="reliability_{model}"), model=MODELS),
+            expand(fill(paths.PLOT, name="reliability_{model}"), model=FRAME_MODELS),
             caption="../report/reliability.rst",
             category="Calibration",
         ),
@@ -69,7 +73,7 @@ rule compare_models:
     params:
         # The model list as a param: adding a model reruns the comparison through the params
         # trigger (Snakemake's input-set trigger does not fire for it in this DAG).
-        models=MODELS,
+        models=FRAME_MODELS,
         tta=config["evaluation"]["tta"],
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
@@ -82,3 +86,34 @@ rule compare_models:
         code=script_code("compare_models.py"),
     script:
         "../scripts/compare_models.py"
+
+
+rule compare_videos:
+    """Frame models (mean frame probability per video) and bag models side by side at the video:
+    video bootstrap intervals, paired video-level tests in one Holm family, the unit of each model.
+    """
+    input:
+        metrics=expand(POOLED_METRICS, model=MODELS, variant=""),
+        predictions=expand(POOLED_PREDICTIONS, model=MODELS, variant=""),
+        split_report=paths.SPLIT_REPORT,
+        label_map=paths.LABEL_MAP,
+    output:
+        json=fill(paths.COMPARISON_VIDEO, ext="json"),
+        csv=fill(paths.COMPARISON_VIDEO, ext="csv"),
+        md=fill(paths.COMPARISON_VIDEO, ext="md"),
+    log:
+        "logs/compare_videos.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        models=MODELS,
+        seed=config["seed"],
+        bootstrap_samples=config["comparison"]["bootstrap_samples"],
+        permutations=config["comparison"]["permutations"],
+        alpha=config["comparison"]["alpha"],
+        code=script_code("compare_videos.py"),
+    script:
+        "../scripts/compare_videos.py"

@@ -3,8 +3,8 @@ rule evaluate_model:
     input:
         unpack(evaluate_inputs),
     output:
-        predictions=fill(paths.PREDICTIONS, variant=""),
-        metrics=fill(paths.METRICS, variant=""),
+        predictions=fill(paths.PREDICTIONS, variant="", model=FRAME_MODEL),
+        metrics=fill(paths.METRICS, variant="", model=FRAME_MODEL),
     log:
         "logs/evaluate_model/{model}{run}.log",
     conda:
@@ -35,8 +35,8 @@ if TTA:
         input:
             unpack(evaluate_inputs),
         output:
-            predictions=fill(paths.PREDICTIONS, variant=paths.TTA_VARIANT),
-            metrics=fill(paths.METRICS, variant=paths.TTA_VARIANT),
+            predictions=fill(paths.PREDICTIONS, variant=paths.TTA_VARIANT, model=FRAME_MODEL),
+            metrics=fill(paths.METRICS, variant=paths.TTA_VARIANT, model=FRAME_MODEL),
         log:
             "logs/evaluate_tta/{model}{run}.log",
         conda:
@@ -57,6 +57,54 @@ if TTA:
             code=script_code("evaluate_model.py"),
         script:
             "../scripts/evaluate_model.py"
+
+
+rule evaluate_bag_model:
+    """Bag models (unit video): each test video predicted from all its cached frame features;
+    video-level predictions, each frame's attention, metrics with unit video."""
+    input:
+        unpack(evaluate_bag_inputs),
+    output:
+        predictions=fill(paths.PREDICTIONS, variant="", model=BAG_MODEL),
+        metrics=fill(paths.METRICS, variant="", model=BAG_MODEL),
+        attention=fill(paths.ATTENTION, model=BAG_MODEL),
+    log:
+        "logs/evaluate_bag_model/{model}{run}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        model="{model}",
+        fold=lambda wc: run_of(wc.run, FOLDS, SEEDS).fold,
+        seed=run_seed,
+        folds=FOLDS,
+        top_k=config["evaluation"]["top_k"],
+        batch_size=config["evaluation"]["batch_size"],
+        image_size=config["image_size"],
+        code=script_code("evaluate_bag_model.py"),
+    script:
+        "../scripts/evaluate_bag_model.py"
+
+
+if not SINGLE_RUN:
+
+    rule pool_attention:
+        """A bag model's attention tables of every fold and seed in one table."""
+        input:
+            [fill(paths.ATTENTION, run=run) for run in RUN_SUFFIXES],
+        output:
+            fill(paths.ATTENTION, run="", model=BAG_MODEL),
+        log:
+            "logs/pool_attention/{model}.log",
+        conda:
+            "../../envs/report.yaml"
+        params:
+            code=script_code("pool_attention.py"),
+        script:
+            "../scripts/pool_attention.py"
 
 
 if not SINGLE_RUN:

@@ -19,8 +19,23 @@ shards = ShardSettings.from_config(params.shards, image_size=params.image_size)
 provenance = {**(provenance or {}), "shards": shards.preparation()}
 
 
-# Only frozen-backbone models have feature inputs.
+# Only frozen-backbone models have feature inputs; bag models (unit video) also the manifests' videos.
 features = (as_paths(inp.features_train), as_paths(inp.features_val)) if hasattr(inp, "features_train") else None
+if hasattr(inp, "manifest_train"):
+    from quiltflow.models.train_mil import train_bags_from_files
+
+    train_bags_from_files(
+        features=features,
+        manifests=(as_paths(inp.manifest_train), as_paths(inp.manifest_val)),
+        label_map=inp.label_map,
+        out_dir=Path(snakemake.output.model).parent,
+        settings=settings,
+        image_size=params.image_size,
+        seed=params.seed,
+        threads=snakemake.threads,
+        provenance=provenance,
+    )
+    raise SystemExit(0)
 train_from_files(
     train_index=as_paths(inp.train),
     val_index=as_paths(inp.val),

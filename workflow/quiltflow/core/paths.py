@@ -65,9 +65,13 @@ TTA_VARIANT = ".tta"  # file-name part of a model's TTA evaluation (rule evaluat
 TTA_ROW_SUFFIX = "+tta"  # its name in the comparison and in pooled metrics
 PREDICTIONS = "results/predictions/{model}{run}{variant}.parquet"
 METRICS = "results/metrics/{model}{run}{variant}.json"
+# Bag models (unit video): each test frame's attention weight within its video, per run and pooled.
+ATTENTION = "results/attention/{model}{run}.parquet"
 
 # Comparison, prediction on new images, explanations.
 COMPARISON = "results/comparison.{ext}"
+# Frame and bag models side by side at the video (issue 27; written when a bag model is configured).
+COMPARISON_VIDEO = "results/comparison_video.{ext}"
 PLOT = "results/plots/{name}.png"
 PREDICT = "results/predict/{model}.{ext}"
 EXPLAIN_DIR = "results/explain/{model}"

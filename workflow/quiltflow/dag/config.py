@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 
-from quiltflow.core.architectures import architecture, is_weights_file
+from quiltflow.core.architectures import VIDEO, architecture, is_weights_file
 from quiltflow.core.errors import UserError
 from quiltflow.core.schema import fill_defaults, key_path, load_schema
 from quiltflow.core.settings import ModelSettings, PretrainSettings, SplitSettings
@@ -130,6 +130,11 @@ def frozen_models(config: dict) -> list[str]:
     return [name for name, m in config["models"].items() if architecture(m["architecture"]).trains_on_features]
 
 
+def bag_models(config: dict) -> list[str]:
+    """Models whose unit is the video (multiple-instance learning over its cached frame features)."""
+    return [name for name, m in config["models"].items() if architecture(m["architecture"]).unit == VIDEO]
+
+
 def weights_files(config: dict, model: str) -> list[str]:
     """The weights file a model starts from, as a job input: a user's file or a published
     encoder's encoder_info.json (rule fetch_encoder); empty for none/imagenet."""
@@ -152,5 +157,8 @@ def target_models(config: dict, section: str) -> list[str]:
 
 
 def explain_models(config: dict) -> list[str]:
-    """The models rule explain_model explains (``explain.models``, else every model)."""
-    return target_models(config, "explain")
+    """The models rule explain_model explains (``explain.models``, else every frame model: Grad-CAM
+    needs images in; a bag model's explanation is its attention)."""
+    names = target_models(config, "explain")
+    bags = set(bag_models(config))
+    return names if config.get("explain", {}).get("models") else [n for n in names if n not in bags]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from quiltflow.core.architectures import IMAGE
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, read_label_map, sha256_file, write_json
 from quiltflow.core.paths import TTA_ROW_SUFFIX
@@ -357,6 +358,7 @@ def evaluate_model(
         skipped_by_reason=skipped,
         device=info.get("device"),
         task=task,
+        unit=IMAGE,
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
     if tta != "none":
@@ -367,3 +369,9 @@ def evaluate_model(
     write_json(document, metrics_path)
     _log_result(document)
     return document
+
+
+# --- shared with the bag-model evaluation (quiltflow.evaluation.bag_evaluate) ---
+path_list = _paths
+manifest_digest = _manifest_digest
+read_train_info = _train_info

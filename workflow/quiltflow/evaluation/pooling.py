@@ -39,8 +39,11 @@ def run_summary(document: dict, fold: int, seed: int) -> dict:
 
 
 def check_out_of_fold(predictions: pd.DataFrame, folds: pd.DataFrame, seeds: Sequence[int]) -> None:
-    """Each image is tested at most once per seed, in the run of its own fold; every seed ran."""
-    fold_of = dict(zip(folds["image_id"], folds["fold"]))
+    """Each image is tested at most once per seed, in the run of its own fold; every seed ran.
+    Video-level predictions (bag models: an ``n_frames`` column, ``image_id`` = the video) are
+    checked by video."""
+    key = "group" if "n_frames" in predictions.columns else "image_id"
+    fold_of = dict(zip(folds[key], folds["fold"]))
     for seed in seeds:
         tested = predictions[predictions["seed"] == seed]
         if tested.empty:
@@ -96,6 +99,7 @@ def pool_runs(
         skipped_by_reason=dict(skipped),
         device=documents[0]["timing"]["device"],
         task=task,
+        unit=documents[0].get("unit"),
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(s) for s in seeds], "runs": runs}
     tta = {doc.get("tta") for doc in documents}

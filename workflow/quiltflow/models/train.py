@@ -555,3 +555,14 @@ def train_from_files(
     train_ds = make_dataset(train_index, settings.batch_size, training=True, augment=settings.augment, seed=seed)
     val_ds = make_dataset(val_index, settings.batch_size, training=False)
     return train_model(train_ds, val_ds, num_train=num_examples(train_index), num_val=num_examples(val_index), **common)
+
+
+# --- shared with the bag-model trainer (quiltflow.models.train_mil): one run layout for both ---
+prepare_run = _prepare
+start_run = _start_run
+resolve_targets = _resolve_targets
+class_weight_for = _class_weight
+compile_model = _compile
+fit_phase = _fit
+run_info = _info
+wrap_up_run = _wrap_up

@@ -23,14 +23,14 @@ from quiltflow.models.resume import backed_up_epoch
 from quiltflow.models.runtime import float32_policy
 from quiltflow.models.train import (
     Targets,
-    _class_weight,
-    _compile,
-    _fit,
-    _info,
-    _prepare,
-    _resolve_targets,
-    _start_run,
-    _wrap_up,
+    class_weight_for,
+    compile_model,
+    fit_phase,
+    prepare_run,
+    resolve_targets,
+    run_info,
+    start_run,
+    wrap_up_run,
 )
 
 
@@ -65,20 +65,20 @@ def train_bag_model(
     s = settings
     if s.spec.unit != "video":
         raise UserError(f"models.{s.name}.architecture: {s.architecture} is not a bag (video-level) model")
-    strategy, device, run = _prepare(s, out_dir, seed, threads)
+    strategy, device, run = prepare_run(s, out_dir, seed, threads)
     counts = train.label_counts(num_classes)
-    targets = _resolve_targets(s, targets or Targets(), counts, len(train))
-    class_weight = _class_weight(s, counts, num_classes, targets)
-    resume = _start_run(run, backed_up_epoch(run.backup / "main"), s.name)
+    targets = resolve_targets(s, targets or Targets(), counts, len(train))
+    class_weight = class_weight_for(s, counts, num_classes, targets)
+    resume = start_run(run, backed_up_epoch(run.backup / "main"), s.name)
     with strategy.scope():
         model = build_bag_model(s, num_classes, train.features.shape[1], seed, targets.task)
-        _compile(model, s.learning_rate, s.jit_compile, targets)
+        compile_model(model, s.learning_rate, s.jit_compile, targets)
     weights = bag_weights(train, class_weight)
     train_batches = BagBatches(train, s.batch_size, max_frames=s.max_frames, seed=seed, bag_weights=weights)
     val_batches = BagBatches(val, s.batch_size)
     start = time.perf_counter()
     # Class weights ride in the batches (per bag), so fit gets none.
-    _fit(
+    fit_phase(
         model,
         run,
         train_batches,
@@ -94,14 +94,14 @@ def train_bag_model(
     with float32_policy():
         final = build_bag_model(s, num_classes, train.features.shape[1], seed, targets.task)
     final.set_weights(best.get_weights())
-    info = _info(s, device, image_size, seed, len(train), len(val), resume, class_weight, seconds)
+    info = run_info(s, device, image_size, seed, len(train), len(val), resume, class_weight, seconds)
     info.update(
         trained_on="cached features",
         unit="video",
         num_train_frames=int(len(train.features)),
         num_val_frames=int(len(val.features)),
     )
-    return _wrap_up(run, final, info, targets, (final, _labelled(val_batches)), provenance)
+    return wrap_up_run(run, final, info, targets, (final, _labelled(val_batches)), provenance)
 
 
 def _labelled(batches: BagBatches):
@@ -143,4 +143,38 @@ def load_bags(feature_files: Sequence[str | Path], groups: Mapping[str, str], *,
         ids,
         np.array([groups[i] for i in ids]),
         where=", ".join(str(f) for f in feature_files),
+    )
+
+
+def train_bags_from_files(
+    *,
+    features: tuple[Sequence[str | Path], Sequence[str | Path]],
+    manifests: tuple[Sequence[str | Path], Sequence[str | Path]],
+    label_map: str | Path,
+    out_dir: str | Path,
+    settings: ModelSettings,
+    image_size: int,
+    seed: int,
+    threads: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What rule train_model runs for a bag model: (train, val) feature files and split manifests
+    (their ``group`` column makes the videos) -> a trained run in ``out_dir``."""
+    from quiltflow.core.jsonio import read_label_map
+    from quiltflow.core.tasks import read_task
+
+    classes = read_label_map(label_map)
+    groups = read_groups([*manifests[0], *manifests[1]])
+    train, val = (load_bags(files, groups, image_size=image_size, weights=settings.weights) for files in features)
+    return train_bag_model(
+        train,
+        val,
+        out_dir=out_dir,
+        settings=settings,
+        num_classes=len(classes),
+        image_size=image_size,
+        seed=seed,
+        threads=threads,
+        provenance=provenance,
+        targets=Targets(read_task(label_map), tuple(classes)),
     )

@@ -34,6 +34,7 @@ def build_metrics_document(
     skipped_by_reason: dict[str, int] | None = None,
     device: str | None = None,
     task: str = MULTICLASS,
+    unit: str | None = None,
 ) -> dict[str, Any]:
     """The versioned metrics JSON of one model (schema: workflow/schemas/metrics.schema.json).
 
@@ -60,6 +61,8 @@ def build_metrics_document(
         },
         "metrics": metrics,
     }
+    if unit is not None:  # image: one prediction per frame; video: one per video (a bag model)
+        document["unit"] = unit
     validate_metrics_document(document)
     return document
 

@@ -41,6 +41,10 @@ PREDICTIONS_ARROW_SCHEMA = pa.schema(
 _RUN_FIELDS = [pa.field(name, pa.int32()) for name in RUN_COLUMNS]
 
 
+# Bag models (unit video) only (issue 27): the frames each video's prediction saw.
+BAG_COLUMNS = ("n_frames",)
+
+
 _MULTI_HOT_FIELDS = [pa.field(name, pa.list_(pa.int8())) for name in MULTI_HOT_COLUMNS]
 
 
@@ -71,8 +75,9 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path, class_names: 
         if matrix.shape[1] != probs.shape[1]:
             raise UserError(f"{path}: {name} has {matrix.shape[1]} entries, probabilities {probs.shape[1]}")
     schema = PREDICTIONS_ARROW_SCHEMA
-    for field in _MULTI_HOT_FIELDS + _RUN_FIELDS:
-        if field.name in run_columns + hot_columns:
+    bag_columns = [name for name in BAG_COLUMNS if name in predictions.columns]
+    for field in _MULTI_HOT_FIELDS + _RUN_FIELDS + [pa.field(name, pa.int32()) for name in bag_columns]:
+        if field.name in run_columns + hot_columns + bag_columns:
             schema = schema.append(field)
     per_label = {}
     if hot_columns and class_names:
@@ -90,6 +95,7 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path, class_names: 
             "probabilities": _list_array(probs.astype(np.float32), pa.float32()),
             **{name: _list_array(matrix, pa.int8()) for name, matrix in hot.items()},
             **{name: pa.array(predictions[name].to_numpy(np.int32), pa.int32()) for name in run_columns},
+            **{name: pa.array(predictions[name].to_numpy(np.int32), pa.int32()) for name in bag_columns},
             **per_label,
         },
         schema=schema,
