@@ -22,7 +22,7 @@ from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, sha256_file
 from quiltflow.dag import encoders as enc
 from quiltflow.dag.config import validate_config
-from workflow_runner import REPO
+from workflow_runner import REPO, clone_run, snakemake
 
 TIMM_MEAN, TIMM_STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 
@@ -116,9 +116,13 @@ def test_local_preset_is_recorded_and_only_read(checkpoints, tmp_path):
 
 def test_keras_preset_and_licence_from_the_model_card(checkpoints, tmp_path):
     folder = shutil.copytree(checkpoints["keras"], tmp_path / "keras")
-    (folder / "README.md").write_text("---\nlibrary_name: keras-hub\nlicense: cc-by-nc-4.0\n---\n# card\n")
+    (folder / "README.md").write_text("---\nlicense: other\nlicense_name: lunit-non-commercial\n---\n# card\n")
     info = enc.fetch_encoder(spec(str(folder)), tmp_path / "ck", tmp_path / "info.json")
-    assert (info.format, info.architecture, info.licence) == ("keras", "keras_hub>ResNetBackbone", "cc-by-nc-4.0")
+    assert (info.format, info.architecture, info.licence) == (
+        "keras",
+        "keras_hub>ResNetBackbone",
+        "other (lunit-non-commercial)",
+    )
     weights = {p.name for p in folder.iterdir() if p.name.endswith(".h5")}
     assert set(info.files) == weights and len(info.sha256) == 64
 
@@ -196,6 +200,9 @@ def test_wrong_architecture_stops_before_the_weights(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"^encoder tiny: preset hf://MahmoodLab/UNI: wrong architecture: timm "):
         enc.fetch_encoder(spec("hf://MahmoodLab/UNI"), tmp_path / "ck", tmp_path / "info.json")
     assert not (tmp_path / "ck" / "model.safetensors").exists()
+    with pytest.raises(UserError, match=r"wrong architecture: timm 'resnet50d'"):  # no converter for the D variant
+        enc.checkpoint_format({"architecture": "resnet50d"}, spec("hf://x/y"))
+    assert enc.checkpoint_format({"architecture": "resnet50"}, spec("hf://x/y")) == ("timm", "resnet50")
     bert = {"model_type": "bert"}
     with pytest.raises(UserError, match=r"wrong architecture: transformers model_type 'bert'"):
         enc.checkpoint_format(bert, spec("hf://x/y"))
@@ -422,3 +429,103 @@ def test_weights_description_names_the_encoder(records):
 
     text = weights_description(str(records["timm"]))
     assert text.startswith("encoder:timm (") and "resnet18" in text and "licence apache-2.0" in text
+
+
+# --- end to end: two encoder arms, a prediction and a Grad-CAM, with the network closed ---------------
+
+ENCODER_MODELS = ("timm_frozen", "keras_finetune")  # config/encoders_test.yaml
+CLOSED_NETWORK = {"HF_HUB_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+
+
+@pytest.fixture(scope="module")
+def encoder_run(finished_run, tmp_path_factory) -> tuple[Path, Path, str]:
+    """A clone of finished_run (its data stages done) + config/encoders_test.yaml: fetch, features,
+    training and evaluation of both arms, Grad-CAM and prediction of the timm one, no network."""
+    root = tmp_path_factory.mktemp("encoder_run")
+    workdir = clone_run(finished_run, root / "run")
+    write_timm_resnet18(workdir / "resources/encoders_test/tiny_timm")
+    write_keras_preset(workdir / "resources/encoders_test/tiny_keras")
+    images = root / "my images"
+    images.mkdir()
+    for path in sorted((workdir / "resources/demo/images").rglob("*.jpg"))[:4]:
+        shutil.copy(path, images / path.name)
+    predict_yaml = root / "predict.yaml"
+    predict_yaml.write_text(yaml.safe_dump({"predict": {"images": str(images), "models": ["timm_frozen"]}}))
+    configs = ("config/test.yaml", "config/encoders_test.yaml", str(predict_yaml))
+    targets = [f"results/metrics/{m}.json" for m in ENCODER_MODELS] + ["results/explain/timm_frozen", "predict"]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in CLOSED_NETWORK.items():
+            patch.setenv(key, value)
+        dry = snakemake(workdir, "--dry-run", *targets, configfiles=configs)
+        snakemake(workdir, *targets, configfiles=configs)
+    return workdir, images, dry.stdout + dry.stderr
+
+
+LOCAL_RULES = """
+import sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    configs = ConfigSettings(configfiles=[Path(p) for p in sys.argv[1:]])
+    workflow = api.workflow(ResourceSettings(cores=1), configs, snakefile=Path("Snakefile"))
+    print("LOCAL", *sorted(workflow._workflow._localrules))
+"""
+
+
+def local_rules(workdir: Path, configs: tuple[str, ...]) -> list[str]:
+    """The rules the workflow runs on the submitting host (its localrules), from Snakemake's API."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LOCAL_RULES, *configs], cwd=workdir, capture_output=True, text=True, timeout=120
+    )
+    lines = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("LOCAL")]
+    assert proc.returncode == 0 and lines, proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_fetch_is_a_local_rule_and_the_only_one_reading_the_preset(encoder_run):
+    workdir, _, plan = encoder_run
+    assert plan.count("rule fetch_encoder:") == 2  # one job per encoder
+    assert local_rules(workdir, ("config/test.yaml", "config/encoders_test.yaml")) == ["fetch_encoder"]
+    info = read_json(workdir / "resources/encoders/tiny_timm/encoder_info.json", "x")
+    assert info["checkpoint_dir"] == str((workdir / "resources/encoders_test/tiny_timm").resolve())
+    assert not (workdir / "resources/encoders/tiny_timm/checkpoint").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_train_info_records_preset_hash_and_licence(encoder_run):
+    workdir, _, _ = encoder_run
+    timm = read_json(workdir / "results/models/timm_frozen/train_info.json", "x")
+    sha = sha256_file(workdir / "resources/encoders_test/tiny_timm/model.safetensors")
+    assert timm["encoder"] == {
+        "name": "tiny_timm",
+        "preset": "resources/encoders_test/tiny_timm",
+        "format": "timm",
+        "architecture": "resnet18",
+        "sha256": sha,
+        "licence": "apache-2.0",
+    }
+    assert timm["weights"].startswith("encoder:tiny_timm (resources/encoders_test/tiny_timm, resnet18, sha256 ")
+    keras_info = read_json(workdir / "results/models/keras_finetune/train_info.json", "x")
+    assert keras_info["encoder"]["format"] == "keras" and keras_info["encoder"]["licence"] is None
+    with np.load(workdir / "results/features/timm_frozen/train.npz") as npz:
+        assert npz["features"].shape[1] == 512
+    for model in ENCODER_MODELS:
+        metrics = read_json(workdir / f"results/metrics/{model}.json", "x")
+        assert metrics["model"] == model
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_prediction_and_gradcam_work_unchanged_on_an_encoder_model(encoder_run):
+    import pandas as pd
+
+    workdir, images, _ = encoder_run
+    table = pd.read_parquet(workdir / "results/predict/timm_frozen.parquet")
+    assert len(table) == len(list(images.iterdir())) == 4 and set(table["status"]) == {"ok"}
+    pngs = list((workdir / "results/explain/timm_frozen").glob("*.png"))
+    assert pngs, "no Grad-CAM gallery"

@@ -30,6 +30,10 @@ POOLINGS = ("avg", "max", "cls")  # the schema's enum of encoders.<name>.pooling
 # What keras-hub 0.32 converts (keras_hub/src/utils/{timm,transformers}/preset_loader.py), vision
 # backbones only: a timm config.json names ``architecture``, a transformers one ``model_type``.
 TIMM_ARCHITECTURES = ("resnet", "csp", "dark", "densenet", "mobilenet", "vgg", "efficientnet", "hgnetv2")
+# Its timm ResNet converter builds these exactly (keras_hub/src/utils/timm/convert_resnet.py); no
+# resnet50d, resnext, wide_resnet.
+TIMM_RESNETS = ("resnet18", "resnet26", "resnet34", "resnet50", "resnet101", "resnet152")
+TIMM_RESNETS += ("resnetv2_50", "resnetv2_101", "resnetv2_152")
 TRANSFORMERS_MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "dinov3_vit", "swin")
 WEIGHT_SUFFIXES = (".safetensors", ".weights.h5", ".h5", ".bin")
 FETCHED_PATTERNS = ["*.json", "*.safetensors", "*.h5", "*.md", "LICENSE*"]  # hub files fetch_encoder keeps
@@ -188,7 +192,8 @@ def checkpoint_format(config: dict, spec: EncoderSpec) -> tuple[str, str]:
             )
         return "transformers", str(config["model_type"])
     if "architecture" in config:
-        if not str(config["architecture"]).startswith(TIMM_ARCHITECTURES):
+        arch = str(config["architecture"])
+        if not arch.startswith(TIMM_ARCHITECTURES) or (arch.startswith("resnet") and arch not in TIMM_RESNETS):
             raise UserError(
                 f"{where}: wrong architecture: timm {config['architecture']!r}; "
                 f"keras-hub converts timm {list(TIMM_ARCHITECTURES)}*"
@@ -221,9 +226,12 @@ def licence_of(folder: Path, config: dict) -> str | None:
     readme = folder / "README.md"
     if readme.is_file():
         front = readme.read_text(errors="replace").split("---")
-        match = re.search(r"^license:\s*(\S.*)$", front[1] if len(front) > 2 else "", re.M)
+        header = front[1] if len(front) > 2 else ""
+        match = re.search(r"^license:\s*(\S.*)$", header, re.M)
+        named = re.search(r"^license_name:\s*(\S.*)$", header, re.M)  # the hub's license: other
         if match:
-            return match.group(1).strip().strip("'\"")
+            licence = match.group(1).strip().strip("'\"")
+            return f"{licence} ({named.group(1).strip()})" if named else licence
     return None
 
 

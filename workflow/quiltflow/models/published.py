@@ -82,7 +82,7 @@ def checkpoint_preprocessing(info: EncoderInfo, fallback_size: int) -> tuple[int
     stated: dict = {}
     if info.format == "timm":
         cfg = json.loads((folder / "config.json").read_text()).get("pretrained_cfg") or {}
-        size = cfg.get("test_input_size") or cfg.get("input_size")
+        size = cfg.get("input_size")  # the training size (test_input_size may be larger)
         stated = {"size": size[-1] if size else None, "mean": cfg.get("mean"), "std": cfg.get("std")}
     elif info.format == "transformers" and (folder / "preprocessor_config.json").is_file():
         cfg = json.loads((folder / "preprocessor_config.json").read_text())
