@@ -18,6 +18,8 @@ if ENCODERS:
             "logs/fetch_encoder/{encoder}.log",
         wildcard_constraints:
             encoder="|".join(ENCODERS),
+        conda:
+            "../../envs/fetch.yaml"
         params:
             settings=lambda wc: config["encoders"][wc.encoder],
             checkpoint=lambda wc: paths.fill(paths.ENCODER_CHECKPOINT_DIR, encoder=wc.encoder),

@@ -14,12 +14,16 @@ import json
 from pathlib import Path
 
 import keras
-import keras_hub  # noqa: F401  (registers its layers: a saved encoder model loads wherever builders is imported)
 from keras import layers
 
 from quiltflow.core.architectures import encoder_name
 from quiltflow.core.errors import UserError
 from quiltflow.dag.encoders import EncoderInfo, encoder_info_path
+
+try:  # registers keras-hub's layers: a saved encoder model loads wherever builders is imported
+    import keras_hub
+except ImportError:  # only the encoder architectures need it (requirements-nodeps.lock)
+    keras_hub = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # on [0, 1] RGB pixels (torchvision / timm)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,6 +103,8 @@ def checkpoint_preprocessing(info: EncoderInfo, fallback_size: int) -> tuple[int
 def load_encoder(info: EncoderInfo, image_size: int, load_weights: bool = True) -> keras.Model:
     """The keras-hub backbone of a fetched checkpoint, named ``encoder`` (converted at load time
     from timm / transformers). Load failures are one line naming the encoder and folder."""
+    if keras_hub is None:
+        raise UserError(f"encoder {info.name}: keras-hub is not installed (pip install --no-deps keras-hub==0.32.0)")
     kwargs = {"image_shape": (image_size, image_size, 3)} if info.format == "timm" else {}
     try:
         return keras_hub.models.Backbone.from_preset(
