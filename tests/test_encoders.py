@@ -491,7 +491,7 @@ def test_fetch_is_a_local_rule_and_the_only_one_reading_the_preset(encoder_run):
     assert plan.count("rule fetch_encoder:") == 2  # one job per encoder
     assert local_rules(workdir, ("config/test.yaml", "config/encoders_test.yaml")) == ["fetch_encoder"]
     info = read_json(workdir / "resources/encoders/tiny_timm/encoder_info.json", "x")
-    assert info["checkpoint_dir"] == str((workdir / "resources/encoders_test/tiny_timm").resolve())
+    assert info["checkpoint_dir"] == "resources/encoders_test/tiny_timm"  # relative: the run folder can move
     assert not (workdir / "resources/encoders/tiny_timm/checkpoint").exists()
 
 

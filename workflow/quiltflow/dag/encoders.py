@@ -74,7 +74,7 @@ class EncoderInfo:
 
     name: str
     preset: str
-    checkpoint_dir: str  # the folder keras-hub loads (under resources/encoders/, or the local preset)
+    checkpoint_dir: str  # the folder keras-hub loads (resources/encoders/<name>/checkpoint, or the local preset)
     format: str  # keras | timm | transformers (how keras-hub reads config.json)
     architecture: str  # timm architecture, transformers model_type or the Keras class name
     sha256: str  # of the weights file (several: of their sorted "name sha256" lines)
@@ -156,7 +156,7 @@ def fetch_encoder(spec: EncoderSpec, checkpoint_dir: str | os.PathLike, info_pat
     info = EncoderInfo(
         name=spec.name,
         preset=spec.preset,
-        checkpoint_dir=os.path.abspath(folder),
+        checkpoint_dir=str(folder),  # as given: relative to the working directory when the config's is
         format=fmt,
         architecture=arch,
         sha256=combined_sha256(files),
