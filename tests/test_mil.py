@@ -160,3 +160,39 @@ def test_multilabel_bag_model_has_one_sigmoid_per_label():
 def test_bag_model_needs_a_known_pooling():
     with pytest.raises(UserError, match="pooling: 'max'"):
         bag_model("max", 2, DIM)
+
+
+def test_multilabel_bags_train_with_sigmoid_thresholds_and_score_per_video(tmp_path):
+    """Multi-label: a video carries every label any frame carries; training records validation
+    thresholds; the evaluation's video table has the multi-hot columns that the metrics read."""
+    from quiltflow.evaluation.bag_evaluate import video_predictions
+    from quiltflow.evaluation.metrics import compute_metrics
+    from quiltflow.models.train import Targets
+
+    def multilabel(bags: Bags) -> Bags:
+        hot = np.zeros((len(bags.features), CLASSES), np.int8)
+        for label, rows in zip(bags.labels, bags.members):
+            hot[rows, label] = 1
+            hot[rows[0], (label + 1) % CLASSES] = 1  # a second label on one frame: the video has it
+        return Bags.from_frames(bags.features, hot, bags.ids, np.repeat(bags.groups, [len(m) for m in bags.members]))
+
+    train, val = multilabel(synthetic_bags(16, 8)[0]), multilabel(synthetic_bags(6, 9)[0])
+    assert (train.labels.sum(axis=1) == 2).all()
+    targets = Targets(MULTILABEL, ("A", "B", "C"))
+    info = train_bag_model(
+        train,
+        val,
+        out_dir=tmp_path,
+        settings=settings("abmil", epochs=2, batch_size=8),
+        num_classes=3,
+        image_size=64,
+        seed=0,
+        targets=targets,
+    )
+    assert info["task"] == MULTILABEL and set(info["thresholds"]) == {"A", "B", "C"}
+    model = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    probs, _ = predict_bags(model, val, 4)
+    table = video_predictions(val, probs, MULTILABEL, [info["thresholds"][c] for c in "ABC"])
+    assert len(table) == len(val) and (np.stack(table["true_multi_hot"]) == val.labels).all()
+    metrics = compute_metrics(table.assign(fold=0, seed=0), ["A", "B", "C"], top_k=2, task=MULTILABEL)
+    assert metrics["n_test"] == len(val)

@@ -129,3 +129,17 @@ def test_a_bag_model_on_other_videos_is_refused(run):
             bootstrap_samples=200,
             alpha=0.05,
         )
+
+
+def test_explain_and_predict_take_frame_models_only():
+    from quiltflow.dag.config import bag_models, explain_models, frame_target_models, validate_config
+
+    config = {
+        "dataset": {"format": "quilt"},
+        "models": {"cnn": {"architecture": "custom_cnn"}, "mil": {"architecture": "abmil", "weights": "none"}},
+    }
+    assert bag_models(validate_config(config)) == ["mil"]
+    assert explain_models(validate_config(config)) == ["cnn"]
+    assert frame_target_models(validate_config(config), "predict") == ["cnn"]
+    with pytest.raises(UserError, match=r"^config key predict.models: mil is a video-level \(bag\) model"):
+        validate_config({**config, "predict": {"models": ["mil"]}})

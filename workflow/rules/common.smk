@@ -18,6 +18,7 @@ from quiltflow.dag.config import (  # noqa: E402
     DEMO_IMAGES,
     DEMO_LOOKUP,
     explain_models,
+    frame_target_models,
     target_models,
     frozen_models,
     bag_models,
@@ -321,7 +322,7 @@ def compare_videos_targets():
 # --- prediction on new images (rules predict_images, predict) ----------------------------------
 PREDICT = config["predict"]
 # Prediction on new images: frame models (a bag model needs videos of cached features).
-PREDICT_MODELS = [m for m in target_models(config, "predict") if m not in BAGS]
+PREDICT_MODELS = frame_target_models(config, "predict")
 
 
 def predict_images_input(wildcards):

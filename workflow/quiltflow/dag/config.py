@@ -56,8 +56,8 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
         PretrainSettings.from_config(entry, name, image_size=config["image_size"])
     check_model_pretraining(config)
     check_model_encoders(config, base_dir)
-    for section in ("explain", "predict"):  # a target's models must be configured ones
-        target_models(config, section)
+    for section in ("explain", "predict"):  # a target's models must be configured frame models
+        frame_target_models(config, section)
 
 
 def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:
@@ -156,9 +156,22 @@ def target_models(config: dict, section: str) -> list[str]:
     return sorted(names)
 
 
+def frame_target_models(config: dict, section: str) -> list[str]:
+    """The models ``explain`` or ``predict`` acts on: they take images, so frame models only. By
+    default every frame model; a bag model (unit video) named in ``<section>.models`` is a one-line
+    UserError."""
+    names, bags = target_models(config, section), set(bag_models(config))
+    if not config.get(section, {}).get("models"):
+        return [name for name in names if name not in bags]
+    named_bags = [name for name in names if name in bags]
+    if named_bags:
+        raise UserError(
+            f"config key {section}.models: {named_bags[0]} is a video-level (bag) model; {section} takes frame models"
+        )
+    return names
+
+
 def explain_models(config: dict) -> list[str]:
     """The models rule explain_model explains (``explain.models``, else every frame model: Grad-CAM
     needs images in; a bag model's explanation is its attention)."""
-    names = target_models(config, "explain")
-    bags = set(bag_models(config))
-    return names if config.get("explain", {}).get("models") else [n for n in names if n not in bags]
+    return frame_target_models(config, "explain")
