@@ -53,6 +53,7 @@ rule evaluate:
 rule explain:
     input:
         expand(paths.EXPLAIN_DIR, model=EXPLAIN_MODELS),
+        expand(paths.ATTENTION_GALLERY, model=EXPLAIN_BAGS),
 
 
 # Linear probe and k-NN of every frozen representation at label budgets (probe.smk); not in rule all.

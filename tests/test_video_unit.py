@@ -132,7 +132,13 @@ def test_a_bag_model_on_other_videos_is_refused(run):
 
 
 def test_explain_and_predict_take_frame_models_only():
-    from quiltflow.dag.config import bag_models, explain_models, frame_target_models, validate_config
+    from quiltflow.dag.config import (
+        bag_models,
+        explain_bag_models,
+        explain_models,
+        frame_target_models,
+        validate_config,
+    )
 
     config = {
         "dataset": {"format": "quilt"},
@@ -140,6 +146,31 @@ def test_explain_and_predict_take_frame_models_only():
     }
     assert bag_models(validate_config(config)) == ["mil"]
     assert explain_models(validate_config(config)) == ["cnn"]
+    assert explain_bag_models(validate_config(config)) == ["mil"]  # its attention gallery
+    named = validate_config({**config, "explain": {"models": ["mil"]}})
+    assert explain_models(named) == [] and explain_bag_models(named) == ["mil"]
     assert frame_target_models(validate_config(config), "predict") == ["cnn"]
     with pytest.raises(UserError, match=r"^config key predict.models: mil is a video-level \(bag\) model"):
         validate_config({**config, "predict": {"models": ["mil"]}})
+
+
+def test_attention_gallery_shows_each_videos_most_and_least_attended_frames(tmp_path):
+    from quiltflow.evaluation.attention_gallery import draw_attention_gallery, extreme_frames, select_videos
+
+    weights = np.array([0.05, 0.5, 0.1, 0.2, 0.05, 0.1, 0.0])
+    attention = pd.DataFrame(
+        {"image_id": [f"f{i}" for i in range(7)], "group": "v", "fold": 0, "seed": 0, "attention": weights}
+    )
+    top, least = extreme_frames(attention, "v")
+    assert list(top["image_id"]) == ["f1", "f3", "f2"]  # ties broken by id: f2 before f5
+    assert list(least["image_id"]) == ["f6", "f4", "f0"] and not set(top["image_id"]) & set(least["image_id"])
+    short_top, short_least = extreme_frames(attention.iloc[:4], "v")
+    assert len(short_top) == 3 and list(short_least["image_id"]) == ["f0"]  # a short video: no repeats
+    predictions = pd.DataFrame({"group": ["v", "w", "x"], "true_label": [0, 0, 1], "pred_label": [0, 1, 1]})
+    chosen = select_videos(predictions, 1, seed=3)
+    assert sorted(chosen["true_label"]) == [0, 1]
+    assert select_videos(predictions, 1, seed=3).equals(chosen)  # seeded
+    images = {i: np.full((8, 8, 3), 40 * k, np.uint8) for k, i in enumerate(attention["image_id"])}
+    path = tmp_path / "attention.png"
+    draw_attention_gallery(predictions.iloc[:1], attention, images, CLASSES, "abmil", path)
+    assert path.stat().st_size > 1000

@@ -18,6 +18,7 @@ from quiltflow.dag.config import (  # noqa: E402
     DEMO_IMAGES,
     DEMO_LOOKUP,
     explain_models,
+    explain_bag_models,
     frame_target_models,
     target_models,
     frozen_models,
@@ -254,6 +255,8 @@ def pretrain_pool(wildcards):
 # Grad-CAM explanations (explain.smk): the models the target `explain` asks for.
 EXPLAIN = config["explain"]
 EXPLAIN_MODELS = explain_models(config)
+# Bag models: their attention galleries (rule explain_attention) instead of Grad-CAM.
+EXPLAIN_BAGS = explain_bag_models(config)
 
 
 def explain_inputs(wildcards):
@@ -262,6 +265,19 @@ def explain_inputs(wildcards):
     run = RUN_SUFFIXES[0]
     return {
         "model": fill(paths.MODEL, model=wildcards.model, run=run),
+        "predictions": fill(paths.PREDICTIONS, model=wildcards.model, run=run, variant=""),
+        "test": [
+            fill(paths.SHARD_INDEX, split=b) for b in run_buckets(RUNS[0].fold, FOLDS)["test"]
+        ],
+        "label_map": paths.LABEL_MAP,
+    }
+
+
+def explain_attention_inputs(wildcards):
+    """A bag model's first run (fold 0, first seed): its attention, video predictions and test shards."""
+    run = RUN_SUFFIXES[0]
+    return {
+        "attention": fill(paths.ATTENTION, model=wildcards.model, run=run),
         "predictions": fill(paths.PREDICTIONS, model=wildcards.model, run=run, variant=""),
         "test": [
             fill(paths.SHARD_INDEX, split=b) for b in run_buckets(RUNS[0].fold, FOLDS)["test"]

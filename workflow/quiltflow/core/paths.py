@@ -75,6 +75,9 @@ COMPARISON_VIDEO = "results/comparison_video.{ext}"
 PLOT = "results/plots/{name}.png"
 PREDICT = "results/predict/{model}.{ext}"
 EXPLAIN_DIR = "results/explain/{model}"
+# Bag models (issue 27): each shown test video's most and least attended frames, and what was shown.
+ATTENTION_GALLERY = f"{EXPLAIN_DIR}/attention.png"
+ATTENTION_GALLERY_INDEX = f"{EXPLAIN_DIR}/attention.json"
 
 # Frozen representations probed (linear probe, k-NN) at label budgets: predictions, budgets, summary.
 PROBE = "results/probe/{model}.parquet"

@@ -56,8 +56,8 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
         PretrainSettings.from_config(entry, name, image_size=config["image_size"])
     check_model_pretraining(config)
     check_model_encoders(config, base_dir)
-    for section in ("explain", "predict"):  # a target's models must be configured frame models
-        frame_target_models(config, section)
+    target_models(config, "explain")  # a target's models must be configured ones
+    frame_target_models(config, "predict")  # ... and prediction on new images takes frame models
 
 
 def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:
@@ -172,6 +172,13 @@ def frame_target_models(config: dict, section: str) -> list[str]:
 
 
 def explain_models(config: dict) -> list[str]:
-    """The models rule explain_model explains (``explain.models``, else every frame model: Grad-CAM
-    needs images in; a bag model's explanation is its attention)."""
-    return frame_target_models(config, "explain")
+    """The models rule explain_model explains with Grad-CAM (``explain.models``, else every model):
+    the frame models among them (a bag model's explanation is its attention gallery)."""
+    bags = set(bag_models(config))
+    return [name for name in target_models(config, "explain") if name not in bags]
+
+
+def explain_bag_models(config: dict) -> list[str]:
+    """The bag models of ``explain.models`` (else every bag model): rule explain_attention."""
+    bags = set(bag_models(config))
+    return [name for name in target_models(config, "explain") if name in bags]
