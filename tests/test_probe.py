@@ -12,8 +12,8 @@ from quiltflow.compare.probe_summary import summarise_probe
 from quiltflow.core.errors import UserError
 from quiltflow.evaluation import probe
 from sklearn.neighbors import KNeighborsClassifier
-from support import MULTILABEL_CONFIGS
-from workflow_runner import clone_run, copy_workflow, snakemake
+from support import MULTILABEL_CONFIGS, PRETRAIN_CONFIGS
+from workflow_runner import clone_run, planned_jobs, rules_of, snakemake
 
 FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 
@@ -336,18 +336,33 @@ def test_multilabel_summary_scores_map_and_tests_it(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_snakemake_probe_end_to_end(tmp_path):
-    work = copy_workflow(tmp_path / "wf")
-    snakemake(work, "probe")
+def test_snakemake_probe_compares_two_frozen_representations(pretrain_run, tmp_path):
+    """`snakemake probe` on a clone of the pretraining run (config/test.yaml + SimCLR per fold): two
+    frozen representations, the random ResNet50 (resnet50_frozen, weights none) and the SimCLR one
+    (resnet50_ssl, weights pretrained:simclr, per-fold backbones), probed and tested against each other."""
+    work = clone_run(pretrain_run, tmp_path / "run")
+    planned = rules_of(planned_jobs(work, "probe", configfiles=PRETRAIN_CONFIGS))
+    # Cached features only: no pretraining, training or image decoding beyond the random arm's features.
+    assert planned <= {"extract_features", "probe_representation", "probe_summary", "probe"}, planned
+    snakemake(work, "probe", configfiles=PRETRAIN_CONFIGS)
     results = work / "results"
-    frame = pd.read_parquet(results / "probe" / "resnet50_frozen.parquet")
-    assert set(frame["method"]) == set(probe.METHODS)
-    assert sorted(frame["fraction"].unique()) == list(FRACTIONS)
+    representations = ("resnet50_frozen", "resnet50_ssl")
+    for model in representations:
+        frame = pd.read_parquet(results / "probe" / f"{model}.parquet")
+        assert set(frame["method"]) == set(probe.METHODS)
+        assert sorted(frame["fraction"].unique()) == list(FRACTIONS)
+        assert sorted(frame["fold"].unique()) == [0, 1]
     summary = json.loads((results / "probe" / "summary.json").read_text())
-    assert {r["representation"] for r in summary["rows"]} == {"resnet50_frozen"}
+    assert {r["representation"] for r in summary["rows"]} == set(representations)
+    tests = summary["tests"]
+    # One paired test per (method, fraction), every one between the two representations, one Holm family.
+    assert len(tests) == len(probe.METHODS) * len(FRACTIONS)
+    for test in tests:
+        assert {test["a"].split("/")[0], test["b"].split("/")[0]} == set(representations)
+        assert test["metric"] == "balanced_accuracy" and test["p_value_holm"] >= test["p_value"]
+    linear = [r for r in summary["rows"] if r["method"] == "linear"]
+    assert all(r["c_at_grid_edge"]["fits"] >= 1 for r in linear)
     assert (results / "plots" / "label_efficiency.png").stat().st_size > 0
-    # The probe stage decodes no image and trains no network.
-    assert not (results / "models").exists()
 
 
 @pytest.mark.slow
