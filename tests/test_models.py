@@ -33,6 +33,19 @@ def test_preprocess_layer_matches_keras_resnet50_preprocess_input():
     assert np.asarray(models.ResNet50Preprocess()(red))[0, 0, 0, 2] == pytest.approx(255 - 123.68, abs=1e-3)
 
 
+def start_weights(architecture: str, tmp_path: Path) -> str:
+    """Random init; an encoder architecture starts from a tiny Keras preset (tests/test_encoders.py)."""
+    if not REGISTRY[architecture].uses_encoder:
+        return "none"
+    from quiltflow.dag.encoders import EncoderSpec, fetch_encoder
+    from test_encoders import write_keras_preset
+
+    folder = write_keras_preset(tmp_path / "preset")
+    record = tmp_path / "record" / "encoder_info.json"
+    fetch_encoder(EncoderSpec.from_config({"preset": str(folder)}, "tiny"), tmp_path / "unused", record)
+    return str(record)
+
+
 @pytest.mark.parametrize(
     "architecture",
     # ResNet50 builds and steps take 20 s+ on a busy 2-core machine.
@@ -40,7 +53,7 @@ def test_preprocess_layer_matches_keras_resnet50_preprocess_input():
 )
 def test_every_architecture_trains_one_step_and_round_trips(architecture, tmp_path):
     x, y = tiny_images()
-    model = models.build_model(architecture, 3, SIZE, weights="none", seed=1)
+    model = models.build_model(architecture, 3, SIZE, weights=start_weights(architecture, tmp_path), seed=1)
     if REGISTRY[architecture].finetunes_backbone:
         models.set_backbone_trainable(model, True)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
