@@ -512,7 +512,7 @@ def test_train_info_records_preset_hash_and_licence(encoder_run):
     assert timm["weights"].startswith("encoder:tiny_timm (resources/encoders_test/tiny_timm, resnet18, sha256 ")
     keras_info = read_json(workdir / "results/models/keras_finetune/train_info.json", "x")
     assert keras_info["encoder"]["format"] == "keras" and keras_info["encoder"]["licence"] is None
-    with np.load(workdir / "results/features/timm_frozen/train.npz") as npz:
+    with np.load(workdir / "results/features/encoder-tiny_timm/train.npz") as npz:
         assert npz["features"].shape[1] == 512
     for model in ENCODER_MODELS:
         metrics = read_json(workdir / f"results/metrics/{model}.json", "x")

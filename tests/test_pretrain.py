@@ -128,9 +128,9 @@ def test_pretraining_by_fold_end_to_end(pretrain_run):
         train_info = json.loads((results / f"models/resnet50_ssl/fold{fold}-seed42/train_info.json").read_text())
         assert train_info["weights"].startswith(f"pretrained:simclr (simclr resnet50, 1 epochs on {records} train")
         assert train_info["pretraining"]["weights_sha256"] == info["weights_sha256"]
-        assert sorted(p.name for p in (results / f"features/resnet50_ssl/fold{fold}").glob("*.npz")) == sorted(
-            f"{b}.npz" for b in parts["train"] + parts["val"]
-        )
+        assert sorted(
+            p.name for p in (results / f"features/resnet50-pretrained-simclr/fold{fold}").glob("*.npz")
+        ) == sorted(f"{b}.npz" for b in parts["train"] + parts["val"])
     metrics = json.loads((results / "metrics/resnet50_ssl.json").read_text())
     assert metrics["weights"].startswith("pretrained:simclr (simclr resnet50")
 

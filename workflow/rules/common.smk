@@ -37,6 +37,7 @@ from quiltflow.dag.pretraining import (  # noqa: E402
     pretrain_suffix,
     fold_of_suffix,
 )
+from quiltflow.dag.representations import model_representation, representations  # noqa: E402
 from quiltflow.dag.shard_plan import shard_names  # noqa: E402
 from quiltflow.core.tasks import MULTILABEL as _MULTILABEL_TASK, task_of_policy  # noqa: E402
 
@@ -53,6 +54,13 @@ validate(config, SCHEMA)  # Snakemake's own check, for tools that expect it (pas
 
 MODELS = sorted(config["models"])
 FROZEN = frozen_models(config)
+# Frozen representations (quiltflow.dag.representations): one feature cache each, shared by the
+# models that train on it; a representation's weights inputs are those of any of its models.
+REPRESENTATIONS = representations(config)
+REPRESENTATION_MODEL = {
+    name: next(m for m in sorted(FROZEN) if model_representation(config, m).name == name)
+    for name in REPRESENTATIONS
+}
 # Bag models (unit video, quiltflow.models.mil): trained on the frozen features of a video's frames,
 # evaluated by rule evaluate_bag_model (one prediction per video, plus each frame's attention).
 BAGS = bag_models(config)
@@ -91,6 +99,7 @@ wildcard_constraints:
     # "(?:)" matches only the empty suffix (an empty constraint would mean "any").
     run=r"(?:)" if SINGLE_RUN else r"[/]fold\d+-seed\d+",
     model="|".join(MODELS),
+    representation="|".join(REPRESENTATIONS) or r"(?!)",
     pretrain="|".join(PRETRAININGS) or r"(?!)",
     # The pretraining job a run's backbone comes from ('' or /fold{f}); features of a model
     # that starts from a per-fold pretraining are cached per fold too.
@@ -157,11 +166,7 @@ def train_inputs(wildcards):
         "pretrain_info": pretrain_info_input(wildcards.model, fold),
     }
     if wildcards.model in FROZEN:
-        features = fill(
-            paths.FEATURES,
-            model=wildcards.model,
-            pretrain_fold=features_suffix(wildcards.model, fold),
-        )
+        features = model_features_pattern(wildcards.model, fold)
         inputs["features_train"] = [fill(features, split=b) for b in train]
         inputs["features_val"] = [fill(features, split=b) for b in val]
     if wildcards.model in BAGS:  # the videos (group column) of the frames
@@ -173,7 +178,7 @@ def train_inputs(wildcards):
 def model_features(model, run, split_of_run):
     """A frozen model's cached feature files of a run's train, val or test buckets."""
     fold = run_of(run, FOLDS, SEEDS).fold
-    features = fill(paths.FEATURES, model=model, pretrain_fold=features_suffix(model, fold))
+    features = model_features_pattern(model, fold)
     return [fill(features, split=b) for b in run_buckets(fold, FOLDS)[split_of_run]]
 
 
@@ -240,9 +245,27 @@ def features_suffix(model, fold):
     return "" if model_pretraining(config, model) is None else pretrain_suffix(fold, FOLDS)
 
 
+def model_features_pattern(model, fold):
+    """A frozen model's feature cache for a run of ``fold`` ({split} left open): its
+    representation's, shared with the other models of that representation."""
+    return fill(
+        paths.FEATURES,
+        representation=model_representation(config, model).name,
+        pretrain_fold=features_suffix(model, fold),
+    )
+
+
 def features_weights(wildcards):
     """extract_features' weights input; its {pretrain_fold} tells which fold's backbone."""
-    return weights_input(wildcards.model, fold_of_suffix(wildcards.pretrain_fold))
+    model = REPRESENTATION_MODEL[wildcards.representation]
+    return weights_input(model, fold_of_suffix(wildcards.pretrain_fold))
+
+
+def representation_settings(wildcards):
+    """extract_features' settings: the representation's extractor and weights only, so a change
+    to a model's hyperparameters reruns no extraction."""
+    rep = REPRESENTATIONS[wildcards.representation]
+    return {"architecture": rep.architecture, "weights": rep.weights}
 
 
 def pretrain_pool(wildcards):

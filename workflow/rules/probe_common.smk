@@ -4,15 +4,11 @@ PROBE = config["probe"]
 
 
 def probe_feature_paths(model):
-    """{fold: {bucket: features .npz}}: a per-fold pretrained backbone has per-fold caches."""
+    """{fold: {bucket: features .npz}} of the model's representation (per fold for a per-fold
+    pretrained backbone; common.smk's model_features_pattern)."""
     return {
         run.fold: {
-            bucket: fill(
-                paths.FEATURES,
-                model=model,
-                pretrain_fold=features_suffix(model, run.fold),
-                split=bucket,
-            )
+            bucket: fill(model_features_pattern(model, run.fold), split=bucket)
             for bucket in BUCKETS
         }
         for run in RUNS

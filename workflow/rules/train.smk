@@ -1,12 +1,13 @@
 rule extract_features:
-    """Frozen-backbone models: pooled backbone features computed once per split, cached to disk."""
+    """Frozen representations: pooled features computed once per representation and split, cached
+    to disk and shared by the models of that representation (quiltflow.dag.representations)."""
     input:
         index=paths.SHARD_INDEX,
         weights=features_weights,
     output:
         features=paths.FEATURES,
     log:
-        "logs/extract_features/{model}{pretrain_fold}-{split}.log",
+        "logs/extract_features/{representation}{pretrain_fold}-{split}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["resources"]["train_threads"]
@@ -15,7 +16,7 @@ rule extract_features:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
     params:
-        settings=model_settings,
+        settings=representation_settings,
         image_size=config["image_size"],
         seed=config["seed"],
         code=script_code("extract_features.py"),

@@ -1,4 +1,8 @@
-"""Snakemake script: cache frozen ResNet50 features of one split (rule ``extract_features``)."""
+"""Snakemake script: cache one frozen representation's features of one split (rule ``extract_features``).
+
+The settings are the representation's extractor and weights only (``quiltflow.dag.representations``);
+the rest, the batch size included, are the schema's defaults, whichever models share the cache.
+"""
 
 from quiltflow.core.smk import as_paths, setup_logging
 
@@ -11,7 +15,8 @@ from quiltflow.models.pipeline import make_dataset
 from quiltflow.models.runtime import configure_runtime
 
 settings, _ = resolve_model_weights(
-    ModelSettings.from_config(snakemake.params.settings, snakemake.wildcards.model), as_paths(snakemake.input.weights)
+    ModelSettings.from_config(snakemake.params.settings, snakemake.wildcards.representation),
+    as_paths(snakemake.input.weights),
 )
 configure_runtime(snakemake.threads)
 ds = make_dataset(snakemake.input.index, settings.batch_size, training=False, with_ids=True)

@@ -7,7 +7,8 @@ be filled in steps, as ``expand`` with ``{{double braces}}`` would). Standard li
 
 Wildcards: ``{split}`` a bucket (``train``, ``fold0a``, ...); ``{run}`` a run's path
 part (``""`` for one holdout run, else ``/fold{f}-seed{s}``: ``quiltflow.core.cv``); ``{variant}``
-``""`` or :data:`TTA_VARIANT`; ``{fold}``/``{pretrain_fold}`` a pretraining job's fold part.
+``""`` or :data:`TTA_VARIANT`; ``{fold}``/``{pretrain_fold}`` a pretraining job's fold part;
+``{representation}`` a frozen representation's name (``quiltflow.dag.representations``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ SHARD = SHARD_STEM + ".tfrecord"
 SHARD_REPORT = SHARD_STEM + ".report.json"
 SHARD_INDEX = "results/tfrecords/{split}.index.json"
 
-# Models: features of frozen backbones, pretraining jobs, one folder per training run.
-FEATURES = "results/features/{model}{pretrain_fold}/{split}.npz"
+# Models: features of frozen representations (one cache per representation, shared by its models:
+# quiltflow.dag.representations), pretraining jobs, one folder per training run.
+FEATURES = "results/features/{representation}{pretrain_fold}/{split}.npz"
 PRETRAINED_DIR = "results/pretrained/{pretrain}{fold}"
 PRETRAINED_WEIGHTS_FILE = "backbone.weights.h5"
 PRETRAIN_INFO_FILE = "pretrain_info.json"
