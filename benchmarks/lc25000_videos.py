@@ -40,10 +40,22 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lc25000-lung-dev"
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
+def smooth_field(size: int, rng: random.Random, low: int, high: int) -> Image.Image:
+    """A random smooth colour field (a 4x4 grid of colours, bicubic-upscaled): a page or a room.
+    Flat backgrounds would hash alike and join every video through the near-duplicate grouping."""
+    base = [rng.randint(low, high) for _ in range(3)]
+    cells = []
+    for _ in range(16):  # brightness varies cell by cell, so the field's gradients are random
+        scale = rng.uniform(0.55, 1.0)
+        cells.append(tuple(int(c * scale) for c in base))
+    grid = Image.new("RGB", (4, 4))
+    grid.putdata(cells)
+    return grid.resize((size, size), Image.Resampling.BICUBIC)
+
+
 def text_slide(size: int, rng: random.Random) -> Image.Image:
     """A light page with a title bar and lines of 'text' (dark bars) of random lengths."""
-    page = tuple(rng.randint(215, 255) for _ in range(3))
-    image = Image.new("RGB", (size, size), page)
+    image = smooth_field(size, rng, low=170, high=255)
     draw = ImageDraw.Draw(image)
     ink = tuple(rng.randint(0, 90) for _ in range(3))
     top = rng.randint(4, size // 6)
@@ -58,9 +70,12 @@ def text_slide(size: int, rng: random.Random) -> Image.Image:
 
 def lecturer(size: int, rng: random.Random) -> Image.Image:
     """A smooth background with a face-like ellipse and a body, slightly blurred."""
-    background = tuple(rng.randint(40, 200) for _ in range(3))
-    image = Image.new("RGB", (size, size), background)
+    image = smooth_field(size, rng, low=60, high=240)
     draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(1, 3)):  # furniture, a window, a screen
+        x, y = rng.randint(0, size - 8), rng.randint(0, size - 8)
+        box = [x, y, rng.randint(x + 6, size), rng.randint(y + 6, size)]
+        draw.rectangle(box, fill=tuple(rng.randint(0, 255) for _ in range(3)))
     cx, cy, r = (
         rng.randint(size // 3, 2 * size // 3),
         rng.randint(size // 4, size // 2),
@@ -69,7 +84,9 @@ def lecturer(size: int, rng: random.Random) -> Image.Image:
     skin = (rng.randint(170, 240), rng.randint(120, 190), rng.randint(90, 160))
     draw.rectangle([cx - 2 * r, cy + r, cx + 2 * r, size], fill=tuple(rng.randint(0, 120) for _ in range(3)))
     draw.ellipse([cx - r, cy - int(1.3 * r), cx + r, cy + int(1.3 * r)], fill=skin)
-    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+    # Lit unevenly: no region is flat (flat regions hash alike and would join videos).
+    lighting = smooth_field(size, rng, low=0, high=255)
+    return Image.blend(image, lighting, 0.4).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
 
 
 def tile_pools(data: Path) -> dict[str, list[Path]]:
