@@ -86,10 +86,66 @@ def write_keras_preset(folder: Path) -> Path:
     return folder
 
 
+def write_transformers_vit(folder: Path, seed: int = 0, prefix: str = "vit.") -> Path:
+    """A tiny transformers ViT checkpoint, HF key names and layouts: ``ViTForImageClassification``'s
+    ``vit.`` keys (what keras-hub 0.32's converter reads), or ``prefix=""``: a bare ``ViTModel`` (phikon's)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    width, mlp, patch, size, layers = 32, 64, 8, 32, 2
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    tensors = {
+        "embeddings.cls_token": w(1, 1, width),
+        "embeddings.position_embeddings": w(1, (size // patch) ** 2 + 1, width),
+        "embeddings.patch_embeddings.projection.weight": w(width, 3, patch, patch),
+        "embeddings.patch_embeddings.projection.bias": w(width),
+        "layernorm.weight": 1 + w(width),
+        "layernorm.bias": w(width),
+    }
+    for i in range(layers):
+        key = f"encoder.layer.{i}"
+        for part in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
+            tensors |= {f"{key}.{part}.weight": w(width, width), f"{key}.{part}.bias": w(width)}
+        tensors |= {
+            f"{key}.attention.output.dense.weight": w(width, width),
+            f"{key}.attention.output.dense.bias": w(width),
+        }
+        tensors |= {f"{key}.intermediate.dense.weight": w(mlp, width), f"{key}.intermediate.dense.bias": w(mlp)}
+        tensors |= {f"{key}.output.dense.weight": w(width, mlp), f"{key}.output.dense.bias": w(width)}
+        for norm in ("layernorm_before", "layernorm_after"):
+            tensors |= {f"{key}.{norm}.weight": 1 + w(width), f"{key}.{norm}.bias": w(width)}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + key: value for key, value in tensors.items()}, str(folder / "model.safetensors"))
+    config = {
+        "model_type": "vit",
+        "architectures": ["ViTModel"],
+        "image_size": size,
+        "patch_size": patch,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "hidden_size": width,
+        "intermediate_size": mlp,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "qkv_bias": True,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    processor = {"image_mean": [0.6, 0.5, 0.4], "image_std": [0.2, 0.25, 0.3], "size": {"height": 32, "width": 32}}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("encoders")
-    return {"timm": write_timm_resnet18(root / "timm"), "keras": write_keras_preset(root / "keras")}
+    return {
+        "timm": write_timm_resnet18(root / "timm"),
+        "keras": write_keras_preset(root / "keras"),
+        "vit": write_transformers_vit(root / "vit"),
+    }
 
 
 def spec(preset: str, name: str = "tiny", **entry) -> enc.EncoderSpec:
@@ -529,3 +585,40 @@ def test_prediction_and_gradcam_work_unchanged_on_an_encoder_model(encoder_run):
     assert len(table) == len(list(images.iterdir())) == 4 and set(table["status"]) == {"ok"}
     pngs = list((workdir / "results/explain/timm_frozen").glob("*.png"))
     assert pngs, "no Grad-CAM gallery"
+
+
+def test_transformers_vit_converts_and_pools_its_class_token(checkpoints, tmp_path):
+    """A transformers ViT (phikon's format) through the same path: converted at load time,
+    preprocessing from preprocessor_config.json, ``pooling: cls`` = the class token."""
+    from quiltflow.models.published import encoder_backbone
+    from safetensors.numpy import load_file
+
+    record = tmp_path / "encoder_info.json"
+    info = enc.fetch_encoder(spec(str(checkpoints["vit"]), pooling="cls"), tmp_path / "ck", record)
+    assert (info.format, info.architecture) == ("transformers", "vit")
+    model = encoder_backbone(str(record), 32)
+    pre = model.get_layer("encoder_preprocess").get_config()
+    assert (pre["size"], pre["mean"], pre["std"]) == (32, [0.6, 0.5, 0.4], [0.2, 0.25, 0.3])
+    tensors = load_file(str(checkpoints["vit"] / "model.safetensors"))
+    embedding = model.get_layer("encoder").layers[1]
+    np.testing.assert_array_equal(
+        embedding.patch_embedding.kernel.numpy(),
+        tensors["vit.embeddings.patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
+    )
+    images = uint8_images(3, 32)
+    tokens = model.get_layer("encoder")(model.get_layer("encoder_preprocess")(images))
+    features = np.asarray(model(images))
+    assert tokens.shape == (3, 17, 32) and features.shape == (3, 32)
+    np.testing.assert_allclose(features, np.asarray(tokens)[:, 0], atol=1e-5)
+
+
+def test_a_bare_vit_model_checkpoint_is_a_one_line_load_error(tmp_path):
+    """keras-hub 0.32's ViT converter reads ``vit.``-prefixed keys only: a bare ``ViTModel``
+    checkpoint (e.g. owkin/phikon) stops with one line naming the encoder (docs/encoders.md)."""
+    from quiltflow.models.published import encoder_backbone
+
+    folder = write_transformers_vit(tmp_path / "vit", prefix="")
+    enc.fetch_encoder(spec(str(folder)), tmp_path / "ck", tmp_path / "encoder_info.json")
+    with pytest.raises(UserError, match=r"^encoder tiny: cannot load .* \(transformers\): .*vit.embeddings") as caught:
+        encoder_backbone(str(tmp_path / "encoder_info.json"), 32)
+    assert "\n" not in str(caught.value)
