@@ -110,7 +110,7 @@ def test_three_folds_two_seeds_end_to_end(cv_run):
         skipped += sum(index["skipped_by_reason"].values())
         records += sum(_records(results / "tfrecords" / s["path"]) for s in index["shards"])
     assert records + skipped == len(filtered)  # each image encoded exactly once
-    assert len(list((results / "features/resnet50-imagenet").glob("*.npz"))) == 6  # once per bucket
+    assert len(list((results / "features/resnet50-none").glob("*.npz"))) == 6  # once per bucket
     fold_of = dict(zip(folds["image_id"], folds["fold"]))
     for model in CV_MODELS:
         predictions = pd.read_parquet(results / f"predictions/{model}.parquet")

@@ -102,6 +102,30 @@ def test_new_model_adds_only_its_jobs(finished_run, tmp_path):
     }
 
 
+def test_frozen_models_share_their_representations_features(finished_run, tmp_path):
+    """Hyperparameters of a frozen model, or a second model on its representation (random
+    weights, config/config.yaml): no extraction. Other weights for it: only the new
+    representation's (resnet50-imagenet)."""
+    workdir = clone_run(finished_run, tmp_path / "run")
+    tuned = {"architecture": "resnet50_frozen", "learning_rate": 0.0005, "batch_size": 8}
+    jobs = planned_jobs(workdir, configfiles=overlay_configs(workdir, {"models": {"resnet50_frozen": tuned}}))
+    assert rules_of(jobs) == {"train_model", "evaluate_model", "compare_models", "all"}
+    second = {"frozen_b": {"architecture": "resnet50_frozen", "weights": "none", "epochs": 1}}
+    jobs = planned_jobs(workdir, configfiles=overlay_configs(workdir, {"models": second}))
+    assert jobs == {
+        "train_model[model=frozen_b, run=]",
+        "evaluate_model[model=frozen_b, run=]",
+        "compare_models",
+        "all",
+    }
+    imagenet = {"architecture": "resnet50_frozen", "weights": "imagenet"}
+    jobs = planned_jobs(workdir, configfiles=overlay_configs(workdir, {"models": {"resnet50_frozen": imagenet}}))
+    extractions = sorted(job for job in jobs if job.startswith("extract_features"))
+    assert extractions and all("representation=resnet50-imagenet," in job for job in extractions)
+    assert rules_of(jobs) == {"extract_features", "train_model", "evaluate_model", "compare_models", "all"}
+    assert not [job for job in jobs if "custom_cnn" in job or "finetune" in job]
+
+
 def test_image_size_change_reshards_but_keeps_metadata(finished_run, tmp_path):
     workdir = clone_run(finished_run, tmp_path / "run")
     jobs = planned_jobs(workdir, configfiles=overlay_configs(workdir, {"image_size": 40}))
