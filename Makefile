@@ -64,4 +64,4 @@ lint: venv
 	ruff format --check .
 
 clean:
-	rm -rf results logs resources/demo .snakemake
+	rm -rf results logs resources/demo resources/encoders .snakemake

@@ -127,7 +127,7 @@ def assert_outputs_owned(workdir: Path, configfiles: tuple[str, ...], data: Path
     for rule, paths in outputs.items():
         for path in paths:
             assert not Path(path).is_absolute(), f"rule {rule} writes an absolute path {path}"
-            assert path.split("/")[0] in {"results", "logs", ".snakemake"} or path.startswith(DEMO_DIR + "/"), (
+            assert any(path.startswith(folder + "/") for folder in OWNED_FOLDERS), (
                 f"rule {rule} writes {path}, outside {OWNED_FOLDERS}"
             )
             if data is not None:

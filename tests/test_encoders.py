@@ -339,6 +339,13 @@ def test_config_errors_name_the_key(model, encoders, message, tmp_path):
         validate_config(base_config({"m": model}, encoders), base_dir=tmp_path)
 
 
+def test_a_local_preset_inside_a_folder_the_workflow_deletes_is_refused(tmp_path):
+    (tmp_path / "resources" / "encoders" / "mine").mkdir(parents=True)
+    model = {"architecture": "encoder_frozen", "weights": "encoder:x"}
+    with pytest.raises(UserError, match=r"^config key encoders.x.preset: .* lies inside resources/encoders/, a folder"):
+        validate_config(base_config({"m": model}, {"x": {"preset": "resources/encoders/mine"}}), base_dir=tmp_path)
+
+
 def test_encoder_model_takes_the_record_as_input(tmp_path):
     from quiltflow.dag.config import weights_files
 

@@ -13,9 +13,10 @@ import jsonschema
 
 from quiltflow.core.architectures import VIDEO, architecture, is_weights_file
 from quiltflow.core.errors import UserError
+from quiltflow.core.paths import ENCODERS_DIR
 from quiltflow.core.schema import fill_defaults, key_path, load_schema
 from quiltflow.core.settings import ModelSettings, PretrainSettings, SplitSettings
-from quiltflow.dag.encoders import check_model_encoders, model_encoder_files
+from quiltflow.dag.encoders import check_model_encoders, encoder_specs, model_encoder_files
 from quiltflow.dag.pretraining import check_model_pretraining
 
 # The folders the workflow writes (and `make clean` deletes), relative to the working directory.
@@ -24,7 +25,7 @@ from quiltflow.dag.pretraining import check_model_pretraining
 DEMO_DIR = "resources/demo"
 DEMO_LOOKUP = f"{DEMO_DIR}/quilt_1M_lookup.csv"
 DEMO_IMAGES = f"{DEMO_DIR}/images"
-OWNED_FOLDERS = ("results", "logs", DEMO_DIR, ".snakemake")
+OWNED_FOLDERS = ("results", "logs", DEMO_DIR, ENCODERS_DIR, ".snakemake")
 
 
 def validate_config(config: dict, schema: dict | None = None, base_dir: Path | str = ".") -> dict:
@@ -56,6 +57,7 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
         PretrainSettings.from_config(entry, name, image_size=config["image_size"])
     check_model_pretraining(config)
     check_model_encoders(config, base_dir)
+    _check_local_presets(config, base_dir)
     target_models(config, "explain")  # a target's models must be configured ones
     frame_target_models(config, "predict")  # ... and prediction on new images takes frame models
 
@@ -112,6 +114,17 @@ def _check_user_data(dataset: dict, named: dict, base_dir: Path) -> None:
             raise UserError(
                 f"config key dataset.{key}: {value} lies inside {owner}/, a folder the workflow writes "
                 "and `make clean` deletes; keep your data outside it"
+            )
+
+
+def _check_local_presets(config: dict, base_dir: Path) -> None:
+    """A local encoder folder is only read: it may not lie in a folder `make clean` deletes."""
+    for name, spec in encoder_specs(config).items():
+        owner = owned_folder_of(base_dir / spec.preset, base_dir) if spec.is_local else None
+        if owner is not None:
+            raise UserError(
+                f"config key encoders.{name}.preset: {spec.preset} lies inside {owner}/, a folder the "
+                "workflow writes and `make clean` deletes; keep your encoder outside it"
             )
 
 
