@@ -346,9 +346,11 @@ def test_snakemake_probe_compares_two_frozen_representations(pretrain_run, tmp_p
     assert planned <= {"extract_features", "probe_representation", "probe_summary", "probe"}, planned
     snakemake(work, "probe", configfiles=PRETRAIN_CONFIGS)
     results = work / "results"
-    representations = ("resnet50_frozen", "resnet50_ssl")
-    for model in representations:
-        frame = pd.read_parquet(results / "probe" / f"{model}.parquet")
+    # Named by representation (quiltflow.dag.representations), each probed once whatever its models.
+    representations = ("resnet50-none", "resnet50-pretrained-simclr")
+    assert sorted(p.name for p in (results / "probe").glob("*.parquet")) == [f"{r}.parquet" for r in representations]
+    for name in representations:
+        frame = pd.read_parquet(results / "probe" / f"{name}.parquet")
         assert set(frame["method"]) == set(probe.METHODS)
         assert sorted(frame["fraction"].unique()) == list(FRACTIONS)
         assert sorted(frame["fold"].unique()) == [0, 1]
@@ -374,7 +376,7 @@ def test_snakemake_probe_multilabel_end_to_end(multilabel_cv_run, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (work / "results" / "predictions").iterdir()}
     snakemake(work, "probe", configfiles=MULTILABEL_CONFIGS)
     results = work / "results"
-    frame = pd.read_parquet(results / "probe" / "resnet50_frozen.parquet")
+    frame = pd.read_parquet(results / "probe" / "resnet50-none.parquet")
     assert {"true_multi_hot", "pred_multi_hot"} <= set(frame.columns)
     assert sorted(frame["fold"].unique()) == [0, 1]  # test predictions out of fold
     n_labels = len(json.loads((results / "splits" / "label_map.json").read_text())["classes"])

@@ -6,7 +6,7 @@ include: "probe_common.smk"
 
 
 rule probe_representation:
-    """Linear probe and k-NN of one frozen model at every label fraction, fold and seed (one job:
+    """Linear probe and k-NN of one frozen representation (its cached features) at every label fraction, fold and seed (one job:
     the fits are small next to the job start)."""
     input:
         unpack(probe_inputs),
@@ -14,7 +14,7 @@ rule probe_representation:
         predictions=paths.PROBE,
         budgets=paths.PROBE_BUDGETS,
     log:
-        "logs/probe_representation/{model}.log",
+        "logs/probe_representation/{representation}.log",
     conda:
         "../../envs/report.yaml"
     threads: config["resources"]["train_threads"]
@@ -22,7 +22,6 @@ rule probe_representation:
         mem_mb=4000,
         runtime=60,
     params:
-        model="{model}",
         runs=probe_runs,
         fractions=PROBE["label_fractions"],
         k=PROBE["k"],
@@ -38,8 +37,8 @@ rule probe_summary:
     """Balanced accuracy, accuracy, macro F1 and AUC per representation, method and fraction with
     video-bootstrap intervals; paired video swap tests in one Holm family; label-efficiency plot."""
     input:
-        predictions=expand(paths.PROBE, model=FROZEN),
-        budgets=expand(paths.PROBE_BUDGETS, model=FROZEN),
+        predictions=expand(paths.PROBE, representation=sorted(REPRESENTATIONS)),
+        budgets=expand(paths.PROBE_BUDGETS, representation=sorted(REPRESENTATIONS)),
         label_map=paths.LABEL_MAP,
     output:
         json=fill(paths.PROBE_SUMMARY, ext="json"),
@@ -58,7 +57,7 @@ rule probe_summary:
         mem_mb=2000,
         runtime=30,
     params:
-        models=FROZEN,
+        representations=sorted(REPRESENTATIONS),
         seed=config["seed"],
         bootstrap_samples=config["comparison"]["bootstrap_samples"],
         alpha=config["comparison"]["alpha"],

@@ -3,9 +3,10 @@
 PROBE = config["probe"]
 
 
-def probe_feature_paths(model):
-    """{fold: {bucket: features .npz}} of the model's representation (per fold for a per-fold
-    pretrained backbone; common.smk's model_features_pattern)."""
+def probe_feature_paths(representation):
+    """{fold: {bucket: features .npz}} of a representation (per fold for a per-fold pretrained
+    backbone; common.smk's model_features_pattern, asked of any model of the representation)."""
+    model = REPRESENTATION_MODEL[representation]
     return {
         run.fold: {
             bucket: fill(model_features_pattern(model, run.fold), split=bucket)
@@ -16,7 +17,7 @@ def probe_feature_paths(model):
 
 
 def probe_inputs(wildcards):
-    by_fold = probe_feature_paths(wildcards.model)
+    by_fold = probe_feature_paths(wildcards.representation)
     return {
         "features": sorted({p for buckets in by_fold.values() for p in buckets.values()}),
         "manifests": expand(paths.MANIFEST, split=BUCKETS),
@@ -26,7 +27,7 @@ def probe_inputs(wildcards):
 
 def probe_runs(wildcards):
     """Each run's fold, seed, buckets and feature files (the script needs no DAG logic)."""
-    by_fold = probe_feature_paths(wildcards.model)
+    by_fold = probe_feature_paths(wildcards.representation)
     return [
         {
             "fold": run.fold,
@@ -40,7 +41,7 @@ def probe_runs(wildcards):
 
 def probe_targets():
     """The summary (and its plot) when the run has a frozen representation; else nothing to do."""
-    if not FROZEN:
+    if not REPRESENTATIONS:
         return []
     return expand(paths.PROBE_SUMMARY, ext=["json", "csv", "md"]) + [
         fill(paths.PLOT, name="label_efficiency")

@@ -1,4 +1,4 @@
-"""Rule probe_representation: linear probe and k-NN of one frozen model at every label budget, fold and seed."""
+"""Rule probe_representation: linear probe and k-NN of one frozen representation at every label budget, fold and seed."""
 
 from quiltflow.core.smk import setup_logging
 

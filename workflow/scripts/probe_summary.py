@@ -8,10 +8,10 @@ log = setup_logging(snakemake.log[0])
 
 from quiltflow.compare.probe_summary import summarise_probe
 
-models = list(snakemake.params.models)
+representations = list(snakemake.params.representations)
 summarise_probe(
-    dict(zip(models, snakemake.input.predictions)),  # expand() keeps the models' order
-    dict(zip(models, snakemake.input.budgets)),
+    dict(zip(representations, snakemake.input.predictions)),  # expand() keeps their order
+    dict(zip(representations, snakemake.input.budgets)),
     snakemake.input.label_map,
     seed=snakemake.params.seed,
     bootstrap_samples=snakemake.params.bootstrap_samples,

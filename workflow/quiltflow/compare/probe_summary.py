@@ -49,7 +49,7 @@ class _Images(NamedTuple):
 class ProbeRow:
     """One (representation, method, fraction) row: per-seed probabilities and decisions."""
 
-    model: str
+    representation: str
     method: str
     fraction: float
     row: Row
@@ -59,8 +59,8 @@ class ProbeRow:
         return self.method, self.fraction
 
 
-def row_name(model: str, method: str, fraction: float) -> str:
-    return f"{model}/{method}@{fraction:g}"
+def row_name(representation: str, method: str, fraction: float) -> str:
+    return f"{representation}/{method}@{fraction:g}"
 
 
 def _reference(frame: pd.DataFrame) -> pd.DataFrame:
@@ -72,9 +72,9 @@ def _reference(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_rows(paths: Mapping[str, str], n_classes: int) -> tuple[list[ProbeRow], pd.DataFrame]:
-    """Every row of the models' probe tables, aligned on one reference test set."""
+    """Every row of the representations' probe tables, aligned on one reference test set."""
     rows, reference = [], None
-    for model, path in paths.items():
+    for representation, path in paths.items():
         frame = pd.read_parquet(path)
         if frame.empty:
             raise UserError(f"{path}: no predictions")
@@ -90,9 +90,11 @@ def read_rows(paths: Mapping[str, str], n_classes: int) -> tuple[list[ProbeRow],
                     raise UserError(f"{path}: {matrix.shape[1]} probabilities, label map has {n_classes}")
                 probs.append(matrix)
                 decisions.append(_decisions(part, str(path)))
-            name = row_name(model, method, float(fraction))
+            name = row_name(representation, method, float(fraction))
             rows.append(
-                ProbeRow(model, method, float(fraction), Row(name, "probe", probs, decisions, None, None, True))
+                ProbeRow(
+                    representation, method, float(fraction), Row(name, "probe", probs, decisions, None, None, True)
+                )
             )
     return rows, reference
 
@@ -122,7 +124,7 @@ def score_rows(rows: Sequence[ProbeRow], reference: pd.DataFrame, *, samples: in
         resampled = cluster_bootstrap([counts[r.row.name] for r in rows], groups, samples=samples, seed=seed)
     table = []
     for column, r in enumerate(rows):
-        entry = {"name": r.row.name, "representation": r.model, "method": r.method, "fraction": r.fraction}
+        entry = {"name": r.row.name, "representation": r.representation, "method": r.method, "fraction": r.fraction}
         for metric in SUMMARY_METRICS:
             estimate = point[r.row.name][metric]
             entry[metric] = estimate
@@ -149,7 +151,7 @@ def score_rows_multilabel(rows: Sequence[ProbeRow], reference: pd.DataFrame, *, 
         resampled = multilabel.bootstrap_rows(stacked, units, samples=samples, seed=seed)
     table = []
     for column, r in enumerate(rows):
-        entry = {"name": r.row.name, "representation": r.model, "method": r.method, "fraction": r.fraction}
+        entry = {"name": r.row.name, "representation": r.representation, "method": r.method, "fraction": r.fraction}
         for metric in MULTILABEL_METRICS:
             estimate = _number(point[r.row.name][metric])
             entry[metric] = estimate
@@ -210,18 +212,18 @@ def _budget_sizes(budget_paths: Mapping[str, str]) -> dict[tuple[str, float], di
     """Mean training videos and images per (representation, fraction) over folds and seeds, and the
     linear fits' C at an edge of the grid (``c_at_grid_edge``, one count per (fold, seed))."""
     sizes = {}
-    for model, path in budget_paths.items():
+    for representation, path in budget_paths.items():
         document = read_json(path, "probe budgets")
         grid = document.get("settings", {}).get("c_grid")
         frame = pd.DataFrame(document["budgets"])
         for fraction, part in frame.groupby("fraction"):
-            sizes[(model, float(fraction))] = {
+            sizes[(representation, float(fraction))] = {
                 "train_videos": float(part["n_videos"].mean()),
                 "train_images": float(part["n_images"].mean()),
             }
             if grid and "c" in part:
                 edges = _grid_edges([c.get("linear") for c in part["c"]], grid)
-                sizes[(model, float(fraction))]["c_at_grid_edge"] = {k: int(v) for k, v in edges.items()}
+                sizes[(representation, float(fraction))]["c_at_grid_edge"] = {k: int(v) for k, v in edges.items()}
     return sizes
 
 
@@ -265,12 +267,12 @@ def plot_label_efficiency(
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot()
     frame = pd.DataFrame(table)
-    for (model, method), part in frame.groupby(["representation", "method"], sort=True):
+    for (representation, method), part in frame.groupby(["representation", "method"], sort=True):
         part = part.sort_values("fraction")
         values = part[metric].to_numpy(float)
         cis = [ci if ci else [v, v] for ci, v in zip(part[f"{metric}_ci"], values)]
         err = np.abs(np.array(cis, dtype=float).T - values)
-        ax.errorbar(part["fraction"], values, yerr=err, marker="o", capsize=3, label=f"{model} ({method})")
+        ax.errorbar(part["fraction"], values, yerr=err, marker="o", capsize=3, label=f"{representation} ({method})")
     ax.set_xscale("log")
     ax.set_xlabel("fraction of training videos labelled (log scale)")
     ax.set_ylabel(f"{PLOTTED_LABELS[metric]} (test)")

@@ -82,8 +82,8 @@ ATTENTION_GALLERY = f"{EXPLAIN_DIR}/attention.png"
 ATTENTION_GALLERY_INDEX = f"{EXPLAIN_DIR}/attention.json"
 
 # Frozen representations probed (linear probe, k-NN) at label budgets: predictions, budgets, summary.
-PROBE = "results/probe/{model}.parquet"
-PROBE_BUDGETS = "results/probe/{model}.budgets.json"
+PROBE = "results/probe/{representation}.parquet"  # quiltflow.dag.representations names
+PROBE_BUDGETS = "results/probe/{representation}.budgets.json"
 PROBE_SUMMARY = "results/probe/summary.{ext}"
 
 
