@@ -137,10 +137,14 @@ def assert_outputs_owned(workdir: Path, configfiles: tuple[str, ...], data: Path
 # --- tests -------------------------------------------------------------------------------------
 
 
-def test_demo_run_outputs_stay_in_owned_folders(finished_run):
+def test_demo_run_outputs_stay_in_owned_folders(finished_run, tmp_path):
     # The pretraining arm puts rule pretrain_encoder into the DAG (the default config has none),
-    # test-time augmentation rule evaluate_tta.
-    assert_outputs_owned(finished_run, ("config/test.yaml", "config/pretrain_test.yaml", "config/tta_test.yaml"))
+    # test-time augmentation rule evaluate_tta, a bag model evaluate_bag_model, compare_videos and
+    # explain_attention (its config lies outside the shared run, which tests only read).
+    bags = tmp_path / "bags.yaml"
+    bags.write_text(yaml.safe_dump({"models": {"abmil": {"architecture": "abmil", "weights": "none"}}}))
+    configs = ("config/test.yaml", "config/pretrain_test.yaml", "config/tta_test.yaml", str(bags))
+    assert_outputs_owned(finished_run, configs)
 
 
 def test_make_clean_removes_exactly_the_owned_folders():

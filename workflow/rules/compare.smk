@@ -88,32 +88,35 @@ rule compare_models:
         "../scripts/compare_models.py"
 
 
-rule compare_videos:
-    """Frame models (mean frame probability per video) and bag models side by side at the video:
-    video bootstrap intervals, paired video-level tests in one Holm family, the unit of each model.
-    """
-    input:
-        metrics=expand(POOLED_METRICS, model=MODELS, variant=""),
-        predictions=expand(POOLED_PREDICTIONS, model=MODELS, variant=""),
-        split_report=paths.SPLIT_REPORT,
-        label_map=paths.LABEL_MAP,
-    output:
-        json=fill(paths.COMPARISON_VIDEO, ext="json"),
-        csv=fill(paths.COMPARISON_VIDEO, ext="csv"),
-        md=fill(paths.COMPARISON_VIDEO, ext="md"),
-    log:
-        "logs/compare_videos.log",
-    conda:
-        "../../envs/report.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    params:
-        models=MODELS,
-        seed=config["seed"],
-        bootstrap_samples=config["comparison"]["bootstrap_samples"],
-        permutations=config["comparison"]["permutations"],
-        alpha=config["comparison"]["alpha"],
-        code=script_code("compare_videos.py"),
-    script:
-        "../scripts/compare_videos.py"
+# Defined only with bag models (like pretrain_encoder): the rule list says which stages a run has.
+if BAGS:
+
+    rule compare_videos:
+        """Frame models (mean frame probability per video) and bag models side by side at the video:
+        video bootstrap intervals, paired video-level tests in one Holm family, the unit of each model.
+        """
+        input:
+            metrics=expand(POOLED_METRICS, model=MODELS, variant=""),
+            predictions=expand(POOLED_PREDICTIONS, model=MODELS, variant=""),
+            split_report=paths.SPLIT_REPORT,
+            label_map=paths.LABEL_MAP,
+        output:
+            json=fill(paths.COMPARISON_VIDEO, ext="json"),
+            csv=fill(paths.COMPARISON_VIDEO, ext="csv"),
+            md=fill(paths.COMPARISON_VIDEO, ext="md"),
+        log:
+            "logs/compare_videos.log",
+        conda:
+            "../../envs/report.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            models=MODELS,
+            seed=config["seed"],
+            bootstrap_samples=config["comparison"]["bootstrap_samples"],
+            permutations=config["comparison"]["permutations"],
+            alpha=config["comparison"]["alpha"],
+            code=script_code("compare_videos.py"),
+        script:
+            "../scripts/compare_videos.py"

@@ -59,37 +59,40 @@ if TTA:
             "../scripts/evaluate_model.py"
 
 
-rule evaluate_bag_model:
-    """Bag models (unit video): each test video predicted from all its cached frame features;
-    video-level predictions, each frame's attention, metrics with unit video."""
-    input:
-        unpack(evaluate_bag_inputs),
-    output:
-        predictions=fill(paths.PREDICTIONS, variant="", model=BAG_MODEL),
-        metrics=fill(paths.METRICS, variant="", model=BAG_MODEL),
-        attention=fill(paths.ATTENTION, model=BAG_MODEL),
-    log:
-        "logs/evaluate_bag_model/{model}{run}.log",
-    conda:
-        "../../envs/train.yaml"
-    threads: config["resources"]["train_threads"]
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    params:
-        model="{model}",
-        fold=lambda wc: run_of(wc.run, FOLDS, SEEDS).fold,
-        seed=run_seed,
-        folds=FOLDS,
-        top_k=config["evaluation"]["top_k"],
-        batch_size=config["evaluation"]["batch_size"],
-        image_size=config["image_size"],
-        code=script_code("evaluate_bag_model.py"),
-    script:
-        "../scripts/evaluate_bag_model.py"
+# Defined only with bag models (like pretrain_encoder): the rule list says which stages a run has.
+if BAGS:
+
+    rule evaluate_bag_model:
+        """Bag models (unit video): each test video predicted from all its cached frame features;
+        video-level predictions, each frame's attention, metrics with unit video."""
+        input:
+            unpack(evaluate_bag_inputs),
+        output:
+            predictions=fill(paths.PREDICTIONS, variant="", model=BAG_MODEL),
+            metrics=fill(paths.METRICS, variant="", model=BAG_MODEL),
+            attention=fill(paths.ATTENTION, model=BAG_MODEL),
+        log:
+            "logs/evaluate_bag_model/{model}{run}.log",
+        conda:
+            "../../envs/train.yaml"
+        threads: config["resources"]["train_threads"]
+        resources:
+            mem_mb=8000,
+            runtime=60,
+        params:
+            model="{model}",
+            fold=lambda wc: run_of(wc.run, FOLDS, SEEDS).fold,
+            seed=run_seed,
+            folds=FOLDS,
+            top_k=config["evaluation"]["top_k"],
+            batch_size=config["evaluation"]["batch_size"],
+            image_size=config["image_size"],
+            code=script_code("evaluate_bag_model.py"),
+        script:
+            "../scripts/evaluate_bag_model.py"
 
 
-if not SINGLE_RUN:
+if BAGS and not SINGLE_RUN:
 
     rule pool_attention:
         """A bag model's attention tables of every fold and seed in one table."""

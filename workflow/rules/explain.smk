@@ -40,30 +40,33 @@ rule explain_model:
         "../scripts/explain_model.py"
 
 
-rule explain_attention:
-    """Bag models: the most and least attended frames of test videos (first run), with weights."""
-    input:
-        unpack(explain_attention_inputs),
-    output:
-        gallery=report(
-            fill(paths.ATTENTION_GALLERY, model=BAG_MODEL),
-            caption="../report/explain_attention.rst",
-            category="Explanations",
-            subcategory="{model}",
-        ),
-        index=fill(paths.ATTENTION_GALLERY_INDEX, model=BAG_MODEL),
-    log:
-        "logs/explain_attention/{model}.log",
-    conda:
-        "../../envs/train.yaml"
-    threads: config["resources"]["train_threads"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        model="{model}",
-        videos_per_class=EXPLAIN["images_per_class"],
-        seed=config["seed"] if EXPLAIN["seed"] is None else EXPLAIN["seed"],
-        code=script_code("explain_attention.py"),
-    script:
-        "../scripts/explain_attention.py"
+# Defined only with bag models (like pretrain_encoder): the rule list says which stages a run has.
+if BAGS:
+
+    rule explain_attention:
+        """Bag models: the most and least attended frames of test videos (first run), with weights."""
+        input:
+            unpack(explain_attention_inputs),
+        output:
+            gallery=report(
+                fill(paths.ATTENTION_GALLERY, model=BAG_MODEL),
+                caption="../report/explain_attention.rst",
+                category="Explanations",
+                subcategory="{model}",
+            ),
+            index=fill(paths.ATTENTION_GALLERY_INDEX, model=BAG_MODEL),
+        log:
+            "logs/explain_attention/{model}.log",
+        conda:
+            "../../envs/train.yaml"
+        threads: config["resources"]["train_threads"]
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            model="{model}",
+            videos_per_class=EXPLAIN["images_per_class"],
+            seed=config["seed"] if EXPLAIN["seed"] is None else EXPLAIN["seed"],
+            code=script_code("explain_attention.py"),
+        script:
+            "../scripts/explain_attention.py"
