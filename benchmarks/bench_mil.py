@@ -26,7 +26,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from quiltflow.core.settings import ModelSettings  # noqa: E402
 from quiltflow.models.builders import FEATURE_DIM, dense_head  # noqa: E402
-from quiltflow.models.mil import BagBatches, Bags  # noqa: E402
+from quiltflow.models.mil import BagBatches, Bags, FrameStatistics  # noqa: E402
 from quiltflow.models.runtime import set_thread_pools  # noqa: E402
 from quiltflow.models.train import Targets, compile_model  # noqa: E402
 from quiltflow.models.train_mil import build_bag_model  # noqa: E402
@@ -54,7 +54,7 @@ def _timed_fit(model, data, epochs: int) -> float:
 
 def bag_throughput(architecture: str, bags: Bags, epochs: int) -> tuple[float, float]:
     settings = ModelSettings.from_config({"architecture": architecture, "max_frames": MAX_FRAMES}, architecture)
-    model = build_bag_model(settings, CLASSES, FEATURE_DIM, 0, Targets().task)
+    model = build_bag_model(settings, CLASSES, FrameStatistics.of(bags), 0, Targets().task)
     batches = BagBatches(bags, BAG_BATCH, max_frames=MAX_FRAMES, seed=0)
     seconds = _timed_fit(model, batches, epochs)
     drawn = sum(min(len(rows), MAX_FRAMES) for rows in bags.members)

@@ -16,7 +16,15 @@ import pytest
 from quiltflow.core.errors import UserError
 from quiltflow.core.settings import ModelSettings
 from quiltflow.core.tasks import MULTILABEL
-from quiltflow.models.mil import BagBatches, Bags, attention_model, bag_model, bag_weights, predict_bags
+from quiltflow.models.mil import (
+    BagBatches,
+    Bags,
+    FrameStatistics,
+    attention_model,
+    bag_model,
+    bag_weights,
+    predict_bags,
+)
 from quiltflow.models.train_mil import train_bag_model
 
 CLASSES, DIM = 3, 8
@@ -77,6 +85,34 @@ def test_attention_beats_mean_pooling_when_one_frame_in_ten_carries_the_class(tr
     assert abmil_acc - mean_acc >= 0.3, (abmil_acc, mean_acc)  # meanmil measured 0.42
     assert abmil_mass >= 0.7, abmil_mass  # measured 0.94; uniform weights give the signal share
     assert mean_mass == pytest.approx(signal.mean(), abs=0.03)  # meanmil's weights are uniform
+
+
+def test_frames_are_standardised_with_the_training_frames_statistics_only(trained):
+    """The fitted standardisation inside a bag model never sees a validation or test frame."""
+    results, (test, _) = trained
+    train, val = synthetic_bags(120, 1)[0], synthetic_bags(30, 2)[0]
+    for _, model in results.values():
+        config = model.get_layer("standardise").get_config()
+        mean, variance = np.ravel(config["mean"]), np.ravel(config["variance"])
+        np.testing.assert_allclose(mean, train.features.mean(axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(variance, train.features.var(axis=0), rtol=1e-3)
+        seen = np.concatenate([train.features, val.features])
+        assert not np.allclose(mean, seen.mean(axis=0), atol=1e-3)
+
+
+def test_frame_statistics_leave_a_constant_feature_centred_only():
+    features = np.array([[1.0, 5.0], [3.0, 5.0]], np.float32)
+    bags = Bags.from_frames(features, np.array([0, 0]), np.array(["a", "b"]), np.array(["v", "v"]))
+    statistics = FrameStatistics.of(bags)
+    np.testing.assert_allclose(statistics.mean, [2.0, 5.0])
+    np.testing.assert_allclose(statistics.variance, [1.0, 1.0])  # 1.0 by value, then by the guard
+
+
+def test_bag_models_default_to_a_tenth_of_the_frame_models_learning_rate():
+    bag = {arch: ModelSettings.from_config({"architecture": arch}, arch).learning_rate for arch in ("abmil", "meanmil")}
+    frame = ModelSettings.from_config({"architecture": "resnet50_frozen"}, "frozen").learning_rate
+    assert bag == {"abmil": 1e-4, "meanmil": 1e-4} and frame == 1e-3
+    assert ModelSettings.from_config({"architecture": "abmil", "learning_rate": 0.01}, "a").learning_rate == 0.01
 
 
 def test_train_info_says_video_unit(trained):

@@ -61,6 +61,9 @@ class Architecture:
     # frames, multiple-instance learning on cached features; quiltflow.models.mil).
     unit: str = IMAGE
     pooling: str | None = None  # bag models: "attention" (gated, Ilse et al. 2018) or "mean"
+    # When a model's learning_rate is null. Bag models learn 10x slower: at 1e-3 gated attention
+    # locked onto memorisable non-tissue frames within two epochs (docs/evidence.md section 10).
+    default_learning_rate: float = 1e-3
 
 
 # The output of ResNet50's last residual block, inside the nested backbone (quiltflow.models.builders).
@@ -147,6 +150,7 @@ REGISTRY: dict[str, Architecture] = {
             backbone="resnet50",
             unit=VIDEO,
             pooling=ATTENTION_POOLING,
+            default_learning_rate=1e-4,
         ),
         Architecture(
             name="meanmil",
@@ -161,6 +165,7 @@ REGISTRY: dict[str, Architecture] = {
             backbone="resnet50",
             unit=VIDEO,
             pooling=MEAN_POOLING,
+            default_learning_rate=1e-4,
         ),
     )
 }

@@ -226,20 +226,21 @@ class ModelSettings:
                 f"config key {where}.warmup_epochs: {model['warmup_epochs']} leaves no fine-tune epoch "
                 f"of {model['epochs']}"
             )
+        learning_rate = float(spec.default_learning_rate if model["learning_rate"] is None else model["learning_rate"])
         ft_lr = model["finetune_learning_rate"]
         return cls(
             name=name,
             architecture=spec.name,
             epochs=model["epochs"],
             batch_size=model["batch_size"],
-            learning_rate=float(model["learning_rate"]),
+            learning_rate=learning_rate,
             weights=weights,
             patience=model["patience"],
             class_weights=model["class_weights"],
             augment=augment,
             dropout=float(spec.default_dropout if model["dropout"] is None else model["dropout"]),
             warmup_epochs=model["warmup_epochs"],
-            finetune_learning_rate=float(model["learning_rate"] / 10 if ft_lr is None else ft_lr),
+            finetune_learning_rate=float(learning_rate / 10 if ft_lr is None else ft_lr),
             jit_compile=model["jit_compile"],
             inject_failure=model["inject_failure"],
             max_frames=model["max_frames"],

@@ -18,7 +18,7 @@ import pandas as pd
 
 from quiltflow.core.errors import UserError
 from quiltflow.core.settings import ModelSettings
-from quiltflow.models.mil import BagBatches, Bags, bag_model, bag_weights
+from quiltflow.models.mil import BagBatches, Bags, FrameStatistics, bag_model, bag_weights
 from quiltflow.models.resume import backed_up_epoch
 from quiltflow.models.runtime import float32_policy
 from quiltflow.models.train import (
@@ -34,12 +34,16 @@ from quiltflow.models.train import (
 )
 
 
-def build_bag_model(s: ModelSettings, num_classes: int, feature_dim: int, seed: int, task: str) -> keras.Model:
-    """The bag model of settings ``s`` (its registry entry names the pooling)."""
+def build_bag_model(
+    s: ModelSettings, num_classes: int, statistics: FrameStatistics, seed: int, task: str
+) -> keras.Model:
+    """The bag model of settings ``s`` (its registry entry names the pooling), standardising frames
+    with ``statistics`` (of the training frames)."""
     return bag_model(
         s.spec.pooling,
         num_classes,
-        feature_dim,
+        len(statistics.mean),
+        statistics=statistics,
         attention_dim=s.attention_dim,
         embed_dim=s.embed_dim,
         dropout=s.dropout,
@@ -70,8 +74,9 @@ def train_bag_model(
     targets = resolve_targets(s, targets or Targets(), counts, len(train))
     class_weight = class_weight_for(s, counts, num_classes, targets)
     resume = start_run(run, backed_up_epoch(run.backup / "main"), s.name)
+    statistics = FrameStatistics.of(train)  # the training videos' frames only, never validation's
     with strategy.scope():
-        model = build_bag_model(s, num_classes, train.features.shape[1], seed, targets.task)
+        model = build_bag_model(s, num_classes, statistics, seed, targets.task)
         compile_model(model, s.learning_rate, s.jit_compile, targets)
     weights = bag_weights(train, class_weight)
     train_batches = BagBatches(train, s.batch_size, max_frames=s.max_frames, seed=seed, bag_weights=weights)
@@ -92,7 +97,7 @@ def train_bag_model(
     seconds = time.perf_counter() - start
     best = keras.models.load_model(run.best, compile=False) if run.best.is_file() else model
     with float32_policy():
-        final = build_bag_model(s, num_classes, train.features.shape[1], seed, targets.task)
+        final = build_bag_model(s, num_classes, statistics, seed, targets.task)
     final.set_weights(best.get_weights())
     info = run_info(s, device, image_size, seed, len(train), len(val), resume, class_weight, seconds)
     info.update(
