@@ -579,7 +579,8 @@ def test_train_info_records_preset_hash_and_licence(encoder_run):
         assert npz["features"].shape[1] == 512
     for model in ENCODER_MODELS:
         metrics = read_json(workdir / f"results/metrics/{model}.json", "x")
-        assert metrics["model"] == model
+        info = read_json(workdir / f"results/models/{model}/train_info.json", "x")
+        assert metrics["model"] == model and metrics["encoder"] == info["encoder"]
 
 
 @pytest.mark.e2e

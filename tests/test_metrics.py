@@ -149,3 +149,14 @@ def test_metrics_document_rejects_wrong_version_and_bad_counts(tmp_path):
     write_json({**doc, "metrics": bad_metrics}, path)
     with pytest.raises(UserError, match="metrics.accuracy"):
         load_metrics_document(path)
+
+
+def test_provenance_records_shared_by_every_run_are_copied_once():
+    from quiltflow.records.metrics_document import copy_provenance
+
+    encoder = {"name": "lunit", "sha256": "ab" * 32, "licence": "other"}
+    runs = [{"encoder": encoder, "pretraining": {"pool_images": 10}}, {"encoder": dict(encoder)}]
+    document = copy_provenance({}, runs)
+    assert document == {"encoder": encoder}  # pretraining differs per fold: each run keeps its own
+    assert copy_provenance({}, [{"encoder": encoder}, {"encoder": {**encoder, "sha256": "cd" * 32}}]) == {}
+    assert copy_provenance({}, [{}]) == {} and copy_provenance({}, []) == {}

@@ -25,7 +25,7 @@ from quiltflow.evaluation.pooling import run_summary
 from quiltflow.models.mil import Bags
 from quiltflow.models.thresholds import ordered_thresholds
 from quiltflow.records.attention import write_attention
-from quiltflow.records.metrics_document import build_metrics_document
+from quiltflow.records.metrics_document import build_metrics_document, copy_provenance
 from quiltflow.records.predictions import write_predictions
 
 log = logging.getLogger("quiltflow.evaluation.bag_evaluate")
@@ -118,6 +118,7 @@ def evaluate_bag_model(
         unit=VIDEO,
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
+    copy_provenance(document, [info])
     write_predictions(predictions, predictions_path, class_names)
     write_attention(attention_table(bags, attention).assign(**run), attention_path)
     write_json(document, metrics_path)

@@ -26,7 +26,7 @@ from quiltflow.core.tasks import MULTICLASS, MULTILABEL, read_task
 from quiltflow.evaluation.metrics import compute_metrics
 from quiltflow.evaluation.pooling import run_summary
 from quiltflow.models.thresholds import ordered_thresholds
-from quiltflow.records.metrics_document import METRICS_SCHEMA_VERSION, build_metrics_document
+from quiltflow.records.metrics_document import METRICS_SCHEMA_VERSION, build_metrics_document, copy_provenance
 from quiltflow.records.predictions import write_predictions
 
 __all__ = ["METRICS_SCHEMA_VERSION", "TTA_VIEWS", "dihedral_views", "predict", "evaluate_model"]
@@ -363,8 +363,7 @@ def evaluate_model(
     document["cv"] = {"folds": int(folds), "seeds": [int(seed)], "runs": [run_summary(document, fold, seed)]}
     if tta != "none":
         document["tta"] = tta
-    if info.get("pretraining"):  # structured provenance: pooling over folds reads it, not the text
-        document["pretraining"] = info["pretraining"]
+    copy_provenance(document, [info])  # structured: pooling over folds reads it, not the text
     write_predictions(predictions, predictions_path, class_names)
     write_json(document, metrics_path)
     _log_result(document)

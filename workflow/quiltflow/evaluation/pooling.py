@@ -18,7 +18,12 @@ from quiltflow.core.jsonio import read_label_map, sha256_file, write_json
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL, read_task
 from quiltflow.dag.pretraining import pooled_description
 from quiltflow.evaluation.metrics import compute_metrics
-from quiltflow.records.metrics_document import build_metrics_document, document_task, load_metrics_document
+from quiltflow.records.metrics_document import (
+    build_metrics_document,
+    copy_provenance,
+    document_task,
+    load_metrics_document,
+)
 from quiltflow.records.predictions import read_predictions, write_predictions
 
 log = logging.getLogger("quiltflow.evaluation.pooling")
@@ -102,6 +107,7 @@ def pool_runs(
         unit=documents[0].get("unit"),
     )
     document["cv"] = {"folds": int(folds), "seeds": [int(s) for s in seeds], "runs": runs}
+    copy_provenance(document, documents)
     tta = {doc.get("tta") for doc in documents}
     if len(tta) > 1:
         raise UserError(f"pool_runs: {model}: runs evaluated with and without test-time augmentation")

@@ -35,6 +35,7 @@ from quiltflow.models.builders import (
 )
 from quiltflow.models.resume import TrainingRun, backed_up_epoch, prior_val_state
 from quiltflow.models.runtime import configure_runtime, float32_policy
+from quiltflow.records.metrics_document import PROVENANCE_KEYS
 from quiltflow.records.split_report import SplitReport
 
 log = logging.getLogger("quiltflow.models.train")
@@ -211,7 +212,7 @@ def _with_provenance(info: dict[str, Any], provenance: Mapping[str, Any] | None)
     provenance = provenance or {}
     if "description" in provenance:
         info["weights"] = provenance["description"]
-        info.update({key: provenance[key] for key in ("pretraining", "encoder") if key in provenance})
+        info.update({key: provenance[key] for key in PROVENANCE_KEYS if key in provenance})
     if "shards" in provenance:
         info["shards"] = dict(provenance["shards"])
     return info

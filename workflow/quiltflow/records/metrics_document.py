@@ -18,6 +18,9 @@ METRICS_SCHEMA_VERSION = 1
 
 
 SCHEMA_PATH = METRICS_SCHEMA
+# Structured records of where a model's weights came from, as train_info.json holds them: a
+# pretraining job's (quiltflow.dag.pretraining) or a published encoder's (quiltflow.dag.encoders).
+PROVENANCE_KEYS = ("pretraining", "encoder")
 
 
 def build_metrics_document(
@@ -64,6 +67,17 @@ def build_metrics_document(
     if unit is not None:  # image: one prediction per frame; video: one per video (a bag model)
         document["unit"] = unit
     validate_metrics_document(document)
+    return document
+
+
+def copy_provenance(document: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``document`` with each provenance record that ``records`` (train_info or metrics documents of
+    one model's runs) all share, identically: an encoder is the same checkpoint in every fold,
+    while per-fold pretraining differs and stays with each run's own document."""
+    for key in PROVENANCE_KEYS:
+        values = [record.get(key) for record in records]
+        if values and values[0] and all(value == values[0] for value in values):
+            document[key] = values[0]
     return document
 
 
