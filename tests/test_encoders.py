@@ -22,7 +22,7 @@ from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, sha256_file
 from quiltflow.dag import encoders as enc
 from quiltflow.dag.config import validate_config
-from workflow_runner import REPO, clone_run, snakemake
+from workflow_runner import REPO, clone_run, local_rules, snakemake
 
 TIMM_MEAN, TIMM_STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 
@@ -522,29 +522,6 @@ def encoder_run(finished_run, tmp_path_factory) -> tuple[Path, Path, str]:
         dry = snakemake(workdir, "--dry-run", *targets, configfiles=configs)
         snakemake(workdir, *targets, configfiles=configs)
     return workdir, images, dry.stdout + dry.stderr
-
-
-LOCAL_RULES = """
-import sys
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
-
-with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-    configs = ConfigSettings(configfiles=[Path(p) for p in sys.argv[1:]])
-    workflow = api.workflow(ResourceSettings(cores=1), configs, snakefile=Path("Snakefile"))
-    print("LOCAL", *sorted(workflow._workflow._localrules))
-"""
-
-
-def local_rules(workdir: Path, configs: tuple[str, ...]) -> list[str]:
-    """The rules the workflow runs on the submitting host (its localrules), from Snakemake's API."""
-    proc = subprocess.run(
-        [sys.executable, "-c", LOCAL_RULES, *configs], cwd=workdir, capture_output=True, text=True, timeout=120
-    )
-    lines = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("LOCAL")]
-    assert proc.returncode == 0 and lines, proc.stderr[-2000:]
-    return lines[0]
 
 
 @pytest.mark.e2e

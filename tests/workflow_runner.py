@@ -114,6 +114,29 @@ def rules_of(jobs: set[str]) -> set[str]:
     return {job.split("[", 1)[0] for job in jobs}
 
 
+LOCAL_RULES = """
+import sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    configs = ConfigSettings(configfiles=[Path(p) for p in sys.argv[1:]])
+    workflow = api.workflow(ResourceSettings(cores=1), configs, snakefile=Path("Snakefile"))
+    print("LOCAL", *sorted(workflow._workflow._localrules))
+"""
+
+
+def local_rules(workdir: Path, configs: tuple[str, ...]) -> list[str]:
+    """The rules the workflow runs on the submitting host (its localrules), from Snakemake's API."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LOCAL_RULES, *configs], cwd=workdir, capture_output=True, text=True, timeout=120
+    )
+    lines = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("LOCAL")]
+    assert proc.returncode == 0 and lines, proc.stderr[-2000:]
+    return lines[0]
+
+
 def run_without_tensorflow(code: str, timeout: int = 120) -> None:
     """Run ``code`` in a fresh interpreter with workflow/ on sys.path; fail if it raises or if
     TensorFlow or Keras got imported on the way (stages that need neither must not pay ~630 MB)."""

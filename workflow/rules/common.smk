@@ -223,7 +223,7 @@ def model_runs(pattern):
 
 def weights_input(model, fold):
     """A model's weights file as an input (a user's file, or the backbone of the pretraining job
-    of ``fold``): a changed or remade file reruns the model. Empty for none/imagenet."""
+    of ``fold``): a changed or remade file reruns the model. Empty for none."""
     name = model_pretraining(config, model)
     if name is None:
         return weights_files(config, model)

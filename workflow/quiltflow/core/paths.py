@@ -61,6 +61,13 @@ ENCODER_DIR = "resources/encoders/{encoder}"
 ENCODER_CHECKPOINT_DIR = f"{ENCODER_DIR}/checkpoint"  # the downloaded preset (hf://, kaggle://)
 ENCODER_INFO_FILE = "encoder_info.json"
 ENCODER_INFO = f"{ENCODER_DIR}/{ENCODER_INFO_FILE}"
+# keras.applications' ResNet50 ImageNet weights (weights: imagenet), fetched the same way by rule
+# fetch_imagenet_weights into a folder of their own: jobs read this file, never the Keras cache.
+IMAGENET_ENCODER = "imagenet-resnet50"  # its hyphen: no encoders.<name> (schema: [A-Za-z0-9_]+) is this folder
+IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"  # keras.applications' name
+IMAGENET_DIR = f"{ENCODERS_DIR}/{IMAGENET_ENCODER}"
+IMAGENET_WEIGHTS = f"{IMAGENET_DIR}/{IMAGENET_WEIGHTS_FILE}"
+IMAGENET_INFO = f"{IMAGENET_DIR}/{ENCODER_INFO_FILE}"
 
 # Evaluation: per run (and pooled over runs), plain and test-time augmented.
 TTA_VARIANT = ".tta"  # file-name part of a model's TTA evaluation (rule evaluate_tta)

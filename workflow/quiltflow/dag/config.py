@@ -17,6 +17,7 @@ from quiltflow.core.paths import ENCODERS_DIR
 from quiltflow.core.schema import fill_defaults, key_path, load_schema
 from quiltflow.core.settings import ModelSettings, PretrainSettings, SplitSettings
 from quiltflow.dag.encoders import check_model_encoders, encoder_specs, model_encoder_files
+from quiltflow.dag.imagenet import model_imagenet_files
 from quiltflow.dag.pretraining import check_model_pretraining
 
 # The folders the workflow writes (and `make clean` deletes), relative to the working directory.
@@ -149,10 +150,13 @@ def bag_models(config: dict) -> list[str]:
 
 
 def weights_files(config: dict, model: str) -> list[str]:
-    """The weights file a model starts from, as a job input: a user's file or a published
-    encoder's encoder_info.json (rule fetch_encoder); empty for none/imagenet."""
+    """The weights file a model starts from, as a job input: a user's file, a published encoder's
+    encoder_info.json (rule fetch_encoder) or the ImageNet weights (rule fetch_imagenet_weights);
+    empty for none."""
     weights = config["models"][model]["weights"]
-    return [weights] if is_weights_file(weights) else model_encoder_files(config, model)
+    if is_weights_file(weights):
+        return [weights]
+    return model_encoder_files(config, model) + model_imagenet_files(config, model)
 
 
 def target_models(config: dict, section: str) -> list[str]:

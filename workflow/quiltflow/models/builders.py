@@ -8,9 +8,6 @@ mode once ``quiltflow.models.builders`` is imported.
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from pathlib import Path
 
 import keras
@@ -27,16 +24,12 @@ from quiltflow.core.architectures import (
 )
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import sha256_file
-from quiltflow.core.paths import ENCODER_INFO_FILE
+from quiltflow.core.paths import ENCODER_INFO_FILE, IMAGENET_WEIGHTS
 from quiltflow.core.tasks import MULTICLASS, head_activation
 from quiltflow.models.published import encoder_backbone, encoder_description, encoder_name
 
 FEATURE_DIM = 2048  # ResNet50 global-average-pooled output width
 
-IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_NOTOP_FILE
-IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # keras.applications.resnet's own hash
-CONNECT_TIMEOUT_S = 5.0  # an offline node must fail in seconds, not hang in the download
 # Caffe-mode ImageNet channel means, in BGR order (keras.applications.imagenet_utils).
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -322,76 +315,28 @@ def build_model(
 # --- weights ---------------------------------------------------------------------------------
 
 
-def keras_home() -> Path:
-    """Keras' cache root, honouring ``KERAS_HOME`` at call time (Keras reads it at import)."""
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
-
-
-def imagenet_weights_path() -> Path:
-    """Where Keras caches (and where an offline user must place) the ResNet50 notop weights."""
-    return keras_home() / "models" / IMAGENET_NOTOP_FILE
-
-
 def resolve_weights(weights: str | None) -> str | None:
-    """Return the weights file to load (``None`` for random init), downloading ImageNet if needed.
+    """Return the weights file to load (``None`` for random init).
 
-    Offline, "imagenet" fails within ~``CONNECT_TIMEOUT_S`` with a one-line ``UserError`` that
-    names the file to place and where.
+    "imagenet" is the file rule fetch_imagenet_weights made (``quiltflow.dag.imagenet``), relative
+    to the working directory as every job runs there: never the Keras cache, never the network, so
+    a compute node without internet builds the same model. Missing, it is a one-line ``UserError``.
     """
     name = weights_name(weights)
     if name == NO_WEIGHTS:
         return None
-    if name != IMAGENET:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise UserError(f"weights: file not found: {path}")
-        return str(path)
-    target = imagenet_weights_path()
-    if target.is_file():
+    if name == IMAGENET:
+        target = Path(IMAGENET_WEIGHTS)
+        if not target.is_file():
+            raise UserError(
+                f"weights: imagenet: {target} not found (in {Path.cwd()}); rule fetch_imagenet_weights makes it: "
+                f"run snakemake in the workflow's folder (`snakemake {target}`)"
+            )
         return str(target)
-    hint = f"place {IMAGENET_NOTOP_FILE} (from {IMAGENET_NOTOP_URL}) at {target}"
-    reason = _unreachable(IMAGENET_NOTOP_URL)
-    if reason:
-        raise UserError(f"weights: imagenet: cannot download ({reason}); offline? {hint}")
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # per socket operation: a stalled transfer errors, not hangs
-    try:
-        return keras.utils.get_file(
-            IMAGENET_NOTOP_FILE,
-            IMAGENET_NOTOP_URL,
-            cache_subdir="models",
-            cache_dir=str(keras_home()),
-            file_hash=IMAGENET_NOTOP_MD5,
-        )
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"weights: imagenet: download failed ({first}); {hint}") from None
-    finally:
-        socket.setdefaulttimeout(old_timeout)
-
-
-def _unreachable(url: str) -> str | None:
-    """Why ``url``'s host cannot be reached within ``CONNECT_TIMEOUT_S`` (``None`` if it can).
-
-    Runs in a daemon thread: DNS lookups ignore socket timeouts and can hang on a dead network.
-    """
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
-            result.append(None)
-        except OSError as exc:
-            result.append(f"{parts.hostname}:{port}: {exc.strerror or exc}")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(CONNECT_TIMEOUT_S + 1)
-    return result[0] if result else f"{parts.hostname}:{port}: no answer in {CONNECT_TIMEOUT_S:g} s"
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights: file not found: {path}")
+    return str(path)
 
 
 def weights_description(weights: str | None) -> str:
