@@ -98,6 +98,7 @@ def fetch_imagenet(weights_path: str | os.PathLike, info_path: str | os.PathLike
 
 
 def md5_file(path: Path) -> str:
+    """MD5 of a file: the only hash keras.applications publishes for its weights (not for security)."""
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
