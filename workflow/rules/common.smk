@@ -27,7 +27,7 @@ from quiltflow.dag.config import (  # noqa: E402
     weights_files,
 )
 from quiltflow.core import paths  # noqa: E402
-from quiltflow.core.cv import buckets, run_buckets, run_of, runs  # noqa: E402
+from quiltflow.core.cv import buckets, run_buckets, run_of, runs, unlabeled_buckets  # noqa: E402
 from quiltflow.core.paths import fill  # noqa: E402
 from quiltflow.core.errors import UserError  # noqa: E402
 from quiltflow.dag.pretraining import (  # noqa: E402
@@ -36,6 +36,7 @@ from quiltflow.dag.pretraining import (  # noqa: E402
     pool_buckets,
     pretrain_suffix,
     fold_of_suffix,
+    uses_unlabeled,
 )
 from quiltflow.dag.representations import model_representation, representations  # noqa: E402
 from quiltflow.dag.shard_plan import shard_names  # noqa: E402
@@ -80,6 +81,10 @@ RUN_SUFFIXES = [run.suffix for run in RUNS]
 SINGLE_RUN = RUN_SUFFIXES == [""]
 # Pretraining entries (quiltflow.dag.pretraining): one job each, or one per fold with folds >= 2.
 PRETRAININGS = sorted(config["pretraining"])
+# pool: unlabeled (quiltflow.data.unlabeled): the frames the filters removed for their label get
+# buckets of their own, sharded like the others (rule split_unlabeled); none without it.
+UNLABELED_BUCKETS = unlabeled_buckets(FOLDS) if uses_unlabeled(config) else []
+SHARDED_BUCKETS = BUCKETS + UNLABELED_BUCKETS
 # Test-time augmentation (evaluation.tta): rule evaluate_tta writes {model}{run}.tta.* beside the
 # plain evaluation's files; the comparison reports them as {model}+tta rows.
 TTA = config["evaluation"]["tta"] != "none"
@@ -95,7 +100,7 @@ NEAR_DUPLICATES = config["filters"]["near_duplicates"] not in ("off", False)
 
 
 wildcard_constraints:
-    split="|".join(BUCKETS),
+    split="|".join(SHARDED_BUCKETS),
     # "(?:)" matches only the empty suffix (an empty constraint would mean "any").
     run=r"(?:)" if SINGLE_RUN else r"[/]fold\d+-seed\d+",
     model="|".join(MODELS),
@@ -275,6 +280,12 @@ def pretrain_pool(wildcards):
     return [fill(paths.SHARD_INDEX, split=b) for b in buckets]
 
 
+def pretrain_unlabeled_report(wildcards):
+    """unlabeled_report.json for a pool: unlabeled job (its fold's counts go to pretrain_info.json)."""
+    pool = config["pretraining"][wildcards.pretrain]["pool"]
+    return [paths.UNLABELED_REPORT] if pool == "unlabeled" else []
+
+
 # Grad-CAM explanations (explain.smk): the models the target `explain` asks for.
 EXPLAIN = config["explain"]
 EXPLAIN_MODELS = explain_models(config)
@@ -313,7 +324,13 @@ def explain_attention_inputs(wildcards):
 # Snakemake turns --until into target jobs once, before the checkpoint has run: a job that only
 # exists after it (every shard job) is then never a target, and `--until shard_tfrecords` on a
 # fresh directory plans nothing and exits 0. Say so instead, and name the targets that work.
-BEFORE_SHARD_PLAN = {"generate_demo_data", "filter_metadata", "split_manifests", "plan_shards"}
+BEFORE_SHARD_PLAN = {
+    "generate_demo_data",
+    "filter_metadata",
+    "split_manifests",
+    "split_unlabeled",
+    "plan_shards",
+}
 
 
 def check_until(until, plan_exists):

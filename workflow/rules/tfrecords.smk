@@ -1,7 +1,7 @@
 checkpoint plan_shards:
     """Rows and shard count per split (the one checkpoint: shard jobs are scheduled from it)."""
     input:
-        manifests=expand(paths.MANIFEST, split=BUCKETS),
+        manifests=expand(paths.MANIFEST, split=SHARDED_BUCKETS),
     output:
         plan=paths.SHARD_PLAN,
     log:
@@ -10,7 +10,7 @@ checkpoint plan_shards:
         "../../envs/data.yaml"
     params:
         images_per_shard=config["tfrecords"]["images_per_shard"],
-        buckets=BUCKETS,
+        buckets=SHARDED_BUCKETS,
         code=script_code("plan_shards.py"),
     script:
         "../scripts/plan_shards.py"

@@ -7,9 +7,14 @@ from quiltflow.core.smk import as_paths, setup_logging
 log = setup_logging(snakemake.log[0])
 
 from quiltflow.core.settings import PretrainSettings
+from quiltflow.dag.pretraining import fold_of_suffix
+from quiltflow.data.unlabeled import read_fold_facts
 from quiltflow.models.encoders import pretrain_from_files
 
 params = snakemake.params
+# pool: unlabeled: the fold's unlabeled frames in the pool and those the leakage rule left out.
+unlabeled = as_paths(snakemake.input.unlabeled)
+pool_facts = read_fold_facts(unlabeled[0], fold_of_suffix(snakemake.wildcards.fold)) if unlabeled else {}
 pretrain_from_files(
     as_paths(snakemake.input.pool),
     out_dir=Path(snakemake.output.weights).parent,
@@ -17,4 +22,5 @@ pretrain_from_files(
     buckets=list(params.buckets),
     seed=params.seed,
     threads=snakemake.threads,
+    pool_facts=pool_facts,
 )

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 HOLDOUT_BUCKETS = ("train", "val", "test")
 FOLD_PARTS = ("a", "b")
+# Frames without a label (``pretraining.<name>.pool: unlabeled``: quiltflow.data.unlabeled) lie in
+# buckets of their own: ``unlabeled`` (their unit touches no labelled video) and one twin
+# ``unlabeled-{bucket}`` per labelled bucket (their unit touches that bucket's videos only), so the
+# leakage rule can choose them by bucket name, as it chooses labelled buckets.
+UNLABELED = "unlabeled"
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,16 @@ def buckets(folds: int) -> list[str]:
     if folds == 1:
         return list(HOLDOUT_BUCKETS)
     return [f"fold{fold}{part}" for fold in range(folds) for part in FOLD_PARTS]
+
+
+def unlabeled_bucket(bucket: str) -> str:
+    """The bucket of unlabeled frames whose unit touches the videos of ``bucket`` only."""
+    return f"{UNLABELED}-{bucket}"
+
+
+def unlabeled_buckets(folds: int) -> list[str]:
+    """Every bucket of unlabeled frames, in a fixed order."""
+    return [UNLABELED] + [unlabeled_bucket(name) for name in buckets(folds)]
 
 
 def runs(folds: int, seeds: list[int]) -> list[Run]:

@@ -33,6 +33,10 @@ LABEL_MAP_FILE = "label_map.json"
 LABEL_MAP = f"{SPLITS_DIR}/{LABEL_MAP_FILE}"
 SPLIT_REPORT = "results/splits/split_report.json"
 FOLDS_TABLE = "results/splits/folds.parquet"
+# pretraining pool: unlabeled (rule split_unlabeled): every frame the filters removed for its label,
+# with its unit and bucket, and the counts; each unlabeled bucket's manifest is a MANIFEST.
+UNLABELED_FRAMES = "results/splits/unlabeled_frames.parquet"
+UNLABELED_REPORT = "results/splits/unlabeled_report.json"
 
 # Shards: the plan (the checkpoint), one shard and its report per job, one index per bucket.
 SHARD_PLAN = "results/tfrecords/shard_plan.json"

@@ -3,13 +3,17 @@
 The leakage rule lives here, once: a pretraining job with ``pool: train`` reads the training
 buckets of one fold (the holdout ``train`` bucket when ``splits.folds`` is 1), so it never sees a
 validation or test image of a run that starts from it; with k folds there is one job per fold and
-a run of fold f uses the job of fold f. Standard library only: the Snakefile plans with it.
+a run of fold f uses the job of fold f. ``pool: unlabeled`` adds the frames the filters removed
+for their label (quiltflow.data.unlabeled): those whose unit (video, or videos joined by
+near-duplicates) touches no labelled video, and the twin bucket of each training bucket; never a
+frame whose unit touches a validation or test video of the fold. Standard library only: the
+Snakefile plans with it.
 """
 
 from __future__ import annotations
 
 from quiltflow.core.architectures import PRETRAINED_PREFIX, architecture, encoder_name, pretrained_name
-from quiltflow.core.cv import run_buckets
+from quiltflow.core.cv import UNLABELED, run_buckets, unlabeled_bucket
 from quiltflow.core.errors import UserError
 from quiltflow.core.paths import PRETRAINED_DIR, PRETRAINED_WEIGHTS_FILE, fill
 from quiltflow.dag.encoders import provenance as encoder_provenance
@@ -25,11 +29,23 @@ def fold_of_suffix(suffix: str) -> int:
     return int(suffix.removeprefix("/fold")) if suffix else 0
 
 
+POOLS = ("train", "unlabeled")
+
+
 def pool_buckets(pool: str, fold: int, folds: int) -> list[str]:
-    """The buckets a pretraining job of ``fold`` reads; never a val or test bucket of that fold's runs."""
-    if pool != "train":
-        raise UserError(f"pretraining pool {pool!r}: only 'train' is implemented")
-    return run_buckets(fold, folds)["train"]
+    """The buckets a pretraining job of ``fold`` reads; never a val or test bucket of that fold's
+    runs, nor unlabeled frames whose unit touches one."""
+    if pool not in POOLS:
+        raise UserError(f"config key pretraining.*.pool: {pool!r} is not one of {', '.join(POOLS)}")
+    train = run_buckets(fold, folds)["train"]
+    if pool == "train":
+        return train
+    return [*train, UNLABELED, *(unlabeled_bucket(name) for name in train)]
+
+
+def uses_unlabeled(config: dict) -> bool:
+    """Whether a pretraining entry reads unlabeled frames (rule split_unlabeled is then planned)."""
+    return any(entry["pool"] == "unlabeled" for entry in config.get("pretraining", {}).values())
 
 
 def pretrained_file(name: str, suffix: str, file: str = PRETRAINED_WEIGHTS_FILE) -> str:
@@ -60,13 +76,18 @@ def check_model_pretraining(config: dict) -> None:
 
 # --- running a job, and its provenance downstream ---------------------------------------------
 
+# pretrain_info.json keys of a ``pool: unlabeled`` job (quiltflow.data.unlabeled.fold_facts):
+# its fold's unlabeled frames in the pool, and those left out by the leakage rule.
+UNLABELED_KEYS = ("unlabeled_images", "unlabeled_excluded_leakage")
+
 
 def describe(name: str, info: dict) -> str:
     """The weights provenance a comparison row shows, e.g.
     ``pretrained:simclr (simclr resnet50, 20 epochs on 360 train images)``."""
+    pool = "train+unlabeled" if info["pool"] == "unlabeled" else info["pool"]
     return (
         f"{PRETRAINED_PREFIX}{name} ({info['method']} {info['backbone']}, "
-        f"{info['epochs_run']} epochs on {info['pool_images']} {info['pool']} images)"
+        f"{info['epochs_run']} epochs on {info['pool_images']} {pool} images)"
     )
 
 
@@ -76,7 +97,7 @@ def pooled_description(descriptions: list[str], records: list[dict | None]) -> s
     range; anything else that differs is named as other weights."""
     if len(set(descriptions)) == 1:
         return descriptions[0]
-    varying = ("pool_images", "pool_buckets", "weights_sha256")
+    varying = ("pool_images", "pool_buckets", "weights_sha256", *UNLABELED_KEYS)
     shared = {tuple(sorted((k, str(v)) for k, v in r.items() if k not in varying)) for r in records if r}
     if None in records or len(shared) != 1:
         return f"{descriptions[0]} (+{len(set(descriptions)) - 1} other)"
@@ -91,7 +112,9 @@ def provenance(info_path) -> dict:
 
     info = read_json(info_path, "pretrain info")
     keep = ("name", "method", "backbone", "pool", "pool_buckets", "pool_images", "epochs_run", "weights_sha256")
-    return {"description": describe(info["name"], info), "pretraining": {key: info.get(key) for key in keep}}
+    record = {key: info.get(key) for key in keep}
+    record.update({key: info[key] for key in UNLABELED_KEYS if key in info})  # pool: unlabeled only
+    return {"description": describe(info["name"], info), "pretraining": record}
 
 
 def resolve_model_weights(settings, weights_files, info_files=()):

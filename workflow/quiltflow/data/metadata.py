@@ -114,6 +114,16 @@ DROP_REASONS = (
     "near_duplicate",
 )
 _REASON_CODE = {name: i + 1 for i, name in enumerate(DROP_REASONS)}  # 0 = kept
+# Reasons that judge a row's label, not its image: the image is still a usable frame, and
+# ``pretraining.<name>.pool: unlabeled`` takes it without its label (:func:`label_removed_images`).
+LABEL_REASONS = (
+    "malformed_pathology",
+    "no_label",
+    "label_not_in_vocabulary",
+    "class_excluded",
+    "class_too_small",
+    "class_not_top_k",
+)
 _QUILT_ONLY_FILTERS = ("subsets", "drop_not_histology", "magnifications", "min_image_side", "single_wsi", "classes")
 # Row filters of the Quilt columns, with the filters key each one reads.
 _QUILT_FILTER_KEYS = {
@@ -193,6 +203,7 @@ class _Paths:
     changed: bool  # whether normalisation changed any path
     of_row: np.ndarray  # index into ``norm``; len(norm) = "no path" slot
     rank: Future  # _dense_rank(norm), computed in the background
+    exists: np.ndarray | None = None  # per ``norm`` slot (+ the "no path" slot): the file is there
 
 
 @dataclass
@@ -335,6 +346,7 @@ def _drop_missing_images(rows: Rows, paths: _Paths, drops: _Drops, image_root: P
     listing = list_files(image_root, paths.norm, root_listing)
     exists = pc.fill_null(pc.is_in(paths.norm, value_set=listing), False).to_numpy(zero_copy_only=False)
     exists = np.concatenate([exists, [False]])
+    paths.exists = exists
     first_alive = drops.alive()[:1]
     example = paths.norm[int(rows.path_code[first_alive[0]])].as_py() if len(first_alive) else ""
     detail = f"{image_root} (e.g. {example!r} is not there; {len(listing)} entries listed)"
@@ -575,6 +587,56 @@ def filter_metadata(
     """Filter ``metadata_path`` (format ``fmt``) against ``image_root``: (table, report).
     Near-duplicates are looked up in ``image_hashes`` (rule hash_images); without it the kept
     images are hashed here on ``threads`` threads."""
+    run = _apply_filters(fmt, metadata_path, image_root, filters, columns, threads, image_hashes)
+    rows, units, label_sets = run.rows, run.units, run.label_sets
+    keep_units = units.reason == 0
+    labels = (units.label[keep_units], _labels_column(rows.classes, units, label_sets))
+    table, unmatched = _build_table(
+        rows, units.rows[keep_units], labels, run.paths.norm, units.n_captions[keep_units], run.paths.rank.result()
+    )
+    _merge_near_duplicate_groups(table, run.near)
+    check_one_group_per_video(table)
+    extra = {
+        "ignored_filters": run.ignored,
+        "near_duplicates": run.near.report,
+        "label_entries": _label_entries(units, label_sets),
+    }
+    if rows.quilt:
+        extra["video_id_unmatched"] = unmatched
+    report = _report(fmt, rows, units, run.drops, filters, extra)
+    log.info(
+        "kept %d images (%d rows) of %d rows; dropped %s",
+        report["images_kept"],
+        report["rows_kept"],
+        rows.n,
+        report["dropped"],
+    )
+    return table, report
+
+
+@dataclass
+class _Filtered:
+    """Every row's verdict after the filters, and what the table and report are built from."""
+
+    rows: Rows
+    paths: _Paths
+    drops: _Drops
+    units: _Units
+    near: _NearDuplicates
+    label_sets: _LabelSets | None
+    ignored: list[str]
+
+
+def _apply_filters(
+    fmt: str,
+    metadata_path: str | Path | None,
+    image_root: str | Path,
+    filters: FilterSettings,
+    columns: Mapping[str, Any] | None,
+    threads: int,
+    image_hashes: ImageHashes | None,
+) -> _Filtered:
+    """Run every filter in the documented order; each row ends with one reason (0 = kept)."""
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise UserError(f"image_root {image_root} does not exist or is not a directory")
@@ -599,29 +661,53 @@ def filter_metadata(
         _drop_label_sets(rows.classes, units, label_sets, filters, rows.n)
     near = _near_duplicates(rows, paths, units, image_root, filters, threads, image_hashes)
     _settle_rows(units, drops)
-    keep_units = units.reason == 0
-    labels = (units.label[keep_units], _labels_column(rows.classes, units, label_sets))
-    table, unmatched = _build_table(
-        rows, units.rows[keep_units], labels, paths.norm, units.n_captions[keep_units], paths.rank.result()
+    return _Filtered(rows, paths, drops, units, near, label_sets, ignored)
+
+
+def label_removed_images(
+    fmt: str,
+    metadata_path: str | Path | None,
+    image_root: str | Path,
+    filters: FilterSettings,
+    columns: Mapping[str, Any] | None,
+    threads: int = 1,
+    image_hashes: ImageHashes | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """The frames the filters removed for their label only (:data:`LABEL_REASONS`): (table, counts).
+
+    The table has one row per such image (image_id, video, subset, removed_by: the reason of its
+    first row, n_captions), sorted by image_id. An image that also has a kept row is in the
+    filtered table, not here; one whose file is missing is not a frame. Rows dropped for image
+    reasons (path, subset, size, ...) come first in the reason order, so they never reach here.
+    ``counts`` splits the label-reason rows into those three cases (they add up)."""
+    run = _apply_filters(fmt, metadata_path, image_root, filters, columns, threads, image_hashes)
+    rows, reason, image_code = run.rows, run.drops.reason, run.units.image_code
+    by_label = np.isin(reason, [_REASON_CODE[name] for name in LABEL_REASONS])
+    exists = run.paths.exists[run.paths.of_row]
+    of_kept = np.isin(image_code, image_code[reason == 0])
+    candidates = np.flatnonzero(by_label & exists & ~of_kept)
+    _, first, n_rows = np.unique(image_code[candidates], return_index=True, return_counts=True)
+    first_rows = candidates[first]
+    image_id = run.paths.norm.take(pa.array(rows.path_code[first_rows]))
+    subset = pa.array(rows.subsets, type=pa.string()).take(pa.array(rows.subset_code[first_rows]))
+    video, _ = _group_column(rows, first_rows, image_id, subset)
+    table = pd.DataFrame(
+        {
+            "image_id": image_id.to_pylist(),
+            "video": video.to_pylist(),
+            "subset": subset.to_pylist(),
+            "removed_by": [DROP_REASONS[code - 1] for code in reason[first_rows]],
+            "n_captions": n_rows.astype(np.int32),
+        }
     )
-    _merge_near_duplicate_groups(table, near)
-    check_one_group_per_video(table)
-    extra = {
-        "ignored_filters": ignored,
-        "near_duplicates": near.report,
-        "label_entries": _label_entries(units, label_sets),
+    counts = {
+        "rows": int(by_label.sum()),
+        "rows_image_missing": int((by_label & ~exists).sum()),
+        "rows_of_kept_images": int((by_label & exists & of_kept).sum()),
+        "rows_unlabeled": len(candidates),
     }
-    if rows.quilt:
-        extra["video_id_unmatched"] = unmatched
-    report = _report(fmt, rows, units, drops, filters, extra)
-    log.info(
-        "kept %d images (%d rows) of %d rows; dropped %s",
-        report["images_kept"],
-        report["rows_kept"],
-        rows.n,
-        report["dropped"],
-    )
-    return table, report
+    assert counts["rows"] == counts["rows_image_missing"] + counts["rows_of_kept_images"] + len(candidates)
+    return table.sort_values("image_id", kind="stable").reset_index(drop=True), counts
 
 
 # --------------------------------------------------------------------------- output table

@@ -20,6 +20,7 @@ from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import write_json
 from quiltflow.dag.shard_plan import shard_bounds
 from quiltflow.data.images import BadImage, prepare_views
+from quiltflow.records.tables import UNLABELED_INDEX
 from quiltflow.records.tfrecord_io import TFRecordWriter, encode_example
 
 if TYPE_CHECKING:  # settings imports jsonschema and the schema; the DAG build needs neither
@@ -82,7 +83,7 @@ def _write_records(
     for offset, (image_id, label, labels, group) in enumerate(
         zip(columns["image_id"], columns["label_index"], columns[TARGETS_COLUMN], columns["group"])
     ):
-        if image_id is None or label is None or int(label) < 0 or not labels or min(labels) < 0:
+        if image_id is None or not _valid_label(label, labels):
             raise UserError(
                 f"{rows.manifest_path}: row {rows.start + offset} has a missing image_id or invalid label_index"
             )
@@ -102,10 +103,19 @@ def _write_records(
     return writer, skipped
 
 
+def _valid_label(label: int | None, labels: list[int]) -> bool:
+    """A label index with its targets, or UNLABELED_INDEX with none (an unlabeled frame)."""
+    if label is not None and int(label) == UNLABELED_INDEX and not labels:
+        return True
+    return label is not None and int(label) >= 0 and bool(labels) and min(labels) >= 0
+
+
 def _examples(views: list[bytes], image_id: str, label: int, labels: list[int], group: str | None) -> list[dict]:
     """One record per view; grid cells get their own id and carry the source image's id.
     ``image/label`` is the first label (the stratum), ``image/labels`` every target label."""
     common = {"image/label": label, "image/labels": [int(x) for x in labels], "image/group": group or ""}
+    if not labels:  # an unlabeled frame: a feature cannot be an empty list, and readers default it
+        del common["image/labels"]
     if len(views) == 1:
         return [{"image/encoded": views[0], "image/id": image_id, **common}]
     return [

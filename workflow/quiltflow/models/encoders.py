@@ -39,8 +39,10 @@ def pretrain_from_files(
     buckets: Sequence[str],
     seed: int,
     threads: int | None = None,
+    pool_facts: dict | None = None,
 ) -> dict:
-    """Pretrain on the pool's index JSONs, write ``pretrain_info.json`` beside the weights."""
+    """Pretrain on the pool's index JSONs, write ``pretrain_info.json`` beside the weights
+    (``pool_facts``: pool: unlabeled's counts for this fold, quiltflow.data.unlabeled.read_fold_facts)."""
     info = _method(settings.method)(
         list(index_paths),
         Path(out_dir),
@@ -55,5 +57,6 @@ def pretrain_from_files(
         threads=threads,
     )
     info.update(name=settings.name, pool=settings.pool, pool_buckets=list(buckets), settings=settings.as_dict())
+    info.update(pool_facts or {})
     write_json(info, Path(out_dir) / PRETRAIN_INFO_FILE)
     return info

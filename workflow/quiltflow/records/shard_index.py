@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import read_json, write_json
 from quiltflow.core.tasks import MULTICLASS, read_task
+from quiltflow.records.tables import UNLABELED_INDEX
 from quiltflow.records.tfrecord_io import decode_example, iter_records
 
 if TYPE_CHECKING:  # settings imports jsonschema and the schema; the DAG build needs neither
@@ -38,20 +39,23 @@ def _read_shard_report(report_file: Path, shard: Path) -> dict:
     return report
 
 
-def _count_labels(shard: Path, data: bytes, class_counts: list[int]) -> int:
+def _count_labels(shard: Path, data: bytes, class_counts: list[int]) -> tuple[int, int]:
     """Walk a shard's records (``data``), adding each target label to ``class_counts`` (records
-    carrying the label); the record count."""
+    carrying the label); (the record count, records of unlabeled frames)."""
     num_classes = len(class_counts)
-    records = 0
+    records = unlabeled = 0
     for record in iter_records(io.BytesIO(data), verify=False):
         example = decode_example(record)
         labels = example.get("image/labels") or example.get("image/label", [-1])
+        if example.get("image/label") == [UNLABELED_INDEX] and not example.get("image/labels"):
+            unlabeled += 1  # a frame of the unlabeled pool (quiltflow.data.unlabeled)
+            labels = []
         for label in labels:
             if not 0 <= label < num_classes:
                 raise UserError(f"{shard}: record {records} has label {label} outside 0..{num_classes - 1}")
             class_counts[label] += 1
         records += 1
-    return records
+    return records, unlabeled
 
 
 def _index_entry(shard: Path, report_file: Path, index_dir: Path, class_counts: list[int]) -> tuple[dict, dict]:
@@ -62,13 +66,15 @@ def _index_entry(shard: Path, report_file: Path, index_dir: Path, class_counts: 
     size, sha = len(data), hashlib.sha256(data).hexdigest()
     if size != report["bytes"] or sha != report["sha256"]:
         raise UserError(f"{shard}: size/sha256 differ from {report_file.name} (stale shard?)")
-    records = _count_labels(shard, data, class_counts)
+    records, unlabeled = _count_labels(shard, data, class_counts)
     if records != report.get("records", report["kept"]):
         raise UserError(f"{shard}: {records} records but its report says {report.get('records', report['kept'])}")
     if report["rows"] != report["kept"] + sum(report["skipped_by_reason"].values()):
         raise UserError(f"{report_file}: rows != kept + skipped")
     rel = os.path.relpath(shard.resolve(), index_dir.resolve())
     entry = {"path": Path(rel).as_posix(), "records": records, "bytes": size, "sha256": sha}
+    if unlabeled:  # only the unlabeled pool's shards: the labelled indexes stay as they were
+        entry["unlabeled_records"] = unlabeled
     return entry, report
 
 
@@ -119,6 +125,9 @@ def write_index(
         # Records of one source image (grid framing: its cells); evaluation averages them.
         "records_per_image": records_per_image.pop() if records_per_image else 1,
     }
+    unlabeled = sum(s.get("unlabeled_records", 0) for s in shards)
+    if unlabeled:
+        index["unlabeled_records"] = unlabeled
     index_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(index, index_path)
     log.info(

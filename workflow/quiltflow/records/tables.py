@@ -35,6 +35,9 @@ FILTERED_SCHEMA = pa.schema(
 MANIFEST_SCHEMA = FILTERED_SCHEMA.append(pa.field("label_index", pa.int32())).append(
     pa.field("label_indices", pa.list_(pa.int32()))  # ``labels`` as label-map indices
 )
+# label_index of a frame without a label (the unlabeled pool's manifests: quiltflow.data.unlabeled);
+# its label_indices are empty. Shards and indexes accept it; no labelled bucket holds one.
+UNLABELED_INDEX = -1
 # results/splits/folds.parquet: which run tests each image (quiltflow.data.splits.fold_assignment).
 FOLDS_SCHEMA = pa.schema(
     [
