@@ -16,7 +16,7 @@ from quiltflow.core.settings import ShardSettings
 from quiltflow.core.tasks import MULTICLASS, MULTILABEL
 from quiltflow.evaluation.predict import (
     LABELS_SEPARATOR,
-    _label_columns,
+    label_columns,
     predict_images,
     predict_paths,
     run_thresholds,
@@ -44,7 +44,7 @@ def test_labels_over_threshold_are_joined_and_counted():
             [0.5, 0.7, 0.59],  # exactly at Breast's threshold: included (>=)
         ]
     )
-    columns = _label_columns(probs, CLASSES, MULTILABEL, np.array([0.5, 0.75, 0.6]))
+    columns = label_columns(probs, CLASSES, MULTILABEL, np.array([0.5, 0.75, 0.6]))
     table = pd.DataFrame(columns)
     assert list(table.columns) == [
         "pred_label",
@@ -67,16 +67,16 @@ def test_labels_over_threshold_are_joined_and_counted():
 
 def test_single_label_columns_are_unchanged():
     probs = np.array([[0.1, 0.7, 0.2], [np.nan] * 3])
-    table = pd.DataFrame(_label_columns(probs, CLASSES, MULTICLASS))
+    table = pd.DataFrame(label_columns(probs, CLASSES, MULTICLASS))
     assert list(table.columns) == ["pred_label", "pred_index", "pred_prob", *[f"prob_{c}" for c in CLASSES]]
     assert table["pred_label"].iloc[0] == "Lung" and pd.isna(table["pred_label"].iloc[1])
 
 
 def test_multilabel_needs_thresholds_of_every_class():
     with pytest.raises(UserError, match="thresholds"):
-        _label_columns(np.full((1, 3), 0.5), CLASSES, MULTILABEL, None)
+        label_columns(np.full((1, 3), 0.5), CLASSES, MULTILABEL, None)
     with pytest.raises(UserError, match="Soft tissue"):
-        _label_columns(np.full((1, 3), 0.5), CLASSES, MULTILABEL, {"Breast": 0.5, "Lung": 0.5})
+        label_columns(np.full((1, 3), 0.5), CLASSES, MULTILABEL, {"Breast": 0.5, "Lung": 0.5})
 
 
 def write_train_info(folder: Path, thresholds: dict | None) -> Path:

@@ -11,6 +11,7 @@ import pytest
 from quiltflow.compare.video_unit import compare_videos, frames_to_videos
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import write_json
+from quiltflow.core.tasks import MULTILABEL
 from quiltflow.evaluation.metrics import compute_metrics
 from quiltflow.records.metrics_document import build_metrics_document
 from quiltflow.records.predictions import write_predictions
@@ -131,14 +132,8 @@ def test_a_bag_model_on_other_videos_is_refused(run):
         )
 
 
-def test_explain_and_predict_take_frame_models_only():
-    from quiltflow.dag.config import (
-        bag_models,
-        explain_bag_models,
-        explain_models,
-        frame_target_models,
-        validate_config,
-    )
+def test_explain_takes_frame_models_and_predict_every_model():
+    from quiltflow.dag.config import bag_models, explain_bag_models, explain_models, target_models, validate_config
 
     config = {
         "dataset": {"format": "quilt"},
@@ -149,9 +144,9 @@ def test_explain_and_predict_take_frame_models_only():
     assert explain_bag_models(validate_config(config)) == ["mil"]  # its attention gallery
     named = validate_config({**config, "explain": {"models": ["mil"]}})
     assert explain_models(named) == [] and explain_bag_models(named) == ["mil"]
-    assert frame_target_models(validate_config(config), "predict") == ["cnn"]
-    with pytest.raises(UserError, match=r"^config key predict.models: mil is a video-level \(bag\) model"):
-        validate_config({**config, "predict": {"models": ["mil"]}})
+    # predict: a bag model predicts videos (rule predict_videos), a frame model images.
+    assert target_models(validate_config(config), "predict") == ["cnn", "mil"]
+    assert target_models(validate_config({**config, "predict": {"models": ["mil"]}}), "predict") == ["mil"]
 
 
 def test_attention_gallery_shows_each_videos_most_and_least_attended_frames(tmp_path):
@@ -174,3 +169,91 @@ def test_attention_gallery_shows_each_videos_most_and_least_attended_frames(tmp_
     path = tmp_path / "attention.png"
     draw_attention_gallery(predictions.iloc[:1], attention, images, CLASSES, "abmil", path)
     assert path.stat().st_size > 1000
+
+
+def _multilabel_model(tmp_path, name: str, table: pd.DataFrame, unit: str) -> tuple[str, str]:
+    pred_path, metrics_path = tmp_path / f"{name}.parquet", tmp_path / f"{name}.json"
+    write_predictions(table, pred_path)
+    doc = build_metrics_document(
+        model=name,
+        architecture="abmil" if unit == "video" else "custom_cnn",
+        weights="none",
+        dataset_sha256="0" * 64,
+        train_seconds=1.0,
+        eval_seconds=1.0,
+        metrics=compute_metrics(table, CLASSES, top_k=2, task=MULTILABEL),
+        task=MULTILABEL,
+        unit=unit,
+    )
+    write_json(doc, metrics_path)
+    return str(metrics_path), str(pred_path)
+
+
+def test_multilabel_frame_and_bag_models_side_by_side_at_the_video(tmp_path):
+    """Frames become videos (mean probability, labels at least half the frames decided, every
+    label any frame carries); the multi-label comparison scores and tests them by video."""
+    rng = np.random.default_rng(1)
+    truth = (rng.random((VIDEOS, 3)) < 0.4).astype(np.int8)
+    truth[truth.sum(axis=1) == 0, 0] = 1
+    groups = np.repeat([f"v{i:02d}" for i in range(VIDEOS)], FRAMES)
+    frame_truth = np.repeat(truth, FRAMES, axis=0)
+    frame_probs = np.clip(0.6 * frame_truth + 0.4 * rng.random(frame_truth.shape), 0, 1).astype(np.float32)
+    frames = pd.DataFrame(
+        {
+            "image_id": [f"{g}-{i}" for i, g in enumerate(groups)],
+            "group": groups,
+            "true_label": frame_truth.argmax(axis=1).astype(np.int32),
+            "pred_label": frame_probs.argmax(axis=1).astype(np.int32),
+            "true_multi_hot": list(frame_truth),
+            "pred_multi_hot": list((frame_probs >= 0.5).astype(np.int8)),
+            "probabilities": list(frame_probs),
+        }
+    )
+    videos = frames_to_videos(frames, 3, "frames", MULTILABEL)
+    first = videos.iloc[0]
+    assert first["group"] == "v00" and first["n_frames"] == FRAMES
+    assert np.array_equal(first["true_multi_hot"], truth[0])
+    votes = np.stack(frames["pred_multi_hot"])[:FRAMES].mean(axis=0) >= 0.5
+    assert np.array_equal(first["pred_multi_hot"], votes.astype(np.int8))
+    assert np.allclose(first["probabilities"], frame_probs[:FRAMES].mean(axis=0))
+    bag_probs = np.clip(0.8 * truth + 0.1, 0, 1).astype(np.float32)
+    bags = pd.DataFrame(
+        {
+            "image_id": [f"v{i:02d}" for i in range(VIDEOS)],
+            "group": [f"v{i:02d}" for i in range(VIDEOS)],
+            "true_label": truth.argmax(axis=1).astype(np.int32),
+            "pred_label": bag_probs.argmax(axis=1).astype(np.int32),
+            "true_multi_hot": list(truth),
+            "pred_multi_hot": list((bag_probs >= 0.5).astype(np.int8)),
+            "probabilities": list(bag_probs),
+            "n_frames": np.full(VIDEOS, FRAMES, np.int32),
+        }
+    )
+    (tmp_path / "label_map.json").write_text(json.dumps({"classes": CLASSES, "task": MULTILABEL}))
+    counts = {"train": {c: 40 for c in CLASSES}}
+    report = {"seed": 1, "counts": {"train": 100, "test": VIDEOS * FRAMES}, "class_counts": counts}
+    (tmp_path / "split_report.json").write_text(json.dumps(report))
+    frame_paths = _multilabel_model(tmp_path, "cnn", frames, "image")
+    bag_paths = _multilabel_model(tmp_path, "abmil", bags, "video")
+    md = tmp_path / "comparison_video.md"
+    document = compare_videos(
+        [frame_paths[0], bag_paths[0]],
+        [frame_paths[1], bag_paths[1]],
+        str(tmp_path / "split_report.json"),
+        str(tmp_path / "label_map.json"),
+        seed=1,
+        bootstrap_samples=200,
+        permutations=200,
+        alpha=0.05,
+        md_path=str(md),
+    )
+    assert document["task"] == MULTILABEL and document["n_test"] == VIDEOS and document["n_groups"] == VIDEOS
+    rows = {row["name"]: row for row in document["rows"]}
+    assert rows["abmil"]["map_macro"] == pytest.approx(1.0) and rows["abmil"]["unit"] == "video"
+    assert rows["cnn"]["unit"] == "image" and rows["label_frequency_baseline"]["auc_macro"] == pytest.approx(0.5)
+    low, high = rows["cnn"]["map_macro_ci"]
+    assert low <= rows["cnn"]["map_macro"] <= high
+    pairs = {frozenset((t["a"], t["b"])): t for t in document["pairwise"]}
+    assert {t["metric"] for t in document["pairwise"]} >= {"map_macro", "auc_macro"}
+    assert frozenset(("cnn", "abmil")) in pairs or frozenset(("abmil", "cnn")) in pairs
+    assert "trained at" in md.read_text()

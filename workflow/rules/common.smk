@@ -19,7 +19,6 @@ from quiltflow.dag.config import (  # noqa: E402
     DEMO_LOOKUP,
     explain_models,
     explain_bag_models,
-    frame_target_models,
     target_models,
     frozen_models,
     bag_models,
@@ -372,13 +371,14 @@ def all_targets(wildcards):
 
 def compare_videos_targets():
     """The video-level comparison of frame and bag models: when a bag model is configured."""
-    return [fill(paths.COMPARISON_VIDEO, ext="md")] if BAGS and not MULTILABEL else []
+    return [fill(paths.COMPARISON_VIDEO, ext="md")] if BAGS else []
 
 
 # --- prediction on new images (rules predict_images, predict) ----------------------------------
 PREDICT = config["predict"]
-# Prediction on new images: frame models (a bag model needs videos of cached features).
-PREDICT_MODELS = frame_target_models(config, "predict")
+# Prediction on new images: frame models one row per image (rule predict_images), bag models one
+# row per video (rule predict_videos: sub-folders of predict.images, or its group column).
+PREDICT_MODELS = target_models(config, "predict")
 
 
 def predict_images_input(wildcards):
@@ -404,6 +404,15 @@ def predict_train_info_input(wildcards):
     return [fill(paths.TRAIN_INFO, model=wildcards.model, run=run) for run in RUN_SUFFIXES]
 
 
+def predict_weights_input(wildcards):
+    """A bag model's weights files of every run's fold: its frames' features are computed anew."""
+    folds = sorted({run_of(run, FOLDS, SEEDS).fold for run in RUN_SUFFIXES})
+    return sorted({path for fold in folds for path in weights_input(wildcards.model, fold)})
+
+
 def predict_targets(wildcards):
     predict_images_input(wildcards)
-    return expand(paths.PREDICT, model=PREDICT_MODELS, ext=("parquet", "csv"))
+    bags = [model for model in PREDICT_MODELS if model in BAGS]
+    return expand(paths.PREDICT, model=PREDICT_MODELS, ext=("parquet", "csv")) + expand(
+        paths.PREDICT_ATTENTION, model=bags
+    )

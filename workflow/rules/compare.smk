@@ -117,6 +117,8 @@ if BAGS:
             bootstrap_samples=config["comparison"]["bootstrap_samples"],
             permutations=config["comparison"]["permutations"],
             alpha=config["comparison"]["alpha"],
+            # Multi-label runs: Quilt's pathology lists come from each video's narration (a caveat).
+            narration_labels=DATASET["format"] == "quilt",
             code=script_code("compare_videos.py"),
         script:
             "../scripts/compare_videos.py"

@@ -16,6 +16,7 @@ compare_videos(
     bootstrap_samples=params.bootstrap_samples,
     permutations=params.permutations,
     alpha=params.alpha,
+    narration_labels=params.narration_labels,
     json_path=snakemake.output.json,
     csv_path=snakemake.output.csv,
     md_path=snakemake.output.md,

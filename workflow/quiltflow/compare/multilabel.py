@@ -614,5 +614,7 @@ def build_multilabel_comparison(
 # The probe stage's multi-label summary (quiltflow.compare.probe_summary) scores and tests its rows
 # with this module's own code: the video units, their bootstrap and the swap test.
 VideoUnits = _Units
+# The video-level comparison (quiltflow.compare.video_unit) reads its multi-hot columns so too.
+multi_hot_column = _multi_hot
 bootstrap_rows = _bootstrap
 swap_p_values = _swap_p_values

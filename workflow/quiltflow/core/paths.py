@@ -87,6 +87,8 @@ COMPARISON = "results/comparison.{ext}"
 COMPARISON_VIDEO = "results/comparison_video.{ext}"
 PLOT = "results/plots/{name}.png"
 PREDICT = "results/predict/{model}.{ext}"
+# A bag model on new videos: each listed frame, its status and its attention within its video.
+PREDICT_ATTENTION = "results/predict/{model}.attention.parquet"
 EXPLAIN_DIR = "results/explain/{model}"
 # Bag models (issue 27): each shown test video's most and least attended frames, and what was shown.
 ATTENTION_GALLERY = f"{EXPLAIN_DIR}/attention.png"

@@ -60,7 +60,7 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     check_model_encoders(config, base_dir)
     _check_local_presets(config, base_dir)
     target_models(config, "explain")  # a target's models must be configured ones
-    frame_target_models(config, "predict")  # ... and prediction on new images takes frame models
+    target_models(config, "predict")  # a bag model predicts videos (rule predict_videos)
 
 
 def _check_weights_file(settings: ModelSettings, base_dir: Path) -> None:
@@ -171,21 +171,6 @@ def target_models(config: dict, section: str) -> list[str]:
                 f"config key {section}.models: {name!r} is not a model of this config; models: {sorted(config['models'])}"
             )
     return sorted(names)
-
-
-def frame_target_models(config: dict, section: str) -> list[str]:
-    """The models ``explain`` or ``predict`` acts on: they take images, so frame models only. By
-    default every frame model; a bag model (unit video) named in ``<section>.models`` is a one-line
-    UserError."""
-    names, bags = target_models(config, section), set(bag_models(config))
-    if not config.get(section, {}).get("models"):
-        return [name for name in names if name not in bags]
-    named_bags = [name for name in names if name in bags]
-    if named_bags:
-        raise UserError(
-            f"config key {section}.models: {named_bags[0]} is a video-level (bag) model; {section} takes frame models"
-        )
-    return names
 
 
 def explain_models(config: dict) -> list[str]:

@@ -48,6 +48,7 @@ log = logging.getLogger("quiltflow.evaluation.predict")
 
 OK = "ok"  # status of a predicted image; any other status is a shard-stage skip reason
 PATH_COLUMN = "path"
+FOLDER = "folder"  # source_kind of a folder of images
 # A folder is searched (recursively) for files with these extensions; other files are counted
 # in the log. Listed paths (CSV/Parquet) are all tried, whatever their extension.
 TABLE_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -65,8 +66,16 @@ def list_images(source: str | os.PathLike) -> list[str]:
     CSV/Parquet with a ``path`` column (rows in order; relative paths are relative to the
     table's folder). A missing source or column is a one-line UserError naming it."""
     source = Path(source)
+    kind = source_kind(source)
+    if kind == FOLDER:
+        return list_folder(source)
+    return _list_table(source, kind)
+
+
+def source_kind(source: Path) -> str:
+    """``FOLDER``, "csv" or "parquet": what ``predict.images`` names; otherwise a one-line UserError."""
     if source.is_dir():
-        return _list_folder(source)
+        return FOLDER
     if not source.exists():
         raise UserError(
             f"predict.images: {source} does not exist (a folder of images, or a CSV/Parquet with a path column)"
@@ -74,10 +83,10 @@ def list_images(source: str | os.PathLike) -> list[str]:
     kind = TABLE_EXTENSIONS.get(source.suffix.lower())
     if kind is None:
         raise UserError(f"predict.images: {source} is neither a folder nor a .csv/.parquet table of paths")
-    return _list_table(source, kind)
+    return kind
 
 
-def _list_folder(folder: Path) -> list[str]:
+def list_folder(folder: Path) -> list[str]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     others = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
@@ -88,15 +97,27 @@ def _list_folder(folder: Path) -> list[str]:
 
 
 def _list_table(table_path: Path, kind: str) -> list[str]:
+    return table_paths(read_table(table_path, kind), table_path)
+
+
+def read_table(table_path: Path, kind: str, columns: Sequence[str] = (PATH_COLUMN,)) -> pd.DataFrame:
+    """A CSV/Parquet listing with ``columns`` (CSV: read as text, empty cells as ""); a missing
+    column or an unreadable file is a one-line UserError naming it."""
     try:
         if kind == "csv":
-            table = pd.read_csv(table_path, dtype={PATH_COLUMN: "string"}, keep_default_na=False)
+            table = pd.read_csv(table_path, dtype=dict.fromkeys(columns, "string"), keep_default_na=False)
         else:
             table = pd.read_parquet(table_path)
     except Exception as e:  # pandas/pyarrow raise many types for unreadable files
         raise UserError(f"predict.images: cannot read {table_path} ({type(e).__name__}: {e})".splitlines()[0]) from None
-    if PATH_COLUMN not in table.columns:
-        raise UserError(f"predict.images: {table_path} has no column {PATH_COLUMN!r} (columns: {list(table.columns)})")
+    for column in columns:
+        if column not in table.columns:
+            raise UserError(f"predict.images: {table_path} has no column {column!r} (columns: {list(table.columns)})")
+    return table
+
+
+def table_paths(table: pd.DataFrame, table_path: Path) -> list[str]:
+    """The ``path`` column, rows in order; relative paths resolved against the table's folder."""
     base = table_path.parent
     paths = ["" if pd.isna(p) else str(p) for p in table[PATH_COLUMN]]
     return [p if not p or Path(p).is_absolute() else str(base / p) for p in paths]
@@ -165,7 +186,7 @@ def _prepare_or_reason(path: str, settings: ShardSettings, max_pixels: int) -> n
         return e
 
 
-def _prepared_chunks(paths: list[str], settings: ShardSettings, max_pixels: int, chunk: int, threads: int) -> Iterator:
+def prepared_chunks(paths: list[str], settings: ShardSettings, max_pixels: int, chunk: int, threads: int) -> Iterator:
     """Chunks of ``pixels or BadImage`` per path; the next chunk is prepared while one is predicted."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending = None
@@ -235,6 +256,12 @@ def _check_model(model: Any, settings: ShardSettings, num_classes: int, task: st
     shape = tuple(model.input_shape)
     if tuple(shape[1:3]) != (settings.image_size, settings.image_size):
         raise UserError(f"model {model.name}: input {shape[1:3]} but images are prepared at {settings.image_size}")
+    check_head(model, num_classes, task)
+
+
+def check_head(model: Any, num_classes: int, task: str = MULTICLASS) -> None:
+    """The model's output fits the label map: one unit per class, a sigmoid for multi-label, a
+    softmax (or logits) otherwise (frame and bag models alike)."""
     width = model.output_shape[-1]
     if width != num_classes:
         raise UserError(f"model {model.name}: {width} outputs but the label map has {num_classes} classes")
@@ -270,7 +297,7 @@ def _probabilities(models: list[Any], pixels: np.ndarray, views: int, task: str 
 # ------------------------------------------------------------------------------ the table
 
 
-def _label_columns(
+def label_columns(
     probs: np.ndarray,
     class_names: Sequence[str],
     task: str = MULTICLASS,
@@ -321,7 +348,7 @@ def _result_table(
     status = [OK if not isinstance(o, BadImage) else o.reason for o in outcomes]
     detail = ["" if not isinstance(o, BadImage) else o.detail for o in outcomes]
     table = pd.DataFrame({"path": pd.array(paths, dtype="string"), "status": status, "detail": detail})
-    return table.assign(**_label_columns(probs, class_names, task, thresholds))
+    return table.assign(**label_columns(probs, class_names, task, thresholds))
 
 
 class _Progress:
@@ -375,7 +402,7 @@ def predict_paths(
     first = model_path if isinstance(model_path, (str, os.PathLike)) else next(iter(model_path), "")
     if settings is None:
         settings = run_shard_settings(first)
-    class_names, task = _run_labels(first, class_names, task)
+    class_names, task = run_labels(first, class_names, task)
     models = load_models(model_path)
     for model in models:
         _check_model(model, settings, len(class_names), task)
@@ -386,7 +413,7 @@ def predict_paths(
     probs = np.full((len(paths), len(class_names)), np.nan)
     outcomes: list[np.ndarray | BadImage] = []
     progress = _Progress(len(paths))
-    for prepared in _prepared_chunks(paths, settings, max_pixels, chunk, threads):
+    for prepared in prepared_chunks(paths, settings, max_pixels, chunk, threads):
         good = [k for k, o in enumerate(prepared) if not isinstance(o, BadImage)]
         if good:
             pixels = np.concatenate([prepared[k] for k in good])
@@ -396,7 +423,7 @@ def predict_paths(
     return _result_table(paths, outcomes, probs, class_names, task, thresholds)
 
 
-def _run_labels(model_path, class_names: Sequence[str] | None, task: str | None) -> tuple[Sequence[str], str]:
+def run_labels(model_path, class_names: Sequence[str] | None, task: str | None) -> tuple[Sequence[str], str]:
     """(class names, task), each defaulting to the run's label map. Outside a run the task
     defaults to multiclass (``_check_model`` then refuses a sigmoid-headed model)."""
     if class_names is None:
@@ -471,13 +498,13 @@ def predict_images(
         max_pixels=max_pixels,
         threads=threads,
     )
-    _write_tables(table, Path(parquet_path), Path(csv_path))
+    write_tables(table, Path(parquet_path), Path(csv_path))
     counts = table["status"].value_counts().to_dict()
     log.info("wrote %s and %s: %s", parquet_path, csv_path, dict(sorted(counts.items())))
     return table
 
 
-def _write_tables(table: pd.DataFrame, parquet_path: Path, csv_path: Path) -> None:
+def write_tables(table: pd.DataFrame, parquet_path: Path, csv_path: Path) -> None:
     """Both tables, each through a temporary file renamed when complete."""
     for path, write in ((parquet_path, table.to_parquet), (csv_path, table.to_csv)):
         path.parent.mkdir(parents=True, exist_ok=True)
