@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -129,6 +130,18 @@ def test_compare_verdicts_baselines_and_files(tmp_path):
     for png in [out["metrics_plot"], out["curves_plot"], *out["confusion_plots"], *out["reliability_plots"]]:
         data = Path(png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
+
+
+def test_swaps_are_raised_until_a_test_of_the_family_can_survive_holm(tmp_path):
+    """100 swaps give p >= 1/101, and Holm over 30 tests multiplies that past 0.05: no test could
+    ever be significant. The comparison raises the swaps (10x margin) and says so."""
+    doc = run_compare(make_run(tmp_path, MODELS), permutations=100, **outputs(tmp_path, list(MODELS)))
+    family = len(doc["pairwise"]) + len(doc["vs_majority"])
+    assert family == 30 and doc["permutations_requested"] == 100
+    assert doc["permutations"] == math.ceil(10 * family / 0.05) - 1
+    good_weak = next(t for t in doc["pairwise"] if (t["a"], t["b"], t["metric"]) == ("good", "weak", "accuracy"))
+    assert good_weak["p_value_holm"] < 0.05 and good_weak["better"] == "good"
+    assert min(t["p_value"] for t in doc["pairwise"]) >= 1 / (doc["permutations"] + 1)
 
 
 def test_ensemble_can_be_switched_off(tmp_path):

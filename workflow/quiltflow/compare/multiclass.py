@@ -59,7 +59,7 @@ from quiltflow.compare.document import (
     row_interval,
     video_count_caveat,
 )
-from quiltflow.compare.paired_tests import Evidence, TestEntry, decide, paired_test_entries
+from quiltflow.compare.paired_tests import Evidence, TestEntry, decide, family_swaps, paired_test_entries
 from quiltflow.compare.report import METRIC_LABELS
 from quiltflow.compare.rows import ENSEMBLE, Model, Row, comparisons, model_rows, plain_models
 from quiltflow.compare.testset import TestSet, load_models, read_model_predictions, t_test_ratio
@@ -449,18 +449,18 @@ def _class_row(row: Row, column: int, scores: _Scores, n_test: int, level: float
 
 def _tests(
     rows: list[Row], scores: _Scores, ratio: float | None, level: float, *, permutations: int, seed: int, alpha: float
-) -> tuple[list[TestEntry], list[TestEntry]]:
-    """(pairwise tests, tests against the majority baseline), decided as one Holm family."""
+) -> tuple[list[TestEntry], list[TestEntry], int]:
+    """(pairwise tests, tests against the majority baseline, video swaps per test), decided as one
+    Holm family."""
     pairs, vs_majority_pairs = comparisons(rows, MAJORITY)
-    swap_p = swap_p_values(
-        pairs + vs_majority_pairs, scores.counts, scores.groups, permutations=permutations, seed=seed
-    )
     index = {r.name: i for i, r in enumerate(rows)}
     evidence = Evidence(scores.point, scores.resampled, index, scores.fold_scores, ratio, level)
+    swaps = family_swaps(permutations, pairs + vs_majority_pairs, clusterstats.SCORE_NAMES, evidence, alpha)
+    swap_p = swap_p_values(pairs + vs_majority_pairs, scores.counts, scores.groups, permutations=swaps, seed=seed)
     pairwise = paired_test_entries(pairs, clusterstats.SCORE_NAMES, evidence, swap_p)
     vs_majority = paired_test_entries(vs_majority_pairs, clusterstats.SCORE_NAMES, evidence, swap_p)
     decide(pairwise + vs_majority, alpha, METRIC_LABELS)
-    return pairwise, vs_majority
+    return pairwise, vs_majority, swaps
 
 
 def _caveats(document: dict[str, Any], majority_name: str) -> list[str]:
@@ -545,12 +545,13 @@ def build_comparison(
     rows, majority_name = _scored_rows(models, test_set, class_names, train_counts, seed=seed, ensemble=ensemble)
     scores = _score_rows(rows, test_set, len(class_names), seed=seed, bootstrap_samples=bootstrap_samples)
     ratio = t_test_ratio(test_set, split_ratio)
-    pairwise, vs_majority = _tests(rows, scores, ratio, level, permutations=permutations, seed=seed, alpha=alpha)
+    pairwise, vs_majority, swaps = _tests(rows, scores, ratio, level, permutations=permutations, seed=seed, alpha=alpha)
     class_rows = [_class_row(row, i, scores, len(test_set.y_true), level) for i, row in enumerate(rows)]
     document = {
         **_counts(test_set, scores.groups, class_names, train_counts),
         "synthetic": bool(synthetic),
-        **_settings(seed=seed, bootstrap_samples=bootstrap_samples, permutations=permutations, alpha=alpha),
+        **_settings(seed=seed, bootstrap_samples=bootstrap_samples, permutations=swaps, alpha=alpha),
+        "permutations_requested": int(permutations),
         "ece_bins": clusterstats.ECE_BINS,
         "design_effect": _mean_design_effect(class_rows),
         "test_train_ratio": ratio,

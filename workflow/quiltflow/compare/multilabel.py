@@ -46,7 +46,7 @@ from quiltflow.compare.document import (
     row_interval,
     video_count_caveat,
 )
-from quiltflow.compare.paired_tests import Evidence, TestEntry, decide, paired_test_entries
+from quiltflow.compare.paired_tests import Evidence, TestEntry, decide, family_swaps, paired_test_entries
 from quiltflow.compare.rows import ENSEMBLE, Model, Row, comparisons, model_rows, plain_models
 from quiltflow.compare.testset import TestSet, as_bool, load_models, read_model_predictions, t_test_ratio
 from quiltflow.core.errors import UserError
@@ -519,19 +519,18 @@ def _score_rows(rows: list[Row], units: _Units, test_set: TestSet, *, seed: int,
 
 def _tests(
     rows: list[Row], units: _Units, scores: _Scores, ratio: float | None, *, permutations: int, seed: int, alpha: float
-) -> tuple[list[TestEntry], list[TestEntry]]:
-    """(pairwise tests, tests against the baseline), decided as one Holm family."""
+) -> tuple[list[TestEntry], list[TestEntry], int]:
+    """(pairwise tests, tests against the baseline, video swaps per test), decided as one Holm family."""
     pairs, vs_baseline_pairs = comparisons(rows, BASELINE)
     by_name = {r.name: r for r in rows}
-    swap_p = _swap_p_values(
-        pairs + vs_baseline_pairs, by_name, units, scores.point, permutations=permutations, seed=seed
-    )
     index = {r.name: i for i, r in enumerate(rows)}
     evidence = Evidence(scores.point, scores.resampled, index, scores.fold_scores, ratio, 1.0 - alpha)
+    swaps = family_swaps(permutations, pairs + vs_baseline_pairs, RANKED, evidence, alpha)
+    swap_p = _swap_p_values(pairs + vs_baseline_pairs, by_name, units, scores.point, permutations=swaps, seed=seed)
     pairwise = paired_test_entries(pairs, RANKED, evidence, swap_p)
     vs_baseline = paired_test_entries(vs_baseline_pairs, RANKED, evidence, swap_p)
     decide(pairwise + vs_baseline, alpha, METRIC_LABELS)
-    return pairwise, vs_baseline
+    return pairwise, vs_baseline, swaps
 
 
 def _head(test_set: TestSet, units: _Units, class_names: list[str], *, synthetic: bool, narration_labels: bool):
@@ -596,11 +595,12 @@ def build_multilabel_comparison(
     units = _Units(test_set, truth)
     scores = _score_rows(rows, units, test_set, seed=seed, bootstrap_samples=bootstrap_samples)
     ratio = t_test_ratio(test_set, split_ratio)
-    pairwise, vs_baseline = _tests(rows, units, scores, ratio, permutations=permutations, seed=seed, alpha=alpha)
+    pairwise, vs_baseline, swaps = _tests(rows, units, scores, ratio, permutations=permutations, seed=seed, alpha=alpha)
     label_rows = [_label_row(row, i, scores, len(truth), 1.0 - alpha) for i, row in enumerate(rows)]
     document = {
         **_head(test_set, units, class_names, synthetic=synthetic, narration_labels=narration_labels),
-        **_method(seed=seed, bootstrap_samples=bootstrap_samples, permutations=permutations, alpha=alpha),
+        **_method(seed=seed, bootstrap_samples=bootstrap_samples, permutations=swaps, alpha=alpha),
+        "permutations_requested": int(permutations),
         "test_train_ratio": ratio,
         "rows": [r.to_dict() for r in label_rows],
         "per_label": _per_label_table(rows, scores.point, class_names, units, prevalence),

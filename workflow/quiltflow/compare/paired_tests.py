@@ -8,6 +8,7 @@ Bengio 2003) on per-(seed, fold) scores. Every reported test is then Holm-adjust
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ from quiltflow.compare import clusterstats, stats
 SWAP_TEST = "video_swap_permutation"
 T_TEST = "corrected_resampled_t"
 TEST_NAMES = {SWAP_TEST: "video swap test", T_TEST: "corrected resampled t-test"}
+# The smallest p a swap test with B swaps can return is 1/(B+1); Holm's first threshold is alpha/m.
+# Swaps are raised until that p is this many times smaller, so any test of the family can reject.
+SWAP_RESOLUTION_MARGIN = 10
 
 
 @dataclass
@@ -101,6 +105,15 @@ def _t_test_entry(a: str, b: str, metric: str, evidence: Evidence) -> TestEntry:
     interval = [mean - float(half), mean + float(half)]
     t_value = t_value if np.isfinite(t_value) else None
     return TestEntry(a, b, metric, T_TEST, mean, interval, p_value, t=t_value, df=df)
+
+
+def family_swaps(
+    permutations: int, pairs: Sequence[tuple[str, str]], metrics: Sequence[str], evidence: Evidence, alpha: float
+) -> int:
+    """Video swaps per test: ``permutations``, raised for a large family. With 2,000 swaps and 126
+    tests no swap test could survive Holm at 0.05 (smallest adjusted p 126/2001 = 0.063)."""
+    tests = len(pairs) * len(metrics) * (1 if evidence.fold_scores is None else 2)
+    return max(int(permutations), math.ceil(SWAP_RESOLUTION_MARGIN * tests / alpha) - 1)
 
 
 def paired_test_entries(

@@ -168,33 +168,39 @@ def _pairs(rows: Sequence[ProbeRow]) -> list[tuple[str, str]]:
     return [pair for names in cells.values() for pair in itertools.combinations(names, 2)]
 
 
-def paired_tests_multilabel(scored, *, permutations: int, seed: int, alpha: float, rows) -> list[dict]:
-    """Video swap tests of mAP between representations at each (method, fraction); one Holm family."""
+def paired_tests_multilabel(scored, *, permutations: int, seed: int, alpha: float, rows) -> tuple[list[dict], int]:
+    """(video swap tests of mAP between representations at each (method, fraction), one Holm
+    family; swaps per test)."""
     _, units, point, resampled, stacked = scored
     pairs = _pairs(rows)
     if not pairs:
-        return []
+        return [], permutations
     by_name = {row.name: row for row in stacked}
-    swap_p = multilabel.swap_p_values(pairs, by_name, units, point, permutations=permutations, seed=seed)
     index = {row.name: i for i, row in enumerate(stacked)}
     evidence = paired_tests.Evidence(point, resampled, index, None, None, 1.0 - alpha)
+    swaps = paired_tests.family_swaps(permutations, pairs, [MULTILABEL_TESTED], evidence, alpha)
+    swap_p = multilabel.swap_p_values(pairs, by_name, units, point, permutations=swaps, seed=seed)
     entries = paired_tests.paired_test_entries(pairs, [MULTILABEL_TESTED], evidence, swap_p)
     paired_tests.decide(entries, alpha, multilabel.METRIC_LABELS)
-    return [entry.to_dict() for entry in entries]
+    return [entry.to_dict() for entry in entries], swaps
 
 
-def paired_tests_of(rows: Sequence[ProbeRow], scored, *, permutations: int, seed: int, alpha: float) -> list[dict]:
-    """Video swap tests between representations at each (method, fraction); one Holm family."""
+def paired_tests_of(
+    rows: Sequence[ProbeRow], scored, *, permutations: int, seed: int, alpha: float
+) -> tuple[list[dict], int]:
+    """(video swap tests between representations at each (method, fraction), one Holm family;
+    swaps per test)."""
     _, counts, groups, point, resampled = scored
     pairs = _pairs(rows)
     if not pairs:
-        return []
-    swap_p = swap_p_values(pairs, counts, groups, permutations=permutations, seed=seed)
+        return [], permutations
     index = {r.row.name: i for i, r in enumerate(rows)}
     evidence = paired_tests.Evidence(point, resampled, index, None, None, 1.0 - alpha)
+    swaps = paired_tests.family_swaps(permutations, pairs, [TESTED_METRIC], evidence, alpha)
+    swap_p = swap_p_values(pairs, counts, groups, permutations=swaps, seed=seed)
     entries = paired_tests.paired_test_entries(pairs, [TESTED_METRIC], evidence, swap_p)
     paired_tests.decide(entries, alpha, LABELS)
-    return [entry.to_dict() for entry in entries]
+    return [entry.to_dict() for entry in entries], swaps
 
 
 def _grid_edges(chosen: Sequence[float | None], grid: Sequence[float]) -> dict[str, int]:
@@ -284,15 +290,16 @@ def plot_label_efficiency(
 
 
 def _score_and_test(rows, reference, *, multi: bool, seed: int, samples: int, permutations: int, alpha: float):
-    """(summary rows, tests, test videos, metrics) of either task, with that task's comparison code."""
+    """(summary rows, tests, swaps per test, test videos, metrics) of either task, with that task's
+    comparison code."""
     level = 1.0 - alpha
     if multi:
         scored = score_rows_multilabel(rows, reference, samples=samples, seed=seed, level=level)
-        tests = paired_tests_multilabel(scored, permutations=permutations, seed=seed, alpha=alpha, rows=rows)
-        return scored[0], tests, int(scored[1].n_groups), MULTILABEL_METRICS
+        tests, swaps = paired_tests_multilabel(scored, permutations=permutations, seed=seed, alpha=alpha, rows=rows)
+        return scored[0], tests, swaps, int(scored[1].n_groups), MULTILABEL_METRICS
     scored = score_rows(rows, reference, samples=samples, seed=seed, level=level)
-    tests = paired_tests_of(rows, scored, permutations=permutations, seed=seed, alpha=alpha)
-    return scored[0], tests, int(scored[2].n_groups), SUMMARY_METRICS
+    tests, swaps = paired_tests_of(rows, scored, permutations=permutations, seed=seed, alpha=alpha)
+    return scored[0], tests, swaps, int(scored[2].n_groups), SUMMARY_METRICS
 
 
 def _write_csv(table: Sequence[Mapping], metrics: Sequence[str], path: str | Path) -> None:
@@ -324,7 +331,7 @@ def summarise_probe(
     class_names = read_label_map(label_map_path)
     multi = read_task(label_map_path) == MULTILABEL
     rows, reference = read_rows(prediction_paths, len(class_names))
-    table, tests, n_videos, metrics = _score_and_test(
+    table, tests, swaps, n_videos, metrics = _score_and_test(
         rows,
         reference,
         multi=multi,
@@ -342,7 +349,8 @@ def summarise_probe(
         "settings": {
             "seed": seed,
             "bootstrap_samples": bootstrap_samples,
-            "permutations": permutations,
+            "permutations": swaps,  # raised above the setting for a large family (paired_tests.family_swaps)
+            "permutations_requested": permutations,
             "alpha": alpha,
         },
         "task": MULTILABEL if multi else MULTICLASS,
