@@ -329,6 +329,9 @@ BEFORE_SHARD_PLAN = {
     "split_manifests",
     "split_unlabeled",
     "plan_shards",
+    "hash_images",
+    "fetch_encoder",
+    "fetch_imagenet_weights",
 }
 
 
@@ -345,6 +348,7 @@ def check_until(until, plan_exists):
                 f"{Path(paths.FILTERED).parent}/",
                 f"{paths.SPLITS_DIR}/",
                 "resources/demo/",
+                f"{paths.ENCODERS_DIR}/",
                 paths.SHARD_PLAN,
             )
         )
