@@ -91,7 +91,7 @@ def test_frame_and_bag_models_are_compared_at_the_video(mil_run, tmp_path):
             "label_map": str(mil_run / paths.LABEL_MAP),
         },
         output=out,
-        params={"seed": 1, "bootstrap_samples": 200, "permutations": 200, "alpha": 0.05},
+        params={"seed": 1, "bootstrap_samples": 200, "permutations": 200, "alpha": 0.05, "narration_labels": False},
         log=tmp_path / "compare_videos.log",
     )
     document = json.loads(open(out["json"]).read())
