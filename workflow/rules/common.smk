@@ -380,8 +380,9 @@ def compare_videos_targets():
 
 # --- prediction on new images (rules predict_images, predict) ----------------------------------
 PREDICT = config["predict"]
-# Prediction on new images: frame models one row per image (rule predict_images), bag models one
-# row per video (rule predict_videos: sub-folders of predict.images, or its group column).
+# Prediction on new images: a frame model gives one row per image (rule predict_images), a bag
+# model one row per video (rule predict_videos; videos are the sub-folders of predict.images or
+# its group column).
 PREDICT_MODELS = target_models(config, "predict")
 
 
