@@ -98,7 +98,8 @@ def main() -> None:
     naive = naive_loop(models, test_set, args.naive_samples, seed=0) / args.naive_samples * args.samples
     print(
         f"{args.images} predictions, {document['n_groups']} videos, {args.models} models (+ensemble, 2 baselines), "
-        f"{args.samples} resamples, {args.permutations} permutations, {document['folds']} folds"
+        f"{args.samples} resamples, {document['permutations']} swaps per test ({args.permutations} requested, "
+        f"raised for {len(document['pairwise']) + len(document['vs_majority'])} tests), {document['folds']} folds"
     )
     print(f"vectorised comparison: {fast:.1f} s; peak RSS {peak_mb:.0f} MB")
     print(f"naive pandas loop: {naive:.0f} s for {args.samples} resamples (timed on {args.naive_samples}, scaled)")
