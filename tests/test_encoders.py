@@ -597,6 +597,92 @@ def test_transformers_vit_converts_and_pools_its_class_token(checkpoints, tmp_pa
     np.testing.assert_allclose(features, np.asarray(tokens)[:, 0], atol=1e-5)
 
 
+def write_transformers_dinov2(folder: Path, seed: int = 0) -> Path:
+    """A tiny transformers DINOv2 checkpoint as ``Dinov2Model`` saves it (phikon-v2's format):
+    un-prefixed keys, layer scales, a mask token, ``mlp_ratio`` in config.json."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    width, ratio, patch, size, layers = 32, 2, 8, 32, 2
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    tensors = {
+        "embeddings.cls_token": w(1, 1, width),
+        "embeddings.mask_token": w(1, width),
+        "embeddings.position_embeddings": w(1, (size // patch) ** 2 + 1, width),
+        "embeddings.patch_embeddings.projection.weight": w(width, 3, patch, patch),
+        "embeddings.patch_embeddings.projection.bias": w(width),
+        "layernorm.weight": 1 + w(width),
+        "layernorm.bias": w(width),
+    }
+    for i in range(layers):
+        key = f"encoder.layer.{i}"
+        for part in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
+            tensors |= {f"{key}.{part}.weight": w(width, width), f"{key}.{part}.bias": w(width)}
+        tensors |= {
+            f"{key}.attention.output.dense.weight": w(width, width),
+            f"{key}.attention.output.dense.bias": w(width),
+        }
+        tensors |= {f"{key}.mlp.fc1.weight": w(ratio * width, width), f"{key}.mlp.fc1.bias": w(ratio * width)}
+        tensors |= {f"{key}.mlp.fc2.weight": w(width, ratio * width), f"{key}.mlp.fc2.bias": w(width)}
+        for norm in ("norm1", "norm2"):
+            tensors |= {f"{key}.{norm}.weight": 1 + w(width), f"{key}.{norm}.bias": w(width)}
+        for scale in ("layer_scale1", "layer_scale2"):
+            tensors[f"{key}.{scale}.lambda1"] = 1 + w(width)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = {
+        "model_type": "dinov2",
+        "architectures": ["Dinov2Model"],
+        "image_size": size,
+        "patch_size": patch,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "hidden_size": width,
+        "mlp_ratio": ratio,
+        "layerscale_value": 1.0,
+        "use_swiglu_ffn": False,
+        "hidden_dropout_prob": 0.0,
+        "drop_path_rate": 0.0,
+        "license": "other",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    processor = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "crop_size": {"height": 32}}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+def test_transformers_dinov2_converts_like_phikon_v2(tmp_path):
+    """phikon-v2's format (a bare ``Dinov2Model``) through keras-hub's DINOv2 converter: the
+    weights land in the Keras layers and ``pooling: cls`` gives the class token."""
+    from quiltflow.models.published import encoder_backbone
+    from safetensors.numpy import load_file
+
+    folder = write_transformers_dinov2(tmp_path / "dinov2")
+    record = tmp_path / "encoder_info.json"
+    info = enc.fetch_encoder(spec(str(folder), pooling="cls"), tmp_path / "ck", record)
+    assert (info.format, info.architecture, info.licence) == ("transformers", "dinov2", "other")
+    model = encoder_backbone(str(record), 32)
+    pre = model.get_layer("encoder_preprocess").get_config()
+    assert (pre["mean"], pre["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    tensors = load_file(str(folder / "model.safetensors"))
+    backbone = model.get_layer("encoder")
+    np.testing.assert_array_equal(
+        backbone.embeddings.patch_embeddings.projection.kernel.numpy(),
+        tensors["embeddings.patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        backbone.encoder.layers[1].layer_scale2.lambda1.numpy(), tensors["encoder.layer.1.layer_scale2.lambda1"]
+    )
+    images = uint8_images(3, 32)
+    tokens = backbone(model.get_layer("encoder_preprocess")(images))
+    features = np.asarray(model(images))
+    assert features.shape == (3, 32)
+    np.testing.assert_allclose(features, np.asarray(tokens)[:, 0], atol=1e-5)
+
+
 def test_a_bare_vit_model_checkpoint_is_a_one_line_load_error(tmp_path):
     """keras-hub 0.32's ViT converter reads ``vit.``-prefixed keys only: a bare ``ViTModel``
     checkpoint (e.g. owkin/phikon) stops with one line naming the encoder (docs/encoders.md)."""
