@@ -142,14 +142,21 @@ def backbone_base(name: str, image_size: int) -> tuple[layers.Layer, keras.Model
     return globals()[spec.preprocess](name=f"{spec.name}_preprocess"), globals()[spec.builder](image_size)
 
 
+def _frozen_base_with_head(
+    name: str, base: keras.Model, num_classes: int, image_size: int, dropout: float, seed: int, task: str
+) -> keras.Model:
+    """uint8 images -> ``base`` (frozen; a fine-tuning run unfreezes it later) -> dense head."""
+    base.trainable = False
+    head = dense_head(num_classes, dropout, seed, task, feature_dim=int(base.output.shape[-1]))
+    inputs = _image_input(image_size)
+    return keras.Model(inputs, head(base(inputs)), name=name)
+
+
 def _resnet50(
     name: str, num_classes: int, image_size: int, weights: str | None, dropout: float, seed: int, task: str
 ) -> keras.Model:
     base = backbone(image_size, weights, seed)
-    base.trainable = False
-    head = dense_head(num_classes, dropout, seed, task)
-    inputs = _image_input(image_size)
-    return keras.Model(inputs, head(base(inputs)), name=name)
+    return _frozen_base_with_head(name, base, num_classes, image_size, dropout, seed, task)
 
 
 def resnet50_frozen(
@@ -230,10 +237,7 @@ def _encoder_model(
     name: str, num_classes: int, image_size: int, weights: str | None, dropout: float, seed: int, task: str
 ) -> keras.Model:
     base = encoder_backbone(weights, image_size)
-    base.trainable = False
-    head = dense_head(num_classes, dropout, seed, task, feature_dim=int(base.output.shape[-1]))
-    inputs = _image_input(image_size)
-    return keras.Model(inputs, head(base(inputs)), name=name)
+    return _frozen_base_with_head(name, base, num_classes, image_size, dropout, seed, task)
 
 
 def encoder_frozen(
