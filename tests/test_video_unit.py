@@ -11,7 +11,7 @@ import pytest
 from quiltflow.compare.video_unit import compare_videos, frames_to_videos
 from quiltflow.core.errors import UserError
 from quiltflow.core.jsonio import write_json
-from quiltflow.core.tasks import MULTILABEL
+from quiltflow.core.tasks import MULTICLASS, MULTILABEL
 from quiltflow.evaluation.metrics import compute_metrics
 from quiltflow.records.metrics_document import build_metrics_document
 from quiltflow.records.predictions import write_predictions
@@ -20,7 +20,7 @@ CLASSES = ["A", "B", "C"]
 VIDEOS, FRAMES = 30, 6
 
 
-def _write_model(tmp_path, name: str, table: pd.DataFrame, unit: str) -> tuple[str, str]:
+def _write_model(tmp_path, name: str, table: pd.DataFrame, unit: str, task: str = MULTICLASS) -> tuple[str, str]:
     pred_path, metrics_path = tmp_path / f"{name}.parquet", tmp_path / f"{name}.json"
     write_predictions(table, pred_path)
     doc = build_metrics_document(
@@ -30,7 +30,8 @@ def _write_model(tmp_path, name: str, table: pd.DataFrame, unit: str) -> tuple[s
         dataset_sha256="0" * 64,
         train_seconds=1.0,
         eval_seconds=1.0,
-        metrics=compute_metrics(table, CLASSES, top_k=2),
+        metrics=compute_metrics(table, CLASSES, top_k=2, task=task),
+        task=task,
         unit=unit,
     )
     write_json(doc, metrics_path)
@@ -171,24 +172,6 @@ def test_attention_gallery_shows_each_videos_most_and_least_attended_frames(tmp_
     assert path.stat().st_size > 1000
 
 
-def _multilabel_model(tmp_path, name: str, table: pd.DataFrame, unit: str) -> tuple[str, str]:
-    pred_path, metrics_path = tmp_path / f"{name}.parquet", tmp_path / f"{name}.json"
-    write_predictions(table, pred_path)
-    doc = build_metrics_document(
-        model=name,
-        architecture="abmil" if unit == "video" else "custom_cnn",
-        weights="none",
-        dataset_sha256="0" * 64,
-        train_seconds=1.0,
-        eval_seconds=1.0,
-        metrics=compute_metrics(table, CLASSES, top_k=2, task=MULTILABEL),
-        task=MULTILABEL,
-        unit=unit,
-    )
-    write_json(doc, metrics_path)
-    return str(metrics_path), str(pred_path)
-
-
 def test_multilabel_frame_and_bag_models_side_by_side_at_the_video(tmp_path):
     """Frames become videos (mean probability, labels at least half the frames decided, every
     label any frame carries); the multi-label comparison scores and tests them by video."""
@@ -233,8 +216,8 @@ def test_multilabel_frame_and_bag_models_side_by_side_at_the_video(tmp_path):
     counts = {"train": {c: 40 for c in CLASSES}}
     report = {"seed": 1, "counts": {"train": 100, "test": VIDEOS * FRAMES}, "class_counts": counts}
     (tmp_path / "split_report.json").write_text(json.dumps(report))
-    frame_paths = _multilabel_model(tmp_path, "cnn", frames, "image")
-    bag_paths = _multilabel_model(tmp_path, "abmil", bags, "video")
+    frame_paths = _write_model(tmp_path, "cnn", frames, "image", task=MULTILABEL)
+    bag_paths = _write_model(tmp_path, "abmil", bags, "video", task=MULTILABEL)
     md = tmp_path / "comparison_video.md"
     document = compare_videos(
         [frame_paths[0], bag_paths[0]],
