@@ -506,8 +506,14 @@ def predict_images(
 
 def write_tables(table: pd.DataFrame, parquet_path: Path, csv_path: Path) -> None:
     """Both tables, each through a temporary file renamed when complete."""
-    for path, write in ((parquet_path, table.to_parquet), (csv_path, table.to_csv)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp, index=False)
-        os.replace(tmp, path)
+    write_renamed(parquet_path, table.to_parquet)
+    write_renamed(csv_path, table.to_csv)
+
+
+def write_renamed(path: Path, write) -> None:
+    """``write(tmp, index=False)`` into a temporary file beside ``path``, renamed when complete
+    (a killed job leaves no half-written table under the output's name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp, index=False)
+    os.replace(tmp, path)

@@ -51,6 +51,7 @@ from quiltflow.evaluation.predict import (
     source_kind,
     table_paths,
     train_info_paths_of,
+    write_renamed,
     write_tables,
 )
 
@@ -429,9 +430,6 @@ def predict_videos(
     )
     counts = check_counts(videos, frames)
     write_tables(videos, Path(parquet_path), Path(csv_path))
-    attention_path = Path(attention_path)
-    tmp = attention_path.with_name(f".{attention_path.name}.tmp")  # renamed when complete
-    frames.to_parquet(tmp, index=False)
-    os.replace(tmp, attention_path)
+    write_renamed(Path(attention_path), frames.to_parquet)
     log.info("wrote %s, %s and %s: %s", parquet_path, csv_path, attention_path, counts)
     return videos
