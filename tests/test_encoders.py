@@ -86,6 +86,24 @@ def write_keras_preset(folder: Path) -> Path:
     return folder
 
 
+def _transformer_tensors(w, width: int, patch: int, size: int, layers: int) -> dict[str, np.ndarray]:
+    """What transformers' ViT and DINOv2 checkpoints share, un-prefixed: the embeddings, the final
+    norm and each layer's attention (``w(*shape)`` draws one tensor)."""
+    tensors = {
+        "embeddings.cls_token": w(1, 1, width),
+        "embeddings.position_embeddings": w(1, (size // patch) ** 2 + 1, width),
+        "embeddings.patch_embeddings.projection.weight": w(width, 3, patch, patch),
+        "embeddings.patch_embeddings.projection.bias": w(width),
+        "layernorm.weight": 1 + w(width),
+        "layernorm.bias": w(width),
+    }
+    for i in range(layers):
+        key = f"encoder.layer.{i}.attention"
+        for part in ("attention.query", "attention.key", "attention.value", "output.dense"):
+            tensors |= {f"{key}.{part}.weight": w(width, width), f"{key}.{part}.bias": w(width)}
+    return tensors
+
+
 def write_transformers_vit(folder: Path, seed: int = 0, prefix: str = "vit.") -> Path:
     """A tiny transformers ViT checkpoint, HF key names and layouts: ``ViTForImageClassification``'s
     ``vit.`` keys (what keras-hub 0.32's converter reads), or ``prefix=""``: a bare ``ViTModel`` (phikon's)."""
@@ -97,22 +115,9 @@ def write_transformers_vit(folder: Path, seed: int = 0, prefix: str = "vit.") ->
     def w(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
-    tensors = {
-        "embeddings.cls_token": w(1, 1, width),
-        "embeddings.position_embeddings": w(1, (size // patch) ** 2 + 1, width),
-        "embeddings.patch_embeddings.projection.weight": w(width, 3, patch, patch),
-        "embeddings.patch_embeddings.projection.bias": w(width),
-        "layernorm.weight": 1 + w(width),
-        "layernorm.bias": w(width),
-    }
+    tensors = _transformer_tensors(w, width, patch, size, layers)
     for i in range(layers):
         key = f"encoder.layer.{i}"
-        for part in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
-            tensors |= {f"{key}.{part}.weight": w(width, width), f"{key}.{part}.bias": w(width)}
-        tensors |= {
-            f"{key}.attention.output.dense.weight": w(width, width),
-            f"{key}.attention.output.dense.bias": w(width),
-        }
         tensors |= {f"{key}.intermediate.dense.weight": w(mlp, width), f"{key}.intermediate.dense.bias": w(mlp)}
         tensors |= {f"{key}.output.dense.weight": w(width, mlp), f"{key}.output.dense.bias": w(width)}
         for norm in ("layernorm_before", "layernorm_after"):
@@ -608,23 +613,9 @@ def write_transformers_dinov2(folder: Path, seed: int = 0) -> Path:
     def w(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
-    tensors = {
-        "embeddings.cls_token": w(1, 1, width),
-        "embeddings.mask_token": w(1, width),
-        "embeddings.position_embeddings": w(1, (size // patch) ** 2 + 1, width),
-        "embeddings.patch_embeddings.projection.weight": w(width, 3, patch, patch),
-        "embeddings.patch_embeddings.projection.bias": w(width),
-        "layernorm.weight": 1 + w(width),
-        "layernorm.bias": w(width),
-    }
+    tensors = _transformer_tensors(w, width, patch, size, layers) | {"embeddings.mask_token": w(1, width)}
     for i in range(layers):
         key = f"encoder.layer.{i}"
-        for part in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
-            tensors |= {f"{key}.{part}.weight": w(width, width), f"{key}.{part}.bias": w(width)}
-        tensors |= {
-            f"{key}.attention.output.dense.weight": w(width, width),
-            f"{key}.attention.output.dense.bias": w(width),
-        }
         tensors |= {f"{key}.mlp.fc1.weight": w(ratio * width, width), f"{key}.mlp.fc1.bias": w(ratio * width)}
         tensors |= {f"{key}.mlp.fc2.weight": w(width, ratio * width), f"{key}.mlp.fc2.bias": w(width)}
         for norm in ("norm1", "norm2"):
