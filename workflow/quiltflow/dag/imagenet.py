@@ -99,11 +99,8 @@ def fetch_imagenet(weights_path: str | os.PathLike, info_path: str | os.PathLike
 
 def md5_file(path: Path) -> str:
     """MD5 of a file: the only hash keras.applications publishes for its weights (not for security)."""
-    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def _check_md5(path: Path, remedy: str) -> None:
